@@ -1,0 +1,148 @@
+"""Command line: terminal-gw run | check-config | replay | record | simulate | demo | status |
+outbox | schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from terminal_gw import __version__
+from terminal_gw.config import DEFAULT_CONFIG_PATH, Config, load_config, redacted
+from terminal_gw.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """JSON lines when not on a terminal (journald), readable console output on one."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def default_config_path() -> Path:
+    """The config path from TGW_CONFIG, else /etc/terminal-gw/config.toml."""
+    return Path(os.environ.get("TGW_CONFIG", str(DEFAULT_CONFIG_PATH)))
+
+
+def read_config_or_exit(path: Path) -> Config:
+    """Load the config, or print each problem with its field path and exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print_config_error(exc)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def print_config_error(exc: ConfigError) -> None:
+    """Each config problem on its own line: field path, then what was expected."""
+    print(f"error: {exc}", file=sys.stderr)
+    for loc, msg in exc.problems:
+        print(f"  {loc}: {msg}", file=sys.stderr)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config and print the effective one with secrets redacted."""
+    config = read_config_or_exit(args.config)
+    print(json.dumps(redacted(config), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of every payload."""
+    from terminal_gw.models import payload_schemas
+
+    schemas = payload_schemas()
+    if args.name:
+        if args.name not in schemas:
+            print(f"error: no payload named {args.name!r}; known: {', '.join(schemas)}")
+            return EXIT_USAGE
+        print(json.dumps(schemas[args.name], indent=2, sort_keys=True))
+    else:
+        print(json.dumps(schemas, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"config file (default: $TGW_CONFIG or {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="terminal-gw",
+        description="Edge daemon for BeiDou and Tiantong satellite terminals.",
+    )
+    parser.add_argument("--version", action="version", version=f"terminal-gw {__version__}")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate the config and print it (secrets redacted)")
+    _add_config_arg(p)
+    p.set_defaults(handler=cmd_check_config)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the payloads")
+    p.add_argument("name", nargs="?", help="one payload (fix, sky, event, ...)")
+    p.set_defaults(handler=cmd_schema)
+
+    from terminal_gw import cli_commands
+
+    for name, help_text, setup, handler in cli_commands.COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        setup(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `terminal-gw` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", "absent") is None:
+        args.config = default_config_path()
+    configure_logging(args.log_level or "info")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Configuration: frozen pydantic models, TOML loading, environment overrides for secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from terminal_gw.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/terminal-gw/config.toml")
+ENV_PREFIX = "TGW_"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "MIB": 1024**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "GIB": 1024**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "TIB": 1024**4,
+}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like "256MiB", "10 MB", "4096"."""
+    if isinstance(value, bool):
+        raise TypeError("a size is a number of bytes or a string like '256MiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = (m.group(2) or "").upper()
+            if unit in _SIZE_UNITS:
+                return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError(f"expected a size like '256MiB' or a number of bytes, got {value!r}")
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+def parse_baud(value: object) -> int | str:
+    """A standard baud rate, or "auto"."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and value in BAUD_RATES:
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) in BAUD_RATES:
+        return int(value)
+    rates = ", ".join(str(r) for r in BAUD_RATES)
+    raise ValueError(f"expected one of {rates} or 'auto', got {value!r}")
+
+
+def _parse_fixed_baud(value: object) -> int:
+    baud = parse_baud(value)
+    if baud == "auto":
+        raise ValueError("'auto' is only for a GNSS receiver; give the modem's rate")
+    return int(baud)
+
+
+AutoBaud = Annotated[int | str, BeforeValidator(parse_baud)]
+Baud = Annotated[int, BeforeValidator(_parse_fixed_baud)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DeviceConfig(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+PortPath = str  # a device path, or "none" to disable the stage
+
+
+class ReportingConfig(_Section):
+    """When `run` publishes a fix: a vessel at anchor rarely, a turning one often."""
+
+    min_interval_s: float = Field(default=1.0, ge=0)
+    max_interval_s: float = Field(default=60.0, gt=0)
+    distance_m: float = Field(default=25.0, ge=0)
+    heading_deg: float = Field(default=15.0, ge=0, le=180)
+    min_speed_for_heading_mps: float = Field(default=0.5, ge=0)
+    sky_interval_s: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> ReportingConfig:
+        if self.max_interval_s < self.min_interval_s:
+            raise ValueError("max_interval_s must not be less than min_interval_s")
+        return self
+
+
+class GnssConfig(_Section):
+    port: PortPath = "none"
+    baud: AutoBaud = 9600
+    allow_no_checksum: bool = False
+    max_sentence_len: int = Field(default=200, ge=82, le=4096)
+    stale_after_s: float = Field(default=10.0, gt=0)
+    init: list[str] = Field(default_factory=list)
+    record: bool = False
+    reporting: ReportingConfig = ReportingConfig()
+
+
+class ModemConfig(_Section):
+    port: PortPath = "none"
+    baud: Baud = 115200
+
+
+class RdssConfig(_Section):
+    port: PortPath = "none"
+    baud: Baud = 115200
+
+
+class MqttConfig(_Section):
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str = Field(default="tgw", pattern=r"^[^#+/\s][^#+\s]*$")
+    protocol: Literal["3.1.1", "5"] = "5"
+    client_id: str = ""
+    keepalive_s: int = Field(default=60, ge=5, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    password_file: Path | None = None
+    publish_timeout_s: float = Field(default=60.0, gt=0)
+    inflight: int = Field(default=16, ge=1, le=1000)
+    rate_msgs_per_s: float = Field(default=200.0, gt=0)
+    rate_bytes_per_s: Size = 1024 * 1024
+    backoff_min_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=120.0, gt=0)
+    auth_backoff_s: float = Field(default=600.0, gt=0)
+    batch_backlog: bool = False
+    batch_max: int = Field(default=50, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    def effective_password(self) -> str:
+        """The password from `password_file` when set, else from `password`."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}",
+                    [("mqtt.password_file", str(exc))],
+                ) from exc
+        return self.password.get_secret_value()
+
+
+ClassName = Literal["sms", "bds", "command", "event", "status", "fix", "sky"]
+
+
+_DEFAULT_MAX_AGE_S: dict[ClassName, float] = {"fix": 30 * 86400.0, "sky": 7 * 86400.0}
+
+
+class OutboxConfig(_Section):
+    path: Path = Path("/var/lib/terminal-gw/outbox.db")
+    max_bytes: Size = 256 * 1024 * 1024
+    commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    commit_records: int = Field(default=500, ge=1)
+    max_age_s: dict[ClassName, float] = Field(default_factory=lambda: dict(_DEFAULT_MAX_AGE_S))
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    device: DeviceConfig
+    gnss: GnssConfig = GnssConfig()
+    modem: ModemConfig = ModemConfig()
+    rdss: RdssConfig = RdssConfig()
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    log: LogConfig = LogConfig()
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Override keys from TGW_SECTION__KEY variables (secrets, mostly)."""
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    # Union members add their type name to the path (gnss.baud.int); users want gnss.baud.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
+    return ".".join(parts)
+
+
+_TYPE_TAGS = {"int", "str", "float", "bool", "function-before", "function-after"}
+
+
+def load_config_data(
+    data: dict[str, Any], environ: Mapping[str, str] | None = None, source: str = "config"
+) -> Config:
+    """Validate a config mapping (after env overrides); raise ConfigError with field paths."""
+    data = _apply_env(dict(data), os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_format_loc(err["loc"]), err["msg"]) for err in exc.errors()]
+        raise ConfigError(f"{source}: {len(problems)} invalid setting(s)", problems) from exc
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and freeze the TOML config at `path`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read: {exc.strerror}", [("(file)", str(exc.strerror))]
+        ) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", [("(file)", str(exc))]) from exc
+    return load_config_data(data, environ, source=str(path))
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data with secrets replaced by '***'."""
+    data = config.model_dump(mode="json")
+    mqtt = data["mqtt"]
+    if mqtt.get("password"):
+        mqtt["password"] = "***"  # noqa: S105 - the redaction marker, not a password
+    return data

@@ -1,0 +1,183 @@
+"""Payload models: the MQTT contract. Every payload has `id`, `v` and `class`.
+
+Fix and sky follow gpsd's JSON names (TPV, SKY) so tools that read gpsd read these.
+Fields the receiver did not send are absent from the JSON, never zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_last_seq = 0
+
+
+def new_id(unix_ms: int | None = None) -> str:
+    """A UUIDv7 string: unique, and sortable by creation time within this process."""
+    global _last_ms, _last_seq  # noqa: PLW0603 - one monotonic counter per process
+    with _id_lock:
+        ms = int(time.time() * 1000) if unix_ms is None else unix_ms
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_seq += 1
+            if _last_seq > 0xFFF:
+                ms += 1
+                _last_seq = 0
+        else:
+            _last_seq = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _last_ms = ms
+        seq = _last_seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def stable_id(unix_ms: int, key: bytes) -> str:
+    """A UUIDv7-shaped id derived from a time and a key: the same input gives the same id."""
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=10).digest(), "big")
+    seq = digest >> 68 & 0xFFF
+    rand = digest & ((1 << 62) - 1)
+    value = (unix_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class Payload(BaseModel):
+    """Base of every published payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    record_class: ClassVar[str] = "event"
+    topic_suffix: ClassVar[str] = "event"
+
+    id: str = Field(default_factory=new_id, description="UUIDv7: unique and sortable")
+    v: int = Field(default=SCHEMA_VERSION, description="schema version")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The payload as JSON-ready data, absent fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_json(self) -> str:
+        """The payload as compact JSON text."""
+        return json.dumps(self.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+Clock = Literal["gnss", "system"]
+
+
+class Fix(Payload):
+    """One fix per reported epoch, in gpsd TPV names."""
+
+    record_class: ClassVar[str] = "fix"
+    topic_suffix: ClassVar[str] = "gnss/fix"
+
+    cls: Literal["TPV"] = Field(default="TPV", alias="class")
+    time: str | None = Field(default=None, description="ISO 8601 UTC, ms")
+    mode: Literal[0, 1, 2, 3] = Field(default=1, description="0 unknown, 1 no fix, 2 2D, 3 3D")
+    status: int | None = Field(default=None, description="gpsd fix status")
+    lat: float | None = None
+    lon: float | None = None
+    altHAE: float | None = None  # noqa: N815 - gpsd's name
+    altMSL: float | None = None  # noqa: N815 - gpsd's name
+    geoidSep: float | None = None  # noqa: N815 - gpsd's name
+    speed: float | None = Field(default=None, description="m/s")
+    track: float | None = Field(default=None, description="degrees true")
+    climb: float | None = None
+    magvar: float | None = None
+    eph: float | None = None
+    epv: float | None = None
+    hdop: float | None = None
+    vdop: float | None = None
+    pdop: float | None = None
+    nSat: int | None = None  # noqa: N815 - gpsd's name
+    uSat: int | None = None  # noqa: N815 - gpsd's name
+    used: dict[str, int] | None = Field(default=None, description="satellites used per system")
+    clock: Clock = "gnss"
+
+
+class Satellite(BaseModel):
+    """One satellite (one row of gpsd's SKY list), merged across signals."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    PRN: int
+    gnssid: int
+    svid: int
+    sigid: int | None = None
+    az: float | None = None
+    el: float | None = None
+    ss: float | None = None
+    used: bool = False
+
+
+class Sky(Payload):
+    """Satellites in view, in gpsd SKY names."""
+
+    record_class: ClassVar[str] = "sky"
+    topic_suffix: ClassVar[str] = "gnss/sky"
+
+    cls: Literal["SKY"] = Field(default="SKY", alias="class")
+    time: str | None = None
+    satellites: list[Satellite] = Field(default_factory=list)
+    nSat: int = 0  # noqa: N815 - gpsd's name
+    uSat: int = 0  # noqa: N815 - gpsd's name
+    hdop: float | None = None
+    vdop: float | None = None
+    pdop: float | None = None
+    clock: Clock = "gnss"
+
+
+class Event(Payload):
+    """A notable event: antenna change, records evicted, clock skew, store trouble, ..."""
+
+    record_class: ClassVar[str] = "event"
+    topic_suffix: ClassVar[str] = "event"
+
+    cls: Literal["EVENT"] = Field(default="EVENT", alias="class")
+    time: str
+    kind: str = Field(description="machine name, e.g. antenna, evicted, clock_skew, store")
+    severity: Literal["info", "warning", "error"] = "info"
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    clock: Clock = "system"
+
+
+class Status(Payload):
+    """The retained device status: online/offline and a health summary."""
+
+    record_class: ClassVar[str] = "status"
+    topic_suffix: ClassVar[str] = "status"
+
+    cls: Literal["STATUS"] = Field(default="STATUS", alias="class")
+    time: str
+    state: Literal["online", "offline"]
+    health: dict[str, Any] = Field(default_factory=dict)
+    clock: Clock = "system"
+
+
+#: Every payload model, for `terminal-gw schema` and the schema files in the repository.
+PAYLOAD_MODELS: dict[str, type[Payload]] = {
+    "fix": Fix,
+    "sky": Sky,
+    "event": Event,
+    "status": Status,
+}
+
+
+def payload_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every payload, by name."""
+    return {
+        name: model.model_json_schema(by_alias=True, mode="serialization")
+        for name, model in PAYLOAD_MODELS.items()
+    }

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real mosquitto broker per test, corpus paths, leftover-task check."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker import Broker
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus"
+GNSS_CORPUS = CORPUS / "gnss"
+AT_CORPUS = CORPUS / "at"
+RDSS_CORPUS = CORPUS / "rdss"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto started for this test on a free port; killed afterwards."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Broker(workdir)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+@pytest.fixture(autouse=True)
+async def _no_leftover_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves tasks running on its loop."""
+    yield
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if leftovers:
+        for t in leftovers:
+            t.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        names = ", ".join(sorted(t.get_name() for t in leftovers))
+        pytest.fail(f"test left tasks running: {names}")
