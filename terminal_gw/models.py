@@ -11,6 +11,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,6 +166,35 @@ class Status(Payload):
     state: Literal["online", "offline"]
     health: dict[str, Any] = Field(default_factory=dict)
     clock: Clock = "system"
+
+
+#: Where stages send events; called synchronously, must not block (the daemon queues them).
+EventSink = Callable[[Event], None]
+
+
+def iso_utc(unix_s: float) -> str:
+    """ISO 8601 UTC with milliseconds, like gpsd: 2020-07-11T22:37:45.000Z."""
+    dt = datetime.fromtimestamp(unix_s, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def make_event(
+    kind: str,
+    message: str,
+    *,
+    now: float,
+    severity: Literal["info", "warning", "error"] = "info",
+    **data: Any,
+) -> Event:
+    """An Event stamped with system time `now` (unix seconds)."""
+    return Event(
+        id=new_id(int(now * 1000)),
+        time=iso_utc(now),
+        kind=kind,
+        severity=severity,
+        message=message,
+        data=data,
+    )
 
 
 #: Every payload model, for `terminal-gw schema` and the schema files in the repository.
