@@ -5,45 +5,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import structlog
-
 from terminal_gw import __version__
 from terminal_gw.config import DEFAULT_CONFIG_PATH, Config, load_config, redacted
 from terminal_gw.errors import ConfigError
+from terminal_gw.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """JSON lines when not on a terminal (journald), readable console output on one."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def default_config_path() -> Path:
