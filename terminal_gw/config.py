@@ -200,6 +200,26 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class StatusConfig(_Section):
+    path: Path = Path("/var/lib/terminal-gw/status.json")
+    interval_s: float = Field(default=5.0, gt=0, le=300)
+    publish_interval_s: float = Field(default=300.0, ge=10)
+    stall_s: float = Field(default=60.0, gt=0)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+
+class ClockConfig(_Section):
+    skew_threshold_s: float = Field(default=2.0, gt=0)
+    chrony_socket: Path | None = None
+
+
+class DaemonConfig(_Section):
+    shutdown_timeout_s: float = Field(default=4.0, gt=0, le=60)
+    restart_backoff_min_s: float = Field(default=1.0, gt=0)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+
+
 class Config(_Section):
     device: DeviceConfig
     gnss: GnssConfig = GnssConfig()
@@ -208,6 +228,9 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
+    status: StatusConfig = StatusConfig()
+    clock: ClockConfig = ClockConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

@@ -42,6 +42,9 @@ def test_example_config_is_valid_and_complete() -> None:
         ("mqtt", config.mqtt),
         ("outbox", config.outbox),
         ("log", config.log),
+        ("status", config.status),
+        ("clock", config.clock),
+        ("daemon", config.daemon),
     ]:
         for key in type(model).model_fields:
             if isinstance(getattr(model, key), (dict, BaseModel)):

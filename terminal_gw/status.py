@@ -1,0 +1,313 @@
+"""Health snapshot, the local status file, `terminal-gw status`, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terminal_gw import __version__
+
+#: A stage is unhealthy when it has made no progress for this long (seconds).
+DEFAULT_STALL_S = 60.0
+
+
+@dataclass
+class StageInfo:
+    """What the supervisor knows of one stage."""
+
+    state: str = "starting"  # starting, running, backing_off, stopped, failed
+    restarts: int = 0
+    last_error: str | None = None
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class StatusBoard:
+    """Collects stage states, counters and gauges into one health snapshot."""
+
+    def __init__(self, device_id: str, stall_s: float = DEFAULT_STALL_S) -> None:
+        self.device_id = device_id
+        self.stall_s = stall_s
+        self.started = time.time()
+        self.stages: dict[str, StageInfo] = {}
+        self._counters: dict[str, Callable[[], Mapping[str, int]]] = {}
+        self._gauges: dict[str, Callable[[], Any]] = {}
+
+    def stage(self, name: str) -> StageInfo:
+        """The info of a stage, created on first use."""
+        info = self.stages.get(name)
+        if info is None:
+            info = self.stages[name] = StageInfo()
+        return info
+
+    def progress(self, name: str) -> None:
+        """A stage says it is alive and doing its work."""
+        info = self.stage(name)
+        info.last_progress = time.monotonic()
+        if info.state in ("starting", "backing_off"):
+            info.state = "running"
+
+    def add_counters(self, name: str, source: Callable[[], Mapping[str, int]]) -> None:
+        """Counters of a component, read at each snapshot."""
+        self._counters[name] = source
+
+    def add_gauge(self, name: str, source: Callable[[], Any]) -> None:
+        """A single value (depth, age, state), read at each snapshot."""
+        self._gauges[name] = source
+
+    def stalled(self, now_mono: float | None = None) -> list[str]:
+        """Stages that are running but have not reported progress within `stall_s`."""
+        now_mono = time.monotonic() if now_mono is None else now_mono
+        return [
+            name
+            for name, info in self.stages.items()
+            if info.state == "running" and now_mono - info.last_progress > self.stall_s
+        ]
+
+    def healthy(self) -> bool:
+        """Every stage running and making progress."""
+        if not self.stages:
+            return False
+        return not self.stalled() and all(i.state == "running" for i in self.stages.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The health summary: stages, counters, gauges, versions."""
+        now_mono = time.monotonic()
+        counters: dict[str, dict[str, int]] = {}
+        for name, source in self._counters.items():
+            try:
+                counters[name] = dict(source())
+            except Exception as exc:  # noqa: BLE001 - a broken source must not break status
+                counters[name] = {"error": 1}
+                counters[name]["error_" + type(exc).__name__] = 1
+        gauges: dict[str, Any] = {}
+        for name, gsource in self._gauges.items():
+            try:
+                gauges[name] = gsource()
+            except Exception as exc:  # noqa: BLE001 - a broken source must not break status
+                gauges[name] = f"error: {exc}"
+        return {
+            "device": self.device_id,
+            "pid": os.getpid(),
+            "healthy": self.healthy(),
+            "updated": time.time(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "stages": {
+                name: {
+                    "state": info.state,
+                    "restarts": info.restarts,
+                    "last_error": info.last_error,
+                    "idle_s": round(now_mono - info.last_progress, 1),
+                }
+                for name, info in sorted(self.stages.items())
+            },
+            "counters": counters,
+            "gauges": gauges,
+            "versions": _versions(),
+        }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"terminal-gw": __version__, "python": sys.version.split()[0]}
+    for dist in ("aiomqtt", "pynmeagps", "pyserial"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[dist] = version(dist)
+    return out
+
+
+def write_status_file(path: Path, snapshot: Mapping[str, Any]) -> None:
+    """Write the snapshot atomically (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(snapshot, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+# --- Prometheus ----------------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metric(name: str) -> str:
+    return _METRIC_NAME.sub("_", name)
+
+
+def prometheus_text(snapshot: Mapping[str, Any]) -> str:
+    """The snapshot in Prometheus text exposition format."""
+    lines = [
+        "# TYPE tgw_up gauge",
+        "tgw_up 1",
+        "# TYPE tgw_healthy gauge",
+        f"tgw_healthy {1 if snapshot.get('healthy') else 0}",
+        "# TYPE tgw_uptime_seconds gauge",
+        f"tgw_uptime_seconds {snapshot.get('uptime_s', 0)}",
+        "# TYPE tgw_stage_restarts_total counter",
+    ]
+    for name, stage in snapshot.get("stages", {}).items():
+        lines.append(f'tgw_stage_restarts_total{{stage="{name}"}} {stage["restarts"]}')
+        running = 1 if stage["state"] == "running" else 0
+        lines.append(f'tgw_stage_running{{stage="{name}"}} {running}')
+    for comp, values in snapshot.get("counters", {}).items():
+        metric = f"tgw_{_metric(comp)}_total"
+        lines.append(f"# TYPE {metric} counter")
+        lines.extend(f'{metric}{{outcome="{k}"}} {v}' for k, v in sorted(values.items()))
+    for name, value in snapshot.get("gauges", {}).items():
+        if isinstance(value, int | float):  # bools count as 0/1
+            metric = f"tgw_{_metric(name)}"
+            lines += [
+                f"# TYPE {metric} gauge",
+                f"{metric} {int(value) if isinstance(value, bool) else value}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """A tiny HTTP server for GET /metrics on a localhost port (off by default)."""
+
+    def __init__(self, board: StatusBoard, host: str, port: int) -> None:
+        self.board = board
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = server
+        sock = server.sockets[0].getsockname()
+        self.port = int(sock[1])
+        async with server:
+            await server.serve_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readline()
+                while (await reader.readline()).strip():
+                    pass
+            parts = request.decode("latin-1").split()
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1] in ("/metrics", "/"):
+                body = prometheus_text(self.board.snapshot()).encode()
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            else:
+                body = b"not found\n"
+                head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+# --- `terminal-gw status` ------------------------------------------------------------------
+
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1
+EXIT_NOT_RUNNING = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `terminal-gw status`."""
+    parser.add_argument("--config", type=Path, default=None, help="config file")
+    parser.add_argument("--file", type=Path, default=None, help="status file (overrides config)")
+    parser.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render_table(snapshot: Mapping[str, Any], verdict: str) -> str:
+    """The snapshot as a human table."""
+    version = snapshot.get("versions", {}).get("terminal-gw", "?")
+    head = f"terminal-gw {version}  device {snapshot.get('device')}  pid {snapshot.get('pid')}"
+    out = [
+        f"{head}  {verdict}",
+        f"uptime {_fmt_age(snapshot.get('uptime_s'))}",
+        "",
+        f"{'STAGE':<10} {'STATE':<12} {'RESTARTS':>8} {'IDLE':>6}  LAST ERROR",
+    ]
+    for name, st in snapshot.get("stages", {}).items():
+        out.append(
+            f"{name:<10} {st['state']:<12} {st['restarts']:>8} {_fmt_age(st['idle_s']):>6}  "
+            f"{st.get('last_error') or ''}"
+        )
+    gauges = snapshot.get("gauges", {})
+    if gauges:
+        out += ["", f"{'GAUGE':<24} VALUE"]
+        out += [f"{k:<24} {v}" for k, v in gauges.items()]
+    counters = snapshot.get("counters", {})
+    for comp, values in counters.items():
+        if values:
+            shown = "  ".join(f"{k}={v}" for k, v in sorted(values.items()))
+            out += ["", f"{comp}: {shown}"]
+    return "\n".join(out)
+
+
+def evaluate(snapshot: Mapping[str, Any], now: float, interval_s: float) -> tuple[int, str]:
+    """(exit code, verdict) for a status snapshot read at `now`."""
+    pid = int(snapshot.get("pid", 0))
+    if pid <= 0 or not _pid_alive(pid):
+        return EXIT_NOT_RUNNING, "NOT RUNNING (stale status file)"
+    age = now - float(snapshot.get("updated", 0))
+    if age > 3 * interval_s + 5:
+        return EXIT_UNHEALTHY, f"UNHEALTHY (status not updated for {age:.0f}s)"
+    if not snapshot.get("healthy"):
+        return EXIT_UNHEALTHY, "UNHEALTHY"
+    return EXIT_HEALTHY, "healthy"
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Print the running daemon's status; exit 0 healthy, 1 unhealthy, 3 not running."""
+    from terminal_gw.__main__ import read_config_or_exit
+
+    interval = 5.0
+    path: Path | None = args.file
+    if path is None:
+        config = read_config_or_exit(args.config)
+        path = config.status.path
+        interval = config.status.interval_s
+    try:
+        snapshot = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"terminal-gw is not running (no status file at {path})", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except (OSError, ValueError) as exc:
+        print(f"cannot read status file {path}: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    code, verdict = evaluate(snapshot, time.time(), interval)
+    if args.json:
+        print(json.dumps({**snapshot, "verdict": verdict}, indent=2))
+    else:
+        print(render_table(snapshot, verdict))
+    return code

@@ -1,0 +1,130 @@
+"""Status: health snapshot, the local status file, `terminal-gw status` exit codes, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
+
+
+def status_cli(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "terminal_gw", "status", "--file", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def make_board() -> StatusBoard:
+    board = StatusBoard("vessel-1", stall_s=30)
+    board.progress("gnss")
+    board.progress("uplink")
+    board.add_counters("sentences", lambda: {"good": 10, "bad_checksum": 2})
+    board.add_gauge("outbox_depth", lambda: 42)
+    board.add_gauge("link", lambda: "connected")
+    return board
+
+
+def test_board_health_and_stall() -> None:
+    board = make_board()
+    assert board.healthy()
+    board.stages["gnss"].last_progress -= 31
+    assert board.stalled() == ["gnss"]
+    assert not board.healthy()
+    snap = board.snapshot()
+    assert snap["healthy"] is False
+    assert snap["counters"]["sentences"]["bad_checksum"] == 2
+    assert snap["gauges"]["outbox_depth"] == 42
+
+
+def test_broken_counter_source_does_not_break_snapshot() -> None:
+    board = make_board()
+
+    def broken() -> dict[str, int]:
+        raise RuntimeError("boom")
+
+    board.add_counters("modem", broken)
+    snap = board.snapshot()
+    assert snap["counters"]["modem"]["error"] == 1
+    assert snap["counters"]["sentences"]["good"] == 10
+
+
+def test_status_cli_exit_codes(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    res = status_cli(path)
+    assert res.returncode == 3
+    assert "not running" in res.stderr
+
+    board = make_board()
+    write_status_file(path, board.snapshot())
+    res = status_cli(path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "healthy" in res.stdout
+    assert "gnss" in res.stdout
+    assert "outbox_depth" in res.stdout
+
+    board.stages["uplink"].state = "backing_off"
+    write_status_file(path, board.snapshot())
+    res = status_cli(path)
+    assert res.returncode == 1
+    assert "UNHEALTHY" in res.stdout
+
+    # A status file left by a daemon that died: the pid is gone.
+    snap = board.snapshot()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    snap["pid"] = dead.pid
+    write_status_file(path, snap)
+    assert status_cli(path).returncode == 3
+
+    # A daemon that stopped updating its status is unhealthy.
+    snap = make_board().snapshot()
+    snap["updated"] = time.time() - 3600
+    write_status_file(path, snap)
+    res = status_cli(path)
+    assert res.returncode == 1
+    assert "not updated" in res.stdout
+
+
+def test_status_json(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    write_status_file(path, make_board().snapshot())
+    res = subprocess.run(
+        [sys.executable, "-m", "terminal_gw", "status", "--file", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    data = json.loads(res.stdout)
+    assert data["pid"] == os.getpid()
+    assert data["verdict"] == "healthy"
+
+
+async def test_metrics_endpoint() -> None:
+    server = MetricsServer(make_board(), "127.0.0.1", 0)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(server.run(), name="metrics")
+        for _ in range(100):
+            if server._server is not None:
+                break
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        body = (await reader.read()).decode()
+        writer.close()
+        await writer.wait_closed()
+        task.cancel()
+    assert body.startswith("HTTP/1.0 200")
+    assert 'tgw_sentences_total{outcome="bad_checksum"} 2' in body
+    assert "tgw_outbox_depth 42" in body
+    assert "tgw_healthy 1" in body
