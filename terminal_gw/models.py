@@ -184,9 +184,10 @@ def make_event(
     *,
     now: float,
     severity: Literal["info", "warning", "error"] = "info",
+    clock: Clock = "system",
     **data: Any,
 ) -> Event:
-    """An Event stamped with system time `now` (unix seconds)."""
+    """An Event stamped with `now` (unix seconds; `clock` says whether GNSS-corrected)."""
     return Event(
         id=new_id(int(now * 1000)),
         time=iso_utc(now),
@@ -194,6 +195,7 @@ def make_event(
         severity=severity,
         message=message,
         data=data,
+        clock=clock,
     )
 
 
