@@ -168,6 +168,21 @@ class Status(Payload):
     clock: Clock = "system"
 
 
+class FixBatch(Payload):
+    """Backlog fixes sent several to a message (mqtt.batch_backlog) to save per-message overhead.
+
+    Published on `{prefix}/{device}/gnss/fix/batch`; each fix keeps its own `id`, so consumers
+    drop duplicates by the fix ids, not by the batch id. Live fixes are always sent singly.
+    """
+
+    record_class: ClassVar[str] = "fix"
+    topic_suffix: ClassVar[str] = "gnss/fix/batch"
+
+    cls: Literal["TPV_BATCH"] = Field(default="TPV_BATCH", alias="class")
+    count: int = Field(description="number of fixes in `fixes`")
+    fixes: list[Fix] = Field(description="oldest first, each a complete TPV payload")
+
+
 #: Where stages send events; called synchronously, must not block (the daemon queues them).
 EventSink = Callable[[Event], None]
 
@@ -205,6 +220,7 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "sky": Sky,
     "event": Event,
     "status": Status,
+    "fix_batch": FixBatch,
 }
 
 
