@@ -1,0 +1,380 @@
+"""Epoch assembler: decoded messages in, one Fix (TPV) and one Sky (SKY) per epoch out.
+
+An epoch is the group of sentences sharing one UTC time of day; sentences without a time
+(GSA, GSV, VTG) belong to the epoch being read. An epoch is complete when a sentence with
+another time of day arrives (or at flush).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from terminal_gw.gnss.decoder import GGA, GLL, GNS, GSA, GST, GSV, RMC, TXT, VTG, ZDA, Message
+from terminal_gw.gnss.numbering import GNSS_NAMES
+from terminal_gw.models import Clock, Fix, Payload, Satellite, Sky, iso_utc, make_event, new_id
+
+KNOTS_TO_MPS = 1852.0 / 3600.0
+_DAY_MS = 86_400_000
+_HALF_DAY_MS = _DAY_MS // 2
+#: Longest gap between two epochs over which climb is still derived from altitude.
+CLIMB_MAX_GAP_S = 10.0
+#: How long a satellite view stays valid for epochs whose receiver sent no GSV.
+SKY_HOLD_S = 5.0
+
+#: GGA quality -> gpsd fix status (0 unknown, 1 GPS, 2 DGPS, 3 RTK fixed, 4 RTK float,
+#: 5 dead reckoning, 6 GNSS+DR, 7 time only, 8 simulated).
+GGA_STATUS: dict[int, int] = {0: 0, 1: 1, 2: 2, 3: 2, 4: 3, 5: 4, 6: 5, 7: 7, 8: 8}
+#: FAA mode letter (RMC, GNS, VTG, GLL) -> gpsd fix status.
+FAA_STATUS: dict[str, int] = {
+    "A": 1,
+    "D": 2,
+    "P": 2,
+    "R": 3,
+    "F": 4,
+    "E": 5,
+    "M": 8,
+    "S": 8,
+    "N": 0,
+}
+
+#: Antenna status reports: CASIC `ANTENNA OK|OPEN|SHORT`, u-blox `ANTSTATUS=OK|OPEN|SHORT`.
+_ANTENNA_RE = re.compile(r"\bANT(?:ENNA\s+|STATUS=)(OK|OPEN|SHORT)\b")
+
+
+def _tod_ms(t: dt.time) -> int:
+    return ((t.hour * 60 + t.minute) * 60 + t.second) * 1000 + t.microsecond // 1000
+
+
+def _iso(date: dt.date, tod_ms: int) -> str:
+    """ISO 8601 UTC with milliseconds, built without floating point."""
+    s, ms = divmod(tod_ms, 1000)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{date.isoformat()}T{h:02d}:{m:02d}:{sec:02d}.{ms:03d}Z"
+
+
+def _unix(date: dt.date, tod_ms: int) -> float:
+    midnight = dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC)
+    return midnight.timestamp() + tod_ms / 1000.0
+
+
+@dataclass
+class _Epoch:
+    tod: int | None
+    now: float
+    gga: GGA | None = None
+    rmc: RMC | None = None
+    gns: GNS | None = None
+    gll: GLL | None = None
+    vtg: VTG | None = None
+    zda: ZDA | None = None
+    gst: GST | None = None
+    gsa: list[GSA] = field(default_factory=list)
+    gsv: list[GSV] = field(default_factory=list)
+
+
+@dataclass
+class _SatRow:
+    prn: int
+    gnssid: int
+    svid: int
+    sigid: int | None
+    az: float | None
+    el: float | None
+    ss: float | None
+
+
+class EpochAssembler:
+    """Group messages into epochs and build gpsd-style Fix and Sky records."""
+
+    def __init__(self) -> None:
+        self._epoch: _Epoch | None = None
+        self._date: dt.date | None = None
+        self._last_tod: int | None = None
+        self._last_alt: tuple[float, float] | None = None  # (unix time, altitude)
+        self._last_view: tuple[float, list[_SatRow]] | None = None  # (now, rows)
+        self._antenna: str | None = None
+        self.epochs = 0
+        self.fixes = 0
+        self.skies = 0
+        self.events = 0
+
+    @property
+    def antenna(self) -> str | None:
+        """Last antenna state reported by the receiver: ok, open, short (None: never seen)."""
+        return self._antenna
+
+    def add(self, msg: Message, now: float) -> list[Payload]:
+        """Records completed by `msg` (the previous epoch when `msg` starts a new one)."""
+        if isinstance(msg, TXT):
+            return self._antenna_event(msg, now)
+        out: list[Payload] = []
+        t = getattr(msg, "time", None)
+        tod = _tod_ms(t) if isinstance(t, dt.time) else None
+        ep = self._epoch
+        if ep is not None and tod is not None and ep.tod is not None and tod != ep.tod:
+            out.extend(self._close(ep))
+            ep = None
+        if ep is None:
+            ep = self._epoch = _Epoch(tod, now)
+        elif ep.tod is None and tod is not None:
+            ep.tod = tod
+        self._put(ep, msg)
+        return out
+
+    def flush(self, now: float) -> list[Payload]:
+        """Records of the epoch still open."""
+        ep = self._epoch
+        if ep is None:
+            return []
+        return self._close(ep)
+
+    @staticmethod
+    def _put(ep: _Epoch, msg: Message) -> None:
+        # First of each kind wins: a second GGA in one epoch (e.g. GPGGA and GNGGA) repeats it.
+        if isinstance(msg, GSA):
+            ep.gsa.append(msg)
+        elif isinstance(msg, GSV):
+            ep.gsv.append(msg)
+        elif isinstance(msg, GGA):
+            ep.gga = ep.gga or msg
+        elif isinstance(msg, RMC):
+            ep.rmc = ep.rmc or msg
+        elif isinstance(msg, GNS):
+            ep.gns = ep.gns or msg
+        elif isinstance(msg, GLL):
+            ep.gll = ep.gll or msg
+        elif isinstance(msg, VTG):
+            ep.vtg = ep.vtg or msg
+        elif isinstance(msg, ZDA):
+            ep.zda = ep.zda or msg
+        elif isinstance(msg, GST):
+            ep.gst = ep.gst or msg
+
+    def _antenna_event(self, msg: TXT, now: float) -> list[Payload]:
+        m = _ANTENNA_RE.search(msg.text.upper())
+        if m is None:
+            return []
+        state = m.group(1).lower()
+        previous = self._antenna
+        self._antenna = state
+        if state == previous or (previous is None and state == "ok"):
+            return []
+        severity: Literal["info", "warning"] = "info" if state == "ok" else "warning"
+        self.events += 1
+        return [
+            make_event(
+                "antenna",
+                f"GNSS antenna {state}",
+                now=now,
+                severity=severity,
+                state=state,
+                previous=previous,
+            )
+        ]
+
+    def _epoch_time(self, ep: _Epoch) -> tuple[str | None, float | None]:
+        """(ISO time, unix seconds) of the epoch from GNSS date and time of day."""
+        if ep.tod is None:
+            return None, None
+        date = None
+        if ep.zda is not None and ep.zda.date is not None:
+            date = ep.zda.date
+        elif ep.rmc is not None and ep.rmc.date is not None:
+            date = ep.rmc.date
+        if date is None and self._date is not None:
+            date = self._date
+            # Time of day jumped back by more than half a day: midnight passed.
+            if self._last_tod is not None and self._last_tod - ep.tod > _HALF_DAY_MS:
+                date += dt.timedelta(days=1)
+        self._last_tod = ep.tod
+        if date is None:
+            return None, None
+        self._date = date
+        return _iso(date, ep.tod), _unix(date, ep.tod)
+
+    def _close(self, ep: _Epoch) -> list[Payload]:
+        self._epoch = None
+        self.epochs += 1
+        out: list[Payload] = []
+        iso, unix = self._epoch_time(ep)
+        clock: Clock = "gnss"
+        if iso is None:
+            iso, clock = iso_utc(ep.now), "system"
+        used = {(s.gnssid, s.svid) for g in ep.gsa for s in g.used}
+        if ep.gga or ep.rmc or ep.gns or ep.gll or ep.vtg:
+            out.append(self._fix(ep, iso, clock, unix, used))
+            self.fixes += 1
+        sky = self._sky(ep, iso, clock, used)
+        if sky is not None:
+            out.append(sky)
+            self.skies += 1
+        return out
+
+    def _fix(
+        self,
+        ep: _Epoch,
+        iso: str,
+        clock: Clock,
+        unix: float | None,
+        used: set[tuple[int, int]],
+    ) -> Fix:
+        gga, rmc, gns, gll, vtg = ep.gga, ep.rmc, ep.gns, ep.gll, ep.vtg
+        has_fix = (
+            (gga is not None and gga.quality not in (None, 0) and gga.lat is not None)
+            or (
+                gns is not None
+                and gns.pos_mode is not None
+                and gns.lat is not None
+                and set(gns.pos_mode) != {"N"}
+            )
+            or (rmc is not None and rmc.valid and rmc.lat is not None)
+            or (gll is not None and gll.valid and gll.lat is not None)
+        )
+        gsa_modes = [g.nav_mode for g in ep.gsa if g.nav_mode in (1, 2, 3)]
+        alt_src = gga if gga is not None and gga.alt is not None else gns
+        alt = alt_src.alt if alt_src is not None else None
+        sep = alt_src.sep if alt_src is not None else None
+        mode: Literal[1, 2, 3]
+        if not has_fix:
+            mode = 1
+        elif gsa_modes:
+            mode = 3 if max(gsa_modes) == 3 else 2 if max(gsa_modes) == 2 else 1
+        else:
+            mode = 3 if alt is not None else 2
+        values: dict[str, object] = {}
+        if mode >= 2:
+            for src in (gga, gns, rmc, gll):
+                if src is not None and src.lat is not None and src.lon is not None:
+                    values["lat"], values["lon"] = src.lat, src.lon
+                    break
+        if mode == 3 and alt is not None:
+            values["altMSL"] = alt
+            if sep is not None:
+                values["geoidSep"] = sep
+                values["altHAE"] = round(alt + sep, 4)
+        speed_kn = rmc.speed_kn if rmc is not None and rmc.valid else None
+        if speed_kn is None and vtg is not None:
+            speed_kn = vtg.speed_kn
+            if speed_kn is None and vtg.speed_kmh is not None:
+                speed_kn = vtg.speed_kmh / 1.852
+        if mode >= 2 and speed_kn is not None:
+            values["speed"] = round(speed_kn * KNOTS_TO_MPS, 3)
+        track = rmc.course if rmc is not None and rmc.valid else None
+        if track is None and vtg is not None:
+            track = vtg.course
+        if mode >= 2 and track is not None:
+            values["track"] = track
+        if rmc is not None and rmc.magvar is not None:
+            values["magvar"] = rmc.magvar
+        status = None
+        if gga is not None and gga.quality is not None:
+            status = GGA_STATUS.get(gga.quality)
+        elif rmc is not None and rmc.pos_mode:
+            status = FAA_STATUS.get(rmc.pos_mode[0])
+        if status is not None:
+            values["status"] = status
+        alt_now = values.get("altHAE", values.get("altMSL"))
+        if unix is not None and isinstance(alt_now, float):
+            if self._last_alt is not None:
+                gap = unix - self._last_alt[0]
+                if 0 < gap <= CLIMB_MAX_GAP_S:
+                    values["climb"] = round((alt_now - self._last_alt[1]) / gap, 3)
+            self._last_alt = (unix, alt_now)
+        else:
+            self._last_alt = None
+        gst = ep.gst
+        if gst is not None:
+            if gst.std_lat is not None and gst.std_lon is not None:
+                values["eph"] = round(math.hypot(gst.std_lat, gst.std_lon), 3)
+            if gst.std_alt is not None:
+                values["epv"] = gst.std_alt
+        pdop, hdop, vdop = _dops(ep)
+        if hdop is None and gga is not None:
+            hdop = gga.hdop
+        values.update(
+            {k: v for k, v in (("pdop", pdop), ("hdop", hdop), ("vdop", vdop)) if v is not None}
+        )
+        if ep.gsa:
+            values["uSat"] = len(used)
+            per: dict[str, int] = {}
+            for gnssid, _svid in sorted(used):
+                name = GNSS_NAMES.get(gnssid, str(gnssid))
+                per[name] = per.get(name, 0) + 1
+            values["used"] = per
+        elif gga is not None and gga.num_sv is not None:
+            values["uSat"] = gga.num_sv
+        if ep.gsv:
+            values["nSat"] = len(_merge(ep.gsv))
+        return Fix.model_validate(
+            {"id": new_id(int(ep.now * 1000)), "time": iso, "mode": mode, "clock": clock, **values}
+        )
+
+    def _sky(self, ep: _Epoch, iso: str, clock: Clock, used: set[tuple[int, int]]) -> Sky | None:
+        if ep.gsv:
+            rows = _merge(ep.gsv)
+            self._last_view = (ep.now, rows)
+        elif ep.gsa and self._last_view is not None and ep.now - self._last_view[0] <= SKY_HOLD_S:
+            rows = self._last_view[1]
+        elif ep.gsa:
+            rows = []
+        else:
+            return None
+        sats = [
+            Satellite(
+                PRN=r.prn,
+                gnssid=r.gnssid,
+                svid=r.svid,
+                sigid=r.sigid,
+                az=r.az,
+                el=r.el,
+                ss=r.ss,
+                used=(r.gnssid, r.svid) in used,
+            )
+            for r in rows
+        ]
+        pdop, hdop, vdop = _dops(ep)
+        if hdop is None and ep.gga is not None:
+            hdop = ep.gga.hdop
+        return Sky(
+            id=new_id(int(ep.now * 1000)),
+            time=iso,
+            satellites=sats,
+            nSat=len(sats),
+            uSat=len(used) if ep.gsa else sum(s.used for s in sats),
+            pdop=pdop,
+            hdop=hdop,
+            vdop=vdop,
+            clock=clock,
+        )
+
+
+def _dops(ep: _Epoch) -> tuple[float | None, float | None, float | None]:
+    pdop = next((g.pdop for g in ep.gsa if g.pdop is not None), None)
+    hdop = next((g.hdop for g in ep.gsa if g.hdop is not None), None)
+    vdop = next((g.vdop for g in ep.gsa if g.vdop is not None), None)
+    return pdop, hdop, vdop
+
+
+def _merge(groups: list[GSV]) -> list[_SatRow]:
+    """Satellites of all GSV sentences merged by (gnssid, svid), first-seen order."""
+    rows: dict[tuple[int, int], _SatRow] = {}
+    for g in groups:
+        for v in g.sats:
+            key = (v.sat.gnssid, v.sat.svid)
+            row = rows.get(key)
+            if row is None:
+                rows[key] = _SatRow(v.sat.prn, v.sat.gnssid, v.sat.svid, v.sigid, v.az, v.el, v.ss)
+                continue
+            if row.az is None:
+                row.az = v.az
+            if row.el is None:
+                row.el = v.el
+            # Keep the strongest signal's strength and id.
+            if v.ss is not None and (row.ss is None or v.ss > row.ss):
+                row.ss, row.sigid = v.ss, v.sigid
+    return list(rows.values())

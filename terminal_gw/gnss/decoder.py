@@ -1,0 +1,371 @@
+"""Decoder: framed sentences in, typed messages out (pynmeagps for the field layouts).
+
+Only the sentence types the assembler uses are decoded; everything else is counted and
+skipped. Empty fields become None, never zero.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pynmeagps import NMEAReader
+from pynmeagps.exceptions import NMEAMessageError, NMEAParseError, NMEATypeError
+
+from terminal_gw.gnss.framer import Sentence, nmea_checksum
+from terminal_gw.gnss.numbering import TALKER_SYSTEM, SatId, normalise, system_of
+
+#: Talkers accepted (PROTOCOLS.md section 1); `PQ` (Quectel) is handled as a proprietary quirk.
+TALKERS = frozenset(TALKER_SYSTEM)
+
+#: Sentence types decoded; others with a valid talker count as unknown_type.
+TYPES = frozenset({"GGA", "RMC", "GSA", "GSV", "VTG", "GLL", "ZDA", "GNS", "GST", "TXT"})
+
+#: Decoder outcomes (keys of `Decoder.counters`, always present), plus `proprietary.<ADDR>`.
+DECODER_COUNTERS = ("decoded", "unknown_talker", "unknown_type", "proprietary", "decode_error")
+
+# Quectel EG25-G/EC2x: $PQGSV/$PQGSA carry a trailing system id (4 BeiDou, 5 QZSS).
+_PQ_TALKER = {"4": "GB", "5": "GQ"}
+
+_VALNONE = 0  # checksum already checked by the framer
+
+
+@dataclass(frozen=True, slots=True)
+class GGA:
+    """Fix data."""
+
+    talker: str
+    time: dt.time | None
+    lat: float | None
+    lon: float | None
+    quality: int | None
+    num_sv: int | None
+    hdop: float | None
+    alt: float | None
+    sep: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RMC:
+    """Recommended minimum data."""
+
+    talker: str
+    time: dt.time | None
+    valid: bool
+    lat: float | None
+    lon: float | None
+    speed_kn: float | None
+    course: float | None
+    date: dt.date | None
+    magvar: float | None
+    pos_mode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GNS:
+    """Fix data, one mode letter per constellation."""
+
+    talker: str
+    time: dt.time | None
+    lat: float | None
+    lon: float | None
+    pos_mode: str | None
+    num_sv: int | None
+    hdop: float | None
+    alt: float | None
+    sep: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GLL:
+    """Position and time."""
+
+    talker: str
+    time: dt.time | None
+    valid: bool
+    lat: float | None
+    lon: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class VTG:
+    """Course and speed over ground."""
+
+    talker: str
+    course: float | None
+    speed_kn: float | None
+    speed_kmh: float | None
+    pos_mode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ZDA:
+    """Date and time."""
+
+    talker: str
+    time: dt.time | None
+    date: dt.date | None
+
+
+@dataclass(frozen=True, slots=True)
+class GST:
+    """Pseudorange error statistics (1-sigma, metres)."""
+
+    talker: str
+    time: dt.time | None
+    std_lat: float | None
+    std_lon: float | None
+    std_alt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GSA:
+    """DOP and satellites used, already in gpsd numbering."""
+
+    talker: str
+    nav_mode: int | None
+    used: tuple[SatId, ...]
+    pdop: float | None
+    hdop: float | None
+    vdop: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SatView:
+    """One satellite row of a GSV sentence."""
+
+    sat: SatId
+    el: float | None
+    az: float | None
+    ss: float | None
+    sigid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GSV:
+    """One part of a satellites-in-view group."""
+
+    talker: str
+    num_msg: int | None
+    msg_num: int | None
+    num_sv: int | None
+    sats: tuple[SatView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TXT:
+    """Free text from the receiver."""
+
+    talker: str
+    text: str
+
+
+Message = GGA | RMC | GNS | GLL | VTG | ZDA | GST | GSA | GSV | TXT
+
+
+def _s(v: Any) -> str | None:
+    return None if v == "" or v is None else str(v)
+
+
+def _f(v: Any) -> float | None:
+    if v == "" or v is None:
+        return None
+    return float(v)
+
+
+def _i(v: Any) -> int | None:
+    if v == "" or v is None:
+        return None
+    return int(v)
+
+
+def _t(v: Any) -> dt.time | None:
+    return v if isinstance(v, dt.time) else None
+
+
+def _d(v: Any) -> dt.date | None:
+    return v if isinstance(v, dt.date) else None
+
+
+def _dop(v: Any) -> float | None:
+    # 0 and 99.x are what receivers send for "no DOP".
+    d = _f(v)
+    return d if d is not None and 0 < d < 99 else None
+
+
+def _gga(m: Any, talker: str, _fields: tuple[str, ...]) -> GGA:
+    return GGA(
+        talker,
+        _t(m.time),
+        _f(m.lat),
+        _f(m.lon),
+        _i(m.quality),
+        _i(m.numSV),
+        _dop(m.HDOP),
+        _f(m.alt),
+        _f(m.sep),
+    )
+
+
+def _rmc(m: Any, talker: str, _fields: tuple[str, ...]) -> RMC:
+    mv = _f(m.mv)
+    if mv is not None and m.mvEW == "W":
+        mv = -mv
+    return RMC(
+        talker,
+        _t(m.time),
+        m.status == "A",
+        _f(m.lat),
+        _f(m.lon),
+        _f(m.spd),
+        _f(m.cog),
+        _d(m.date),
+        mv,
+        _s(getattr(m, "posMode", "")),
+    )
+
+
+def _gns(m: Any, talker: str, _fields: tuple[str, ...]) -> GNS:
+    return GNS(
+        talker,
+        _t(m.time),
+        _f(m.lat),
+        _f(m.lon),
+        _s(m.posMode),
+        _i(m.numSV),
+        _dop(m.HDOP),
+        _f(m.alt),
+        _f(m.sep),
+    )
+
+
+def _gll(m: Any, talker: str, _fields: tuple[str, ...]) -> GLL:
+    return GLL(talker, _t(m.time), m.status == "A", _f(m.lat), _f(m.lon))
+
+
+def _vtg(m: Any, talker: str, _fields: tuple[str, ...]) -> VTG:
+    return VTG(talker, _f(m.cogt), _f(m.sogn), _f(m.sogk), _s(getattr(m, "posMode", "")))
+
+
+def _zda(m: Any, talker: str, _fields: tuple[str, ...]) -> ZDA:
+    date = None
+    if m.day != "" and m.month != "" and m.year != "":
+        date = dt.date(int(m.year), int(m.month), int(m.day))
+    return ZDA(talker, _t(m.time), date)
+
+
+def _gst(m: Any, talker: str, _fields: tuple[str, ...]) -> GST:
+    return GST(talker, _t(m.time), _f(m.stdLat), _f(m.stdLong), _f(m.stdAlt))
+
+
+def _gsa(m: Any, talker: str, fields: tuple[str, ...]) -> GSA:
+    # Field 18 (index 17) is the NMEA 4.10 system id; a float there (SiRF-TriG) is ignored.
+    system = system_of(talker, fields[17] if len(fields) > 17 else None)
+    used: list[SatId] = []
+    for name, value in vars(m).items():
+        if name.startswith("svid_") and value != "":
+            sat = normalise(int(value), system)
+            if sat is not None:
+                used.append(sat)
+    return GSA(
+        talker,
+        _i(m.navMode),
+        tuple(used),
+        _dop(getattr(m, "PDOP", "")),
+        _dop(getattr(m, "HDOP", "")),
+        _dop(getattr(m, "VDOP", "")),
+    )
+
+
+def _gsv(m: Any, talker: str, fields: tuple[str, ...]) -> GSV:
+    system = system_of(talker)
+    sig = _s(getattr(m, "signalID", ""))
+    sigid = int(sig, 16) if sig is not None else None
+    sats: list[SatView] = []
+    for k in range(1, (len(fields) - 3) // 4 + 1):
+        num = getattr(m, f"svid_{k:02d}", "")
+        if num == "":
+            continue
+        sat = normalise(int(num), system)
+        if sat is None:
+            continue
+        sats.append(
+            SatView(
+                sat,
+                _f(getattr(m, f"elv_{k:02d}", "")),
+                _f(getattr(m, f"az_{k:02d}", "")),
+                _f(getattr(m, f"cno_{k:02d}", "")),
+                sigid,
+            )
+        )
+    return GSV(talker, _i(m.numMsg), _i(m.msgNum), _i(m.numSV), tuple(sats))
+
+
+def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
+    return TXT(talker, str(m.text))
+
+
+_DECODERS: dict[str, Callable[[Any, str, tuple[str, ...]], Message]] = {
+    "GGA": _gga,
+    "RMC": _rmc,
+    "GNS": _gns,
+    "GLL": _gll,
+    "VTG": _vtg,
+    "ZDA": _zda,
+    "GST": _gst,
+    "GSA": _gsa,
+    "GSV": _gsv,
+    "TXT": _txt,
+}
+
+
+class Decoder:
+    """Turn framed sentences into typed messages, counting what it skips."""
+
+    def __init__(self) -> None:
+        self._counters: Counter[str] = Counter(dict.fromkeys(DECODER_COUNTERS, 0))
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """Outcome counts since creation (see DECODER_COUNTERS)."""
+        return self._counters
+
+    def decode(self, sentence: Sentence) -> Message | None:
+        """The typed message of `sentence`, or None when it is skipped (and counted)."""
+        address = sentence.address
+        fields = sentence.fields
+        if address.startswith("PQ") and address[2:] in ("GSV", "GSA") and fields:
+            talker = _PQ_TALKER.get(fields[-1])
+            if talker is None:
+                self._counters["decode_error"] += 1
+                return None
+            fields = fields[:-1]
+            kind = address[2:]
+        elif address[0] == "P":
+            self._counters["proprietary"] += 1
+            self._counters[f"proprietary.{address}"] += 1
+            return None
+        else:
+            talker, kind = address[:2], address[2:]
+            if talker not in TALKERS:
+                self._counters["unknown_talker"] += 1
+                return None
+            if kind not in TYPES:
+                self._counters["unknown_type"] += 1
+                return None
+        try:
+            body = ",".join((talker + kind, *fields)).encode("ascii")
+            raw = b"$%s*%02X\r\n" % (body, nmea_checksum(body))
+            msg = NMEAReader.parse(raw, validate=_VALNONE)
+            if msg is None:
+                self._counters["decode_error"] += 1
+                return None
+            decoded = _DECODERS[kind](msg, talker, fields)
+        except (NMEAParseError, NMEAMessageError, NMEATypeError, ValueError, TypeError):
+            self._counters["decode_error"] += 1
+            return None
+        self._counters["decoded"] += 1
+        return decoded
