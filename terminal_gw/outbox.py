@@ -1,0 +1,1089 @@
+"""The durable outbox: every record that leaves the device waits here until the broker has it.
+
+SQLite in WAL mode, one connection guarded by a lock and driven through `asyncio.to_thread`.
+
+Choices (each tested):
+
+- Batching: non-sync records wait in a small in-memory batch and are inserted and committed
+  together (`synchronous=NORMAL`) every `commit_interval_s` or `commit_records` records. A
+  sync record (sms, bds, command by default) is committed with everything queued before it,
+  with `synchronous=FULL`, before `put` returns. `next_batch` reads only committed rows, so a
+  record is never published and then lost by a crash before its commit; a crash can lose at
+  most the uncommitted batch of non-sync records (at most `commit_interval_s` old).
+- Size bound: the byte count is an estimate kept incrementally, payload + topic + id plus
+  `ROW_OVERHEAD` bytes a row (row header, two index entries, page slack), not the file sizes:
+  SQLite files do not shrink when rows go, so file sizes cannot tell when room was made.
+- Pressure: positions (sky, then fix) are thinned, oldest tiers first (keep one record per
+  interval that grows with age), then dropped oldest first, then events and status oldest
+  first. Messages and command results are never pushed out; a new one that cannot fit is
+  refused with `OutboxFullError`. Other classes that cannot fit are dropped and counted.
+  Every eviction and refusal is counted and reported as one aggregated event.
+- Drain order: priority, FIFO within a class, except that the newest fix and sky (created
+  within `live_window_s` and newer than any sent this way) go ahead of their backlog.
+- Disk full or read-only: the failing batch stays in memory, bounded by
+  `memory_buffer_bytes` (least important dropped first, counted); sync puts raise
+  `StoreError` so the source copy is kept; writes are retried every `retry_interval_s`;
+  draining goes on (acks that cannot be written are remembered and retried).
+- Start: `PRAGMA quick_check`; a corrupt file is moved aside and its readable rows are
+  copied into a fresh database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from terminal_gw.config import OutboxConfig
+from terminal_gw.errors import OutboxFullError, StoreError
+from terminal_gw.models import Event, EventSink, Payload, make_event
+
+CLASS_PRIORITY = {"sms": 0, "bds": 0, "command": 0, "event": 1, "status": 1, "fix": 2, "sky": 3}
+SYNC_CLASSES = {"sms", "bds", "command"}
+#: Never pushed out by other records; refused (OutboxFullError) when they cannot fit.
+MESSAGE_CLASSES = frozenset({"sms", "bds", "command"})
+#: Thinned under pressure, least important first.
+POSITION_CLASSES = ("sky", "fix")
+#: Priorities whose newest record goes ahead of the backlog (fix, sky).
+LIVE_PRIORITIES = (CLASS_PRIORITY["fix"], CLASS_PRIORITY["sky"])
+#: Estimated bytes a row costs beyond its payload, topic and id (measured: bench/outbox.py).
+ROW_OVERHEAD = 64
+#: Thinning tiers, applied oldest first: records older than `age` keep one per `interval`.
+THIN_TIERS: tuple[tuple[float, float], ...] = (
+    (30 * 86400.0, 86400.0),
+    (7 * 86400.0, 3 * 3600.0),
+    (86400.0, 1800.0),
+    (6 * 3600.0, 300.0),
+    (3600.0, 60.0),
+    (600.0, 10.0),
+)
+SCHEMA_VERSION = 1
+_DROP_CHUNK = 1000
+_MAX_UNSAVED_ACKS = 20000
+_COLUMNS = "seq, id, cls, topic, payload, created, priority, retain"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    cls TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    priority INTEGER NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_drain ON outbox (priority);
+CREATE INDEX IF NOT EXISTS outbox_class ON outbox (cls, created);
+"""
+# AUTOINCREMENT: a seq is never reused, so an ack for a record evicted while in flight can
+# never delete a newer record that happened to get the same rowid.
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One waiting record, as stored."""
+
+    seq: int
+    id: str
+    cls: str
+    topic: str
+    payload: bytes
+    created: float
+    priority: int
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClassStats:
+    """What waits in one class."""
+
+    count: int
+    bytes: int
+    oldest_age_s: float | None
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """A record accepted but not yet committed."""
+
+    id: str
+    cls: str
+    topic: str
+    payload: bytes
+    created: float
+    priority: int
+    retain: bool
+    sync: bool
+    size: int
+
+
+def record_size(topic: str, payload: bytes, record_id: str) -> int:
+    """The bytes a record is counted for against `max_bytes`."""
+    return len(payload) + len(topic.encode()) + len(record_id) + ROW_OVERHEAD
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, NORMAL sync."""
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise StoreError(f"{path}: cannot switch to WAL mode (got {mode})", reason="wal")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    # Keep the WAL file from staying at its high-water mark after a checkpoint.
+    conn.execute("PRAGMA journal_size_limit = 4194304")
+    return conn
+
+
+def check_database(path: Path) -> str | None:
+    """None when `path` is a sound database, else why it is not (quick_check's words)."""
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=5)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+        problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        if problems:
+            return "; ".join(problems[:5])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "outbox" not in tables:
+            return "not an outbox database (no outbox table)"
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None
+
+
+def iter_salvage(path: Path) -> Iterator[tuple[Any, ...]]:
+    """Readable rows of a damaged outbox, in seq order; damaged stretches are skipped."""
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=5)
+    except sqlite3.Error:
+        return
+    try:
+        top: int | None = None
+        with contextlib.suppress(sqlite3.Error):
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            top = int(row[0]) if row else None
+        last = 0
+        step = 1
+        failures = 0
+        while failures < 64 and (top is None or last < top):
+            try:
+                cur = conn.execute(
+                    "SELECT seq, id, cls, topic, payload, created, priority, retain FROM outbox"
+                    " WHERE seq > ? ORDER BY seq",
+                    (last,),
+                )
+                for row in cur:
+                    last = int(row[0]) if isinstance(row[0], int) else last + 1
+                    step = 1
+                    failures = 0
+                    yield row
+            except sqlite3.Error:
+                # A damaged page: jump ahead, further each time it fails again.
+                failures += 1
+                last += step
+                step *= 2
+            else:
+                return
+    finally:
+        conn.close()
+
+
+def _valid_row(row: tuple[Any, ...]) -> _Pending | None:
+    """A salvaged row as a record, or None when its fields are garbage."""
+    try:
+        _seq, rid, cls, topic, payload, created, _priority, retain = row
+    except ValueError:
+        return None
+    if not (isinstance(rid, str) and isinstance(topic, str) and cls in CLASS_PRIORITY):
+        return None
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if not isinstance(payload, bytes) or not isinstance(created, (int, float)):
+        return None
+    return _Pending(
+        id=rid,
+        cls=cls,
+        topic=topic,
+        payload=payload,
+        created=float(created),
+        priority=CLASS_PRIORITY[cls],
+        retain=bool(retain),
+        sync=False,
+        size=record_size(topic, payload, rid),
+    )
+
+
+class _Db:
+    """The sqlite side: every method runs in a worker thread, under one lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.conn: sqlite3.Connection | None = None
+
+    def _c(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise StoreError("the outbox is not open", reason="closed")
+        return self.conn
+
+    def open(self) -> dict[str, Any]:
+        """Check, salvage when needed, create the schema; return what was found."""
+        with self.lock:
+            info: dict[str, Any] = {}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                reason = check_database(self.path)
+                if reason is not None:
+                    info["corrupt"] = reason
+                    info["moved_to"] = str(self._move_aside())
+            try:
+                self.conn = connect(self.path)
+                self.conn.executescript(_SCHEMA)
+                if self.conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot open the outbox: {exc}") from exc
+            if "moved_to" in info:
+                info["salvaged"] = self._salvage(Path(info["moved_to"]))
+            info["counts"] = self._counts()
+            info["oldest"] = self._oldest()
+            return info
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        os.replace(self.path, target)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                # The WAL goes with its database so the salvage reads committed rows from it.
+                os.replace(side, target.with_name(target.name + suffix))
+        return target
+
+    def _salvage(self, source: Path) -> int:
+        conn = self._c()
+        saved = 0
+        conn.execute("BEGIN")
+        try:
+            for row in iter_salvage(source):
+                rec = _valid_row(row)
+                if rec is None:
+                    continue
+                conn.execute(
+                    "INSERT INTO outbox (seq, id, cls, topic, payload, created, priority,"
+                    " retain, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row[0] if isinstance(row[0], int) else None,
+                        rec.id,
+                        rec.cls,
+                        rec.topic,
+                        rec.payload,
+                        rec.created,
+                        rec.priority,
+                        int(rec.retain),
+                        rec.size,
+                    ),
+                )
+                saved += 1
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        return saved
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        rows = self._c().execute("SELECT cls, COUNT(*), SUM(size) FROM outbox GROUP BY cls")
+        return {str(c): (int(n), int(b or 0)) for c, n, b in rows}
+
+    def _oldest(self) -> dict[str, float]:
+        conn = self._c()
+        oldest: dict[str, float] = {}
+        for cls in CLASS_PRIORITY:
+            row = conn.execute("SELECT MIN(created) FROM outbox WHERE cls = ?", (cls,)).fetchone()
+            if row and row[0] is not None:
+                oldest[cls] = float(row[0])
+        return oldest
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("PRAGMA optimize")
+                self.conn.close()
+                self.conn = None
+
+    def insert(
+        self, batch: list[_Pending], sync: bool, acks: Collection[int]
+    ) -> tuple[Counter[str], Counter[str], dict[str, float], Counter[str], Counter[str]]:
+        """Insert and commit `batch` (and delete remembered acks); raise sqlite3 errors."""
+        with self.lock:
+            conn = self._c()
+            if sync:
+                conn.execute("PRAGMA synchronous = FULL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(
+                        "INSERT INTO outbox (id, cls, topic, payload, created, priority, retain,"
+                        " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                r.id,
+                                r.cls,
+                                r.topic,
+                                r.payload,
+                                r.created,
+                                r.priority,
+                                int(r.retain),
+                                r.size,
+                            )
+                            for r in batch
+                        ],
+                    )
+                    gone_n, gone_b = self._delete(acks)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if sync:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA synchronous = NORMAL")
+            n: Counter[str] = Counter()
+            b: Counter[str] = Counter()
+            for r in batch:
+                n[r.cls] += 1
+                b[r.cls] += r.size
+            return n, b, self._oldest(), gone_n, gone_b
+
+    def _delete(self, seqs: Collection[int]) -> tuple[Counter[str], Counter[str]]:
+        conn = self._c()
+        n: Counter[str] = Counter()
+        b: Counter[str] = Counter()
+        seq_list = list(seqs)
+        for i in range(0, len(seq_list), 500):
+            chunk = seq_list[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for cls, size in conn.execute(
+                f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING cls, size",  # noqa: S608 - only placeholders
+                chunk,
+            ).fetchall():
+                n[cls] += 1
+                b[cls] += size
+        return n, b
+
+    def ack(self, seqs: Collection[int]) -> tuple[Counter[str], Counter[str], dict[str, float]]:
+        """Delete delivered records; raise sqlite3 errors."""
+        with self.lock:
+            conn = self._c()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n, b = self._delete(seqs)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return n, b, self._oldest()
+
+    def next_batch(
+        self, limit: int, skip: Collection[int], marks: dict[int, int], live_after: float
+    ) -> tuple[list[Record], set[int]]:
+        """The next `limit` records in drain order, and the seqs that went ahead as live."""
+        with self.lock:
+            conn = self._c()
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox ORDER BY priority, seq LIMIT ?",  # noqa: S608 - constant columns
+                (limit + len(skip),),
+            ).fetchall()
+            picked = {r[0]: r for r in rows if r[0] not in skip}
+            live: set[int] = set()
+            for prio in LIVE_PRIORITIES:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE priority = ? ORDER BY seq DESC LIMIT 1",  # noqa: S608 - constant columns
+                    (prio,),
+                ).fetchone()
+                if (
+                    row is not None
+                    and row[0] not in skip
+                    and row[0] > marks.get(prio, 0)
+                    and row[5] >= live_after
+                ):
+                    picked[row[0]] = row
+                    live.add(row[0])
+        ordered = sorted(picked.values(), key=lambda r: (r[6], r[0] not in live, r[0]))[:limit]
+        records = [
+            Record(
+                seq=r[0],
+                id=r[1],
+                cls=r[2],
+                topic=r[3],
+                payload=bytes(r[4]),
+                created=r[5],
+                priority=r[6],
+                retain=bool(r[7]),
+            )
+            for r in ordered
+        ]
+        return records, {r.seq for r in records if r.seq in live}
+
+    def expire(
+        self, limits: dict[str, float], now: float
+    ) -> tuple[Counter[str], Counter[str], dict[str, float]]:
+        """Delete records older than their class's age limit."""
+        with self.lock:
+            conn = self._c()
+            n: Counter[str] = Counter()
+            b: Counter[str] = Counter()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for cls, max_age in limits.items():
+                    for (size,) in conn.execute(
+                        "DELETE FROM outbox WHERE cls = ? AND created < ? RETURNING size",
+                        (cls, now - max_age),
+                    ).fetchall():
+                        n[cls] += 1
+                        b[cls] += size
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return n, b, self._oldest()
+
+    def make_room(
+        self, need: int, classes: tuple[str, ...], now: float
+    ) -> tuple[Counter[tuple[str, str]], Counter[str], Counter[str], dict[str, float]]:
+        """Free at least `need` bytes from `classes`: thin positions, then drop oldest first."""
+        with self.lock:
+            conn = self._c()
+            why: Counter[tuple[str, str]] = Counter()
+            n: Counter[str] = Counter()
+            b: Counter[str] = Counter()
+            freed = 0
+
+            def take(rows: list[tuple[str, int]], reason: str) -> None:
+                nonlocal freed
+                for cls, size in rows:
+                    why[(cls, reason)] += 1
+                    n[cls] += 1
+                    b[cls] += size
+                    freed += size
+
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                positions = [c for c in POSITION_CLASSES if c in classes]
+                for age, interval in THIN_TIERS:
+                    for cls in positions:
+                        if freed >= need:
+                            break
+                        cut = now - age
+                        take(
+                            conn.execute(
+                                "DELETE FROM outbox WHERE cls = :c AND created < :cut AND seq NOT"
+                                " IN (SELECT MIN(seq) FROM outbox WHERE cls = :c AND created"
+                                " < :cut GROUP BY CAST(created / :i AS INTEGER))"
+                                " RETURNING cls, size",
+                                {"c": cls, "cut": cut, "i": interval},
+                            ).fetchall(),
+                            "thinned",
+                        )
+                droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
+                for cls in droppable:
+                    while freed < need:
+                        oldest = conn.execute(
+                            "SELECT seq, size FROM outbox WHERE cls = ? ORDER BY created, seq"
+                            " LIMIT ?",
+                            (cls, _DROP_CHUNK),
+                        ).fetchall()
+                        if not oldest:
+                            break
+                        # Drop only as many as needed, oldest first.
+                        victims: list[int] = []
+                        room = freed
+                        for seq, size in oldest:
+                            if room >= need:
+                                break
+                            victims.append(seq)
+                            room += size
+                        gone_n, gone_b = self._delete(victims)
+                        for c, k in gone_n.items():
+                            why[(c, "dropped")] += k
+                            n[c] += k
+                        for c, size in gone_b.items():
+                            b[c] += size
+                            freed += size
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return why, n, b, self._oldest()
+
+    def oldest_created(self) -> dict[str, float]:
+        with self.lock:
+            return self._oldest()
+
+
+class Outbox:
+    """The durable store-and-forward queue between the stages and the uplink."""
+
+    def __init__(
+        self,
+        config: OutboxConfig,
+        *,
+        events: EventSink | None = None,
+        clock: Callable[[], float] = time.time,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        event_topic: str | None = None,
+    ) -> None:
+        self._config = config
+        self._events = events
+        # Without a sink, the outbox queues its own events on this topic (if given).
+        self._event_topic = event_topic
+        self._clock = clock
+        self._log = log or structlog.get_logger("outbox")
+        self._db = _Db(Path(config.path))
+        self._open = False
+        # Committed rows, per class; kept incrementally so depth and quotas need no query.
+        self._count: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
+        self._oldest: dict[str, float] = {}
+        # Accepted, not yet committed (the batch; also the buffer while the disk fails).
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
+        self._pending_since: float | None = None  # monotonic time of the oldest pending
+        self._inflight: set[int] = set()  # id() of the pending records being committed
+        self._write_lock = asyncio.Lock()
+        self._committed = asyncio.Event()
+        self._wake = asyncio.Event()
+        # Delivered but not yet deleted (the disk refused the delete); retried with the next write.
+        self._acked: set[int] = set()
+        self._live_marks: dict[int, int] = {}
+        # Disk trouble: the reason, since when, and when to try again.
+        self._store_error: str | None = None
+        self._retry_at = 0.0
+        self._buffer_dropped: Counter[str] = Counter()
+        # Evictions and refusals waiting to be reported.
+        self._evicted: Counter[tuple[str, str]] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._last_report = -float("inf")
+        self._next_expire = 0.0
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check the database (salvage a corrupt one), create the schema, load the counts."""
+        info = await asyncio.to_thread(self._db.open)
+        self._open = True
+        for cls, (n, b) in info["counts"].items():
+            self._count[cls] = n
+            self._bytes[cls] = b
+        self._oldest = info["oldest"]
+        if "corrupt" in info:
+            self._log.error(
+                "outbox corrupt",
+                reason=info["corrupt"],
+                moved_to=info["moved_to"],
+                salvaged=info.get("salvaged", 0),
+            )
+            self._emit(
+                make_event(
+                    "store",
+                    f"the outbox database was damaged ({info['corrupt']}); moved aside to"
+                    f" {info['moved_to']}, {info.get('salvaged', 0)} records salvaged",
+                    now=self._clock(),
+                    severity="error",
+                    reason=info["corrupt"],
+                    moved_to=info["moved_to"],
+                    salvaged=info.get("salvaged", 0),
+                )
+            )
+        try:
+            await self.expire()
+        except StoreError as exc:
+            self._log.warning("outbox cannot expire old records", reason=str(exc))
+
+    async def close(self) -> None:
+        """Commit what is pending (when the disk lets us), report, close."""
+        if not self._open:
+            return
+        self._report(force=True)
+        with contextlib.suppress(StoreError):
+            await self.flush()
+        if self._pending:
+            self._log.error("outbox closed with unwritten records", count=len(self._pending))
+        self._open = False
+        await asyncio.to_thread(self._db.close)
+
+    async def __aenter__(self) -> Outbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        """Background duties (a long-lived stage): timed commits, retries, age limits, reports."""
+        while True:
+            now = time.monotonic()
+            due = self._next_due(now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, due - now)):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self._duties()
+
+    def _next_due(self, now: float) -> float:
+        due = now + min(self._config.commit_interval_s, 1.0)
+        if self._pending_since is not None:
+            due = min(due, self._pending_since + self._config.commit_interval_s)
+        return due
+
+    async def _duties(self) -> None:
+        now = time.monotonic()
+        writes_due = self._pending and self._flush_due(now)
+        if writes_due or (self._acked and self._store_error is None):
+            with contextlib.suppress(StoreError):
+                await self.flush()
+        if now >= self._next_expire:
+            self._next_expire = now + 60.0
+            with contextlib.suppress(StoreError):
+                await self.expire()
+        self._report()
+
+    def _flush_due(self, now: float) -> bool:
+        if self._store_error is not None:
+            return now >= self._retry_at
+        return len(self._pending) >= self._config.commit_records or (
+            self._pending_since is not None
+            and now - self._pending_since >= self._config.commit_interval_s
+        )
+
+    # ---- writing ----------------------------------------------------------------------
+
+    async def put(
+        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        """Accept a record; with sync, return only once it is committed with synchronous=FULL."""
+        if not self._open:
+            raise StoreError("the outbox is not open", reason="closed")
+        cls = payload.record_class
+        if cls not in CLASS_PRIORITY:
+            raise StoreError(f"unknown record class {cls!r}", reason="class")
+        if sync is None:
+            sync = cls in SYNC_CLASSES
+        data = payload.to_json().encode()
+        rec = _Pending(
+            id=payload.id,
+            cls=cls,
+            topic=topic,
+            payload=data,
+            created=self._clock(),
+            priority=CLASS_PRIORITY[cls],
+            retain=retain,
+            sync=sync,
+            size=record_size(topic, data, payload.id),
+        )
+        if self._total_bytes() + rec.size > self._config.max_bytes and not await self._room_for(
+            rec
+        ):
+            return
+        if sync:
+            await self._put_sync(rec)
+            return
+        self._append(rec)
+        if self._store_error is not None:
+            self._bound_buffer()
+        if self._flush_due(time.monotonic()):
+            with contextlib.suppress(StoreError):
+                await self.flush()
+        else:
+            self._wake.set()
+
+    async def _put_sync(self, rec: _Pending) -> None:
+        async with self._write_lock:
+            self._append(rec)
+            try:
+                await self._commit_locked(sync=True)
+            except StoreError:
+                # The caller keeps its source copy; the record must not linger in memory.
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(rec)
+                    self._pending_bytes -= rec.size
+                if not self._pending:
+                    self._pending_since = None
+                raise
+
+    def _append(self, rec: _Pending) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(rec)
+        self._pending_bytes += rec.size
+
+    async def flush(self) -> None:
+        """Commit the pending batch now; raise StoreError when the disk refuses."""
+        async with self._write_lock:
+            await self._commit_locked(sync=any(r.sync for r in self._pending))
+
+    async def _commit_locked(self, *, sync: bool) -> None:
+        if not self._pending and not self._acked:
+            return
+        batch = list(self._pending)
+        acks = set(self._acked)
+        self._inflight = {id(r) for r in batch}
+        try:
+            n, b, oldest, gone_n, gone_b = await asyncio.to_thread(
+                self._db.insert, batch, sync, acks
+            )
+        except (sqlite3.Error, OSError) as exc:
+            self._inflight = set()
+            self._store_failed(exc)
+            raise StoreError(f"the outbox cannot write: {exc}", reason=str(exc)) from exc
+        # Puts may have appended meanwhile: remove exactly the committed ones.
+        written = self._inflight
+        self._inflight = set()
+        self._pending = [r for r in self._pending if id(r) not in written]
+        self._pending_bytes = sum(r.size for r in self._pending)
+        self._pending_since = time.monotonic() if self._pending else None
+        self._acked -= acks
+        self._count.update(n)
+        self._bytes.update(b)
+        self._count.subtract(gone_n)
+        self._bytes.subtract(gone_b)
+        self._oldest = oldest
+        if self._store_error is not None:
+            self._store_recovered(len(batch))
+        if batch:
+            self._committed.set()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + self._config.retry_interval_s
+        if self._store_error is None:
+            self._store_error = str(exc)
+            self._log.error("outbox cannot write", reason=str(exc))
+            self._emit(
+                make_event(
+                    "store",
+                    f"the outbox cannot write ({exc}); holding up to"
+                    f" {self._config.memory_buffer_bytes} bytes of records in memory",
+                    now=self._clock(),
+                    severity="error",
+                    reason=str(exc),
+                    state="failing",
+                )
+            )
+        self._bound_buffer()
+
+    def _store_recovered(self, written: int) -> None:
+        reason = self._store_error
+        self._store_error = None
+        dropped = dict(self._buffer_dropped)
+        self._buffer_dropped.clear()
+        self._log.info("outbox writes again", written=written, dropped=dropped)
+        self._emit(
+            make_event(
+                "store",
+                f"the outbox writes again; {written} held records written,"
+                f" {sum(dropped.values())} dropped while it could not",
+                now=self._clock(),
+                severity="info",
+                reason=reason,
+                state="recovered",
+                written=written,
+                dropped=dropped,
+            )
+        )
+
+    def _bound_buffer(self) -> None:
+        """While the disk fails, keep the held records under memory_buffer_bytes."""
+        limit = self._config.memory_buffer_bytes
+        while self._pending_bytes > limit:
+            victims = [
+                r
+                for r in self._pending
+                if r.cls not in MESSAGE_CLASSES and id(r) not in self._inflight
+            ]
+            if not victims:
+                return
+            worst = max(victims, key=lambda r: (r.priority, -r.created))
+            self._pending.remove(worst)
+            self._pending_bytes -= worst.size
+            self._buffer_dropped[worst.cls] += 1
+            self._evicted[(worst.cls, "store_failed")] += 1
+        if not self._pending:
+            self._pending_since = None
+
+    async def _room_for(self, rec: _Pending) -> bool:
+        """Make room for `rec` by evicting less important records; False when it was dropped."""
+        limit = self._config.max_bytes
+        # A record pushes out only records less important than or as important as itself;
+        # messages and command results are never pushed out.
+        if rec.priority <= 1:
+            evictable: tuple[str, ...] = ("sky", "fix", "event", "status")
+        elif rec.cls == "fix":
+            evictable = ("sky", "fix")
+        else:
+            evictable = ("sky",)
+        async with self._write_lock:
+            if self._pending and self._store_error is None:
+                with contextlib.suppress(StoreError):
+                    await self._commit_locked(sync=False)
+            # Free a little more than needed so that pressure is relieved in rounds.
+            slack = min(limit // 20, 1024 * 1024)
+            need = self._total_bytes() + rec.size - limit
+            if need > 0 and self._store_error is None:
+                try:
+                    why, n, b, oldest = await asyncio.to_thread(
+                        self._db.make_room, need + slack, evictable, self._clock()
+                    )
+                except (sqlite3.Error, OSError) as exc:
+                    self._store_failed(exc)
+                else:
+                    self._count.subtract(n)
+                    self._bytes.subtract(b)
+                    self._oldest = oldest
+                    self._evicted.update(why)
+        if self._total_bytes() + rec.size <= limit:
+            self._report()
+            return True
+        if rec.cls in MESSAGE_CLASSES:
+            self._refused[rec.cls] += 1
+            self._report(force=True)
+            raise OutboxFullError(
+                f"the outbox is full ({self._total_bytes()} of {limit} bytes); a {rec.cls}"
+                " record was refused",
+                reason="full",
+            )
+        self._evicted[(rec.cls, "full")] += 1
+        self._report()
+        return False
+
+    def _total_bytes(self) -> int:
+        return sum(self._bytes.values()) + self._pending_bytes
+
+    async def expire(self) -> None:
+        """Drop records older than their class's `max_age_s`."""
+        limits: dict[str, float] = {str(c): float(a) for c, a in self._config.max_age_s.items()}
+        if not limits:
+            return
+        async with self._write_lock:
+            try:
+                n, b, oldest = await asyncio.to_thread(self._db.expire, limits, self._clock())
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"the outbox cannot expire records: {exc}") from exc
+        self._count.subtract(n)
+        self._bytes.subtract(b)
+        self._oldest = oldest
+        for cls, k in n.items():
+            self._evicted[(cls, "age")] += k
+        self._report()
+
+    # ---- reading and acknowledging ------------------------------------------------------
+
+    async def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[Record]:
+        """The next committed records in drain order, skipping seqs in `exclude`."""
+        if not self._open or limit <= 0:
+            return []
+        if len(self._acked) > _MAX_UNSAVED_ACKS:
+            # The disk refuses deletes and many acks wait in memory: pause draining until it
+            # recovers rather than let that set grow without bound.
+            return []
+        skip = set(exclude) | self._acked
+        now = self._clock()
+        live_after = now - self._config.live_window_s if self._config.live_window_s > 0 else now + 1
+        records, live = await asyncio.to_thread(
+            self._db.next_batch, limit, skip, self._live_marks, live_after
+        )
+        for r in records:
+            if r.seq in live:
+                self._live_marks[r.priority] = max(self._live_marks.get(r.priority, 0), r.seq)
+        return records
+
+    async def ack(self, seqs: Iterable[int]) -> None:
+        """Records delivered (PUBACK): delete them."""
+        wanted = set(seqs)
+        if not wanted or not self._open:
+            return
+        if self._store_error is not None:
+            self._acked |= wanted
+            return
+        try:
+            n, b, oldest = await asyncio.to_thread(self._db.ack, wanted)
+        except (sqlite3.Error, OSError) as exc:
+            # Deleting needs disk too; remember the acks and keep them out of next_batch.
+            self._acked |= wanted
+            self._store_failed(exc)
+            return
+        self._count.subtract(n)
+        self._bytes.subtract(b)
+        self._oldest = oldest
+
+    async def wait_for_records(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed interface; used with asyncio.timeout inside
+        """True as soon as committed records may be waiting; False after `timeout` without."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._committed_count() > 0:
+                return True
+            self._committed.clear()
+            now = time.monotonic()
+            if self._pending and self._flush_due(now):
+                with contextlib.suppress(StoreError):
+                    await self.flush()
+                continue
+            wait = deadline - now
+            if self._pending_since is not None and self._store_error is None:
+                wait = min(wait, self._pending_since + self._config.commit_interval_s - now)
+            if deadline - now <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._committed.wait()
+
+    def _committed_count(self) -> int:
+        return sum(self._count.values()) - len(self._acked)
+
+    # ---- figures --------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Records waiting: committed and not yet delivered, plus the pending batch."""
+        return self._committed_count() + len(self._pending)
+
+    @property
+    def store_error(self) -> str | None:
+        """Why the outbox cannot write right now, or None when it can."""
+        return self._store_error
+
+    def oldest_age_s(self) -> float | None:
+        """Age in seconds of the oldest waiting record, or None when empty."""
+        times = list(self._oldest.values()) + [r.created for r in self._pending[:1]]
+        if not times:
+            return None
+        return max(0.0, self._clock() - min(times))
+
+    async def stats(self) -> dict[str, ClassStats]:
+        """Per class: records waiting, their bytes, the oldest one's age."""
+        now = self._clock()
+        count: Counter[str] = Counter(self._count)
+        size: Counter[str] = Counter(self._bytes)
+        oldest = dict(self._oldest)
+        for r in self._pending:
+            count[r.cls] += 1
+            size[r.cls] += r.size
+            oldest[r.cls] = min(oldest.get(r.cls, r.created), r.created)
+        return {
+            cls: ClassStats(
+                count=count[cls],
+                bytes=size[cls],
+                oldest_age_s=max(0.0, now - oldest[cls]) if cls in oldest else None,
+            )
+            for cls in CLASS_PRIORITY
+            if count[cls] > 0
+        }
+
+    # ---- events ---------------------------------------------------------------------
+
+    def _report(self, *, force: bool = False) -> None:
+        """Emit the aggregated evicted / refused counts, at most once per event_interval_s."""
+        if not self._evicted and not self._refused:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_report < self._config.event_interval_s:
+            return
+        self._last_report = now
+        wall = self._clock()
+        if self._evicted:
+            counts: dict[str, dict[str, int]] = {}
+            for (cls, reason), k in sorted(self._evicted.items()):
+                counts.setdefault(cls, {})[reason] = k
+            total = sum(self._evicted.values())
+            self._evicted.clear()
+            self._log.warning("outbox evicted records", counts=counts)
+            self._emit(
+                make_event(
+                    "evicted",
+                    f"{total} records evicted from the outbox",
+                    now=wall,
+                    severity="warning",
+                    counts=counts,
+                    total=total,
+                )
+            )
+        if self._refused:
+            refused = dict(self._refused)
+            self._refused.clear()
+            self._log.error("outbox full: messages refused", refused=refused)
+            self._emit(
+                make_event(
+                    "outbox_full",
+                    f"the outbox is full: {sum(refused.values())} messages refused",
+                    now=wall,
+                    severity="error",
+                    refused=refused,
+                    max_bytes=self._config.max_bytes,
+                )
+            )
+
+    def _emit(self, event: Event) -> None:
+        if self._events is not None:
+            self._events(event)
+            return
+        if self._event_topic is None or not self._open:
+            return
+        # No sink: the outbox queues its own events (past the quota: they are few and small).
+        data = event.to_json().encode()
+        self._append(
+            _Pending(
+                id=event.id,
+                cls="event",
+                topic=self._event_topic,
+                payload=data,
+                created=self._clock(),
+                priority=CLASS_PRIORITY["event"],
+                retain=False,
+                sync=False,
+                size=record_size(self._event_topic, data, event.id),
+            )
+        )
+        self._wake.set()
+
+
+__all__ = [
+    "CLASS_PRIORITY",
+    "MESSAGE_CLASSES",
+    "SYNC_CLASSES",
+    "ClassStats",
+    "Outbox",
+    "Record",
+    "check_database",
+    "record_size",
+]

@@ -1,0 +1,280 @@
+"""`terminal-gw outbox stats|export`: look into the outbox, read-only, while the daemon runs
+(WAL readers do not block it) or on a database copied off a device."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+from xml.sax.saxutils import escape, quoteattr
+
+from terminal_gw.outbox import CLASS_PRIORITY, connect
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `outbox` sub-commands: stats, export."""
+    sub = parser.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    for name, help_text in (
+        ("stats", "per class: records waiting, bytes, oldest age"),
+        ("export", "the records still waiting, one JSON payload a line (or a track)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="config file (default: $TGW_CONFIG or /etc/terminal-gw/config.toml)",
+        )
+        p.add_argument(
+            "--db", type=Path, default=None, help="read this outbox file instead of the config's"
+        )
+        if name == "stats":
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        else:
+            p.add_argument(
+                "--format",
+                choices=["jsonl", "geojson", "gpx"],
+                default="jsonl",
+                help="jsonl: every waiting payload; geojson, gpx: the waiting fixes as a track",
+            )
+            p.add_argument(
+                "--class",
+                dest="classes",
+                action="append",
+                choices=sorted(CLASS_PRIORITY),
+                help="only this class (repeatable; jsonl only)",
+            )
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run `outbox stats` or `outbox export`."""
+    path = _db_path(args)
+    if path is None:
+        return EXIT_USAGE
+    if not path.exists():
+        print(f"error: no outbox at {path}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with _reader(path) as conn:
+            if args.outbox_command == "stats":
+                return _stats(conn, as_json=args.json, out=sys.stdout)
+            return _export(conn, fmt=args.format, classes=args.classes, out=sys.stdout)
+    except sqlite3.Error as exc:
+        print(f"error: cannot read the outbox at {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _db_path(args: argparse.Namespace) -> Path | None:
+    if args.db is not None:
+        return Path(args.db)
+    from terminal_gw.__main__ import read_config_or_exit
+
+    try:
+        return read_config_or_exit(args.config).outbox.path
+    except SystemExit:
+        return None
+
+
+@contextlib.contextmanager
+def _reader(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection; a copy in a temporary folder when the file's folder is
+    read-only and SQLite cannot create the WAL index beside it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            conn = connect(path, readonly=True)
+            stack.callback(conn.close)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            stack.close()
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgw-outbox-")))
+            copy = tmp / path.name
+            shutil.copyfile(path, copy)
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            conn = sqlite3.connect(str(copy), isolation_level=None)
+            stack.callback(conn.close)
+        yield conn
+
+
+def read_stats(conn: sqlite3.Connection, now: float) -> dict[str, dict[str, Any]]:
+    """Per class (drain order): count, bytes (as counted against max_bytes), oldest age."""
+    rows = conn.execute(
+        "SELECT cls, COUNT(*), SUM(size), MIN(created) FROM outbox GROUP BY cls"
+    ).fetchall()
+    found = {str(c): (int(n), int(b or 0), m) for c, n, b, m in rows}
+    order = sorted(found, key=lambda c: (CLASS_PRIORITY.get(c, 99), c))
+    return {
+        c: {
+            "count": found[c][0],
+            "bytes": found[c][1],
+            "oldest_age_s": None if found[c][2] is None else round(max(0.0, now - found[c][2]), 3),
+        }
+        for c in order
+    }
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _human_age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _stats(conn: sqlite3.Connection, *, as_json: bool, out: TextIO) -> int:
+    stats = read_stats(conn, time.time())
+    if as_json:
+        out.write(json.dumps(stats, indent=2) + "\n")
+        return EXIT_OK
+    rows = [
+        (c, str(s["count"]), _human_bytes(s["bytes"]), _human_age(s["oldest_age_s"]))
+        for c, s in stats.items()
+    ]
+    total_n = sum(s["count"] for s in stats.values())
+    total_b = sum(s["bytes"] for s in stats.values())
+    ages = [s["oldest_age_s"] for s in stats.values() if s["oldest_age_s"] is not None]
+    rows.append(("total", str(total_n), _human_bytes(total_b), _human_age(max(ages, default=None))))
+    header = ("class", "count", "bytes", "oldest")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for i, r in enumerate([header, *rows]):
+        if i == len(rows):
+            out.write("  ".join("-" * w for w in widths) + "\n")
+        out.write(
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}\n"
+        )
+    return EXIT_OK
+
+
+def _payloads(conn: sqlite3.Connection, classes: list[str] | None) -> Iterator[tuple[str, bytes]]:
+    if classes:
+        marks = ",".join("?" * len(classes))
+        cur = conn.execute(
+            f"SELECT cls, payload FROM outbox WHERE cls IN ({marks}) ORDER BY priority, seq",  # noqa: S608 - only placeholders
+            classes,
+        )
+    else:
+        cur = conn.execute("SELECT cls, payload FROM outbox ORDER BY priority, seq")
+    for cls, payload in cur:
+        yield str(cls), payload.encode() if isinstance(payload, str) else bytes(payload)
+
+
+def _fixes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The waiting fixes with a position, in time order (GNSS time, else when stored)."""
+    fixes: list[tuple[str, float, dict[str, Any]]] = []
+    for payload, created in conn.execute(
+        "SELECT payload, created FROM outbox WHERE cls = 'fix' ORDER BY seq"
+    ):
+        try:
+            fix = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(fix, dict):
+            continue
+        lat, lon = fix.get("lat"), fix.get("lon")
+        if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
+            continue
+        fixes.append((str(fix.get("time") or ""), float(created), fix))
+    fixes.sort(key=lambda t: (t[0] or "~", t[1]))
+    return [f for _, _, f in fixes]
+
+
+def _export(conn: sqlite3.Connection, *, fmt: str, classes: list[str] | None, out: TextIO) -> int:
+    if fmt == "jsonl":
+        for _cls, payload in _payloads(conn, classes):
+            out.write(payload.decode("utf-8", errors="replace").strip() + "\n")
+        return EXIT_OK
+    fixes = _fixes(conn)
+    if fmt == "geojson":
+        out.write(json.dumps(to_geojson(fixes), ensure_ascii=False) + "\n")
+    else:
+        out.write(to_gpx(fixes))
+    return EXIT_OK
+
+
+_POINT_PROPS = ("time", "mode", "altMSL", "altHAE", "speed", "track", "eph", "hdop", "uSat", "id")
+
+
+def to_geojson(fixes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A FeatureCollection: one Point per fix (with its fields) and the track as a LineString."""
+
+    def coords(f: dict[str, Any]) -> list[float]:
+        alt = f.get("altMSL", f.get("altHAE"))
+        c = [float(f["lon"]), float(f["lat"])]
+        if isinstance(alt, (int, float)):
+            c.append(float(alt))
+        return c
+
+    features: list[dict[str, Any]] = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": coords(f)},
+            "properties": {k: f[k] for k in _POINT_PROPS if k in f},
+        }
+        for f in fixes
+    ]
+    if len(fixes) >= 2:
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "LineString", "coordinates": [coords(f) for f in fixes]},
+                "properties": {
+                    "name": "track",
+                    "start": fixes[0].get("time"),
+                    "end": fixes[-1].get("time"),
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def to_gpx(fixes: list[dict[str, Any]]) -> str:
+    """GPX 1.1 with one track segment of the fixes."""
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<gpx version="1.1" creator="terminal-gw" xmlns="http://www.topografix.com/GPX/1/1">',
+        "  <trk>",
+        "    <name>terminal-gw outbox</name>",
+        "    <trkseg>",
+    ]
+    for f in fixes:
+        lat = quoteattr(f"{float(f['lat']):.7f}")
+        lon = quoteattr(f"{float(f['lon']):.7f}")
+        lines.append(f"      <trkpt lat={lat} lon={lon}>")
+        alt = f.get("altMSL")
+        if isinstance(alt, (int, float)):
+            lines.append(f"        <ele>{float(alt):.2f}</ele>")
+        if f.get("time"):
+            lines.append(f"        <time>{escape(str(f['time']))}</time>")
+        if isinstance(f.get("uSat"), int):
+            lines.append(f"        <sat>{f['uSat']}</sat>")
+        if isinstance(f.get("hdop"), (int, float)):
+            lines.append(f"        <hdop>{float(f['hdop'])}</hdop>")
+        lines.append("      </trkpt>")
+    lines += ["    </trkseg>", "  </trk>", "</gpx>", ""]
+    return "\n".join(lines)
