@@ -193,6 +193,10 @@ class OutboxConfig(_Section):
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     commit_records: int = Field(default=500, ge=1)
     max_age_s: dict[ClassName, float] = Field(default_factory=lambda: dict(_DEFAULT_MAX_AGE_S))
+    live_window_s: float = Field(default=300.0, ge=0)
+    memory_buffer_bytes: Size = 1024 * 1024
+    retry_interval_s: float = Field(default=5.0, gt=0)
+    event_interval_s: float = Field(default=60.0, ge=0)
 
 
 class LogConfig(_Section):
