@@ -1,0 +1,563 @@
+"""Serial ports: one open port behind a small interface, and a port that reopens itself.
+
+`SerialPort` is one open port (pyserial + pyserial-asyncio-fast): `read()` returns the next
+chunk as the driver delivered it, `write()` sends bytes, `close()` releases the device.
+
+`ReconnectingPort` keeps a device usable for a daemon that runs for months: it reopens after an
+unplug, a hang-up or an error (capped exponential backoff with jitter, until the device is back),
+and after `stale_after_s` without valid data. Which data is valid is the consumer's call: it calls
+`mark_alive()` on a checksum-valid NMEA sentence, or on a good AT reply. With `baud="auto"` it
+tries the usual rates and keeps the first at which the consumer's validator sees valid data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+import serial
+import structlog
+from serial_asyncio_fast import create_serial_connection
+from structlog.typing import FilteringBoundLogger
+
+from terminal_gw.config import BAUD_RATES
+from terminal_gw.errors import TransportError
+from terminal_gw.models import Event, EventSink, iso_utc, make_event
+
+#: The order `baud = "auto"` tries rates in: most likely first (NMEA 0183's 4800 is rare today).
+AUTO_BAUD_ORDER: tuple[int, ...] = tuple(
+    sorted(
+        BAUD_RATES,
+        key=(9600, 115200, 38400, 4800, 19200, 57600, 230400, 460800, 921600).index,
+    )
+)
+
+#: A consumer's check on a chunk read while probing a baud rate: True once it saw valid data.
+Validator = Callable[[bytes], bool]
+
+_READ_HIGH = 256  # chunks buffered before the transport stops reading (the kernel then buffers)
+_READ_LOW = 32
+_WRITE_HIGH = 4096
+
+
+class Port(Protocol):
+    """What the stages need from a serial port."""
+
+    async def read(self) -> bytes:
+        """The next chunk of bytes from the device."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the device."""
+        ...
+
+    async def close(self) -> None:
+        """Release the device."""
+        ...
+
+
+def _reason(exc: BaseException) -> str:
+    """A machine reason for an OS or pyserial error: absent, permission, busy, hangup or error."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOENT, errno.ENXIO, errno.ENODEV):
+        return "absent"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission"
+    if code in (errno.EBUSY, errno.EAGAIN) or "lock" in str(exc).lower():
+        return "busy"
+    if code == errno.EIO or "returned no data" in str(exc) or "disconnected" in str(exc):
+        return "hangup"
+    return "error"
+
+
+class _ChunkProtocol(asyncio.Protocol):
+    """Collects chunks from the transport; remembers why the connection ended."""
+
+    def __init__(self) -> None:
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.readable = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.readable.set()
+        if len(self.chunks) > _READ_HIGH and self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self.readable.set()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class SerialPort:
+    """One open serial port; `open()` it by path (symlinks such as /dev/serial/by-id work)."""
+
+    def __init__(
+        self, path: str, baud: int, transport: asyncio.Transport, protocol: _ChunkProtocol
+    ) -> None:
+        self.path = path
+        self.baud = baud
+        self._transport = transport
+        self._protocol = protocol
+        self._closing = False
+
+    @classmethod
+    async def open(
+        cls, path: str, baud: int, *, exclusive: bool = True, open_timeout_s: float = 5.0
+    ) -> SerialPort:
+        """Open `path` at `baud`, 8N1, no flow control; raise TransportError with a reason."""
+        loop = asyncio.get_running_loop()
+        protocol = _ChunkProtocol()
+        try:
+            async with asyncio.timeout(open_timeout_s):
+                transport, _ = await create_serial_connection(
+                    loop, lambda: protocol, path, baudrate=baud, exclusive=exclusive
+                )
+        except TimeoutError as exc:
+            raise TransportError(
+                f"{path}: open timed out after {open_timeout_s:g}s", port=path, reason="timeout"
+            ) from exc
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(
+                f"{path}: cannot open: {exc}", port=path, reason=_reason(exc)
+            ) from exc
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        return cls(path, baud, transport, protocol)
+
+    @property
+    def is_open(self) -> bool:
+        """False once the device hung up or the port was closed."""
+        return not self._protocol.lost.done() and not self._closing
+
+    def _lost_error(self) -> TransportError:
+        exc = self._protocol.lost.result() if self._protocol.lost.done() else None
+        if self._closing:
+            return TransportError(f"{self.path}: port closed", port=self.path, reason="closed")
+        if exc is None:
+            return TransportError(
+                f"{self.path}: device closed the port", port=self.path, reason="hangup"
+            )
+        return TransportError(f"{self.path}: {exc}", port=self.path, reason=_reason(exc))
+
+    async def read(self) -> bytes:
+        """The next chunk; raises TransportError when the device hangs up or fails."""
+        p = self._protocol
+        while not p.chunks:
+            if p.lost.done() or self._closing:
+                raise self._lost_error()
+            p.readable.clear()
+            await p.readable.wait()
+        chunk = p.chunks.popleft()
+        if p.paused and len(p.chunks) < _READ_LOW and not p.lost.done():
+            p.paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def write(self, data: bytes, within_s: float = 5.0) -> None:
+        """Send `data`; returns once the driver took it (flow control), TransportError if not."""
+        if not self.is_open:
+            raise self._lost_error()
+        self._transport.write(data)
+        try:
+            async with asyncio.timeout(within_s):
+                await self._protocol.writable.wait()
+        except TimeoutError as exc:
+            raise TransportError(
+                f"{self.path}: write timed out after {within_s:g}s",
+                port=self.path,
+                reason="timeout",
+            ) from exc
+        if self._protocol.lost.done():
+            raise self._lost_error()
+
+    async def close(self, within_s: float = 5.0) -> None:
+        """Release the device and wait until the driver let it go."""
+        if not self._closing and not self._protocol.lost.done():
+            self._closing = True
+            # abort(), not close(): close() drains output first, which can block on a device
+            # that stopped reading; nothing written here is worth keeping a dead port for.
+            self._transport.abort()
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await asyncio.shield(self._protocol.lost)
+
+
+class PortState(StrEnum):
+    """Where a ReconnectingPort is in its life."""
+
+    CLOSED = "closed"  # not started yet, or closed by its owner
+    OPENING = "opening"
+    PROBING = "probing"  # baud "auto": trying a rate
+    OPEN = "open"
+    WAITING = "waiting"  # device absent or failing: waiting before the next attempt
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff: min_s, doubling up to max_s, minus up to `jitter` of it."""
+
+    min_s: float = 0.5
+    max_s: float = 10.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The wait before retry number `attempt` (0-based)."""
+        base = min(self.max_s, self.min_s * 2.0 ** min(attempt, 30))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+@dataclass
+class _Down:
+    """An outage being reported: one event when it starts, one when it ends."""
+
+    reason: str
+    stale: bool
+
+
+class ReconnectingPort:
+    """A serial port that reopens itself after unplug, errors or staleness (see module doc)."""
+
+    def __init__(
+        self,
+        path: str,
+        baud: int | Literal["auto"] = 9600,
+        *,
+        name: str = "gnss",
+        validator: Callable[[], Validator] | None = None,
+        init: Sequence[str | bytes] = (),
+        stale_after_s: float = 10.0,
+        backoff: Backoff | None = None,
+        probe_window_s: float = 3.0,
+        events: EventSink | None = None,
+        log: FilteringBoundLogger | None = None,
+        exclusive: bool = True,
+    ) -> None:
+        if baud == "auto" and validator is None:
+            raise ValueError("baud 'auto' needs a validator to recognise valid data")
+        self.path = path
+        self.name = name
+        self.configured_baud = baud
+        self.stale_after_s = stale_after_s
+        self.probe_window_s = probe_window_s
+        self.backoff = backoff or Backoff()
+        self._validator = validator
+        self._init = [_init_bytes(s) for s in init]
+        self._events = events
+        self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.serial")
+        self._exclusive = exclusive
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self._port: SerialPort | None = None  # the port in use, while OPEN
+        self._held: set[SerialPort] = set()  # every port opened and not yet fully closed
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._closed = asyncio.Event()
+        self._found_baud: int | None = None if baud == "auto" else baud
+        self._alive_at = time.monotonic()
+        self._attempt = 0
+        self._down: _Down | None = None
+        self.state = PortState.CLOSED
+        self.reason = "not opened yet"
+        self.since = time.time()
+        self.opens = 0
+        self.closes = 0
+        self.stale_reopens = 0
+
+    @property
+    def baud(self) -> int | None:
+        """The rate in use, or found by auto-baud (None before the first successful probe)."""
+        return self._found_baud
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the health report."""
+        return {
+            "path": self.path,
+            "device": os.path.realpath(self.path),
+            "state": str(self.state),
+            "reason": self.reason,
+            "since": iso_utc(self.since),
+            "baud": self._found_baud,
+            "configured_baud": self.configured_baud,
+            "opens": self.opens,
+            "closes": self.closes,
+            "stale_reopens": self.stale_reopens,
+        }
+
+    def mark_alive(self) -> None:
+        """The consumer saw valid data (a checksum-valid sentence, a good AT reply)."""
+        self._alive_at = time.monotonic()
+        if self._down is not None and self._down.stale and self._port is not None:
+            self._end_outage()
+        self._attempt = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the port for good; a read() waiting on it raises TransportError."""
+        self._closed.set()
+        self._port = None
+        for port in list(self._held):
+            await self._release(port)
+        self._set_state(PortState.CLOSED, "closed by owner")
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes; TransportError when the port is not open right now."""
+        port = self._port
+        if port is None or self.state is not PortState.OPEN:
+            raise TransportError(
+                f"{self.name} port {self.path} is {self.state}: {self.reason}",
+                port=self.path,
+                reason=str(self.state),
+            )
+        await port.write(data)
+
+    async def read(self) -> bytes:
+        """The next chunk; opens, reopens and waits for the device as long as it takes."""
+        while True:
+            if self._closed.is_set():
+                raise TransportError(f"{self.name} port closed", port=self.path, reason="closed")
+            if self._pending:
+                return self._pending.popleft()
+            port = self._port
+            if port is None:
+                port = await self._open_with_backoff()
+                if port is None:
+                    continue
+            remaining = self._alive_at + self.stale_after_s - time.monotonic()
+            if remaining <= 0:
+                await self._stale(port)
+                continue
+            try:
+                async with asyncio.timeout(remaining):
+                    return await port.read()
+            except TimeoutError:
+                continue
+            except TransportError as exc:
+                if self._closed.is_set():
+                    continue
+                await self._drop(exc.reason, str(exc))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        if self._events is not None:
+            self._events(event)
+
+    def _set_state(self, state: PortState, reason: str) -> None:
+        if state is not self.state or reason != self.reason:
+            self.since = time.time()
+        self.state = state
+        self.reason = reason
+
+    def _start_outage(self, reason: str, message: str, *, stale: bool) -> None:
+        """Report the start of an outage once; repeats (a device still silent) only log."""
+        if self._down is not None:
+            self._log.debug("port still down", port=self.name, path=self.path, reason=reason)
+            return
+        self._down = _Down(reason, stale)
+        self._log.warning("port down", port=self.name, path=self.path, reason=reason, error=message)
+        self._emit(
+            make_event(
+                "port_closed",
+                f"{self.name} port {self.path} closed: {message}",
+                now=time.time(),
+                severity="warning",
+                port=self.name,
+                path=self.path,
+                reason=reason,
+            )
+        )
+
+    def _end_outage(self) -> None:
+        down, self._down = self._down, None
+        self._log.info("port open", port=self.name, path=self.path, baud=self._found_baud)
+        self._emit(
+            make_event(
+                "port_open",
+                f"{self.name} port {self.path} open at {self._found_baud} baud",
+                now=time.time(),
+                port=self.name,
+                path=self.path,
+                device=os.path.realpath(self.path),
+                baud=self._found_baud,
+                after=None if down is None else down.reason,
+            )
+        )
+
+    async def _open_port(self, baud: int) -> SerialPort:
+        port = await SerialPort.open(self.path, baud, exclusive=self._exclusive)
+        self._held.add(port)
+        return port
+
+    async def _release(self, port: SerialPort) -> None:
+        # Forgotten only once closed: if cancelled half-way, close() finishes the job.
+        await port.close()
+        self._held.discard(port)
+
+    async def _drop(self, reason: str, message: str) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            await self._release(port)
+            self.closes += 1
+        self._set_state(PortState.WAITING, reason)
+        self._start_outage(reason, message, stale=False)
+
+    async def _stale(self, port: SerialPort) -> None:
+        self.stale_reopens += 1
+        message = f"no valid data for {self.stale_after_s:g}s"
+        if self._down is None:
+            self._log.warning(
+                "port stale", port=self.name, path=self.path, after_s=self.stale_after_s
+            )
+            self._emit(
+                make_event(
+                    "port_stale",
+                    f"{self.name} port {self.path}: {message}; reopening",
+                    now=time.time(),
+                    severity="warning",
+                    port=self.name,
+                    path=self.path,
+                    stale_after_s=self.stale_after_s,
+                )
+            )
+        self._port = None
+        await self._release(port)
+        self.closes += 1
+        self._set_state(PortState.WAITING, "stale")
+        self._start_outage("stale", message, stale=True)
+        # Successive stale reopens of a silent device back off too.
+        await self._sleep(self.backoff.delay(self._attempt, self._rng))
+        self._attempt += 1
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closed.wait()
+
+    async def _open_with_backoff(self) -> SerialPort | None:
+        """Open once (probing rates for auto); on failure wait and return None."""
+        self._set_state(PortState.OPENING, self.reason)
+        try:
+            port = await self._open_once()
+        except TransportError as exc:
+            self._set_state(PortState.WAITING, exc.reason)
+            stale = self._down is not None and self._down.stale
+            if not stale:
+                self._start_outage(exc.reason, str(exc), stale=False)
+            delay = self.backoff.delay(self._attempt, self._rng)
+            self._attempt += 1
+            self._log.debug("port open failed", port=self.name, reason=exc.reason, retry_s=delay)
+            await self._sleep(delay)
+            return None
+        if self._closed.is_set():
+            await self._release(port)
+            return None
+        try:
+            for line in self._init:
+                await port.write(line)
+        except TransportError as exc:
+            await self._release(port)
+            self._set_state(PortState.WAITING, exc.reason)
+            self._start_outage(exc.reason, str(exc), stale=False)
+            await self._sleep(self.backoff.delay(self._attempt, self._rng))
+            self._attempt += 1
+            return None
+        self._port = port
+        self.opens += 1
+        self._alive_at = time.monotonic()
+        self._set_state(PortState.OPEN, "open")
+        if self._down is None or not self._down.stale:
+            # A stale outage ends when valid data comes (mark_alive), not when the port opens.
+            self._end_outage()
+            self._attempt = 0
+        return port
+
+    async def _open_once(self) -> SerialPort:
+        if self.configured_baud != "auto":
+            return await self._open_port(int(self.configured_baud))
+        assert self._validator is not None
+        found = self._found_baud
+        rates = (
+            [found, *[r for r in AUTO_BAUD_ORDER if r != found]] if found else list(AUTO_BAUD_ORDER)
+        )
+        for rate in rates:
+            port = await self._open_port(rate)
+            self._set_state(PortState.PROBING, f"trying {rate} baud")
+            chunks = await self._probe(port, self._validator())
+            if chunks is not None:
+                if rate != found:
+                    self._log.info("baud rate found", port=self.name, baud=rate)
+                self._found_baud = rate
+                self._pending.extend(chunks)
+                return port
+            await self._release(port)
+            if self._closed.is_set():
+                break
+        raise TransportError(
+            f"{self.path}: no valid data at any baud rate ({', '.join(map(str, rates))})",
+            port=self.path,
+            reason="no_valid_data",
+        )
+
+    async def _probe(self, port: SerialPort, check: Validator) -> list[bytes] | None:
+        """Read for up to probe_window_s; the chunks read if `check` accepted one, else None."""
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.probe_window_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    chunk = await port.read()
+            except TimeoutError:
+                return None
+            except TransportError:
+                await self._release(port)
+                raise
+            chunks.append(chunk)
+            size += len(chunk)
+            while size > 65536 and len(chunks) > 1:
+                size -= len(chunks.pop(0))
+            if check(chunk):
+                return chunks
+        return None
+
+
+def _init_bytes(s: str | bytes) -> bytes:
+    """An init string as sent: ASCII, ending in CR LF."""
+    data = s.encode("ascii") if isinstance(s, str) else s
+    return data if data.endswith(b"\n") else data + b"\r\n"
