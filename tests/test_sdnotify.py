@@ -1,0 +1,90 @@
+"""sd_notify against real AF_UNIX datagram sockets, path and abstract."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from terminal_gw import sdnotify
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's, and its NOTIFY_SOCKET value."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    try:
+        yield sock, str(path)
+    finally:
+        sock.close()
+
+
+def test_ready_status_watchdog_stopping_arrive(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, address = notify_socket
+    env = {"NOTIFY_SOCKET": address}
+    assert sdnotify.enabled(env)
+    assert sdnotify.notify(sdnotify.READY + "\n" + sdnotify.status("running: gnss ok"), env)
+    assert sock.recv(4096) == b"READY=1\nSTATUS=running: gnss ok"
+    for state in (sdnotify.WATCHDOG, sdnotify.STOPPING):
+        assert sdnotify.notify(state, env)
+        assert sock.recv(4096) == state.encode()
+
+
+def test_abstract_socket() -> None:
+    name = f"terminal-gw-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        assert sdnotify.notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(4096) == b"WATCHDOG=1"
+
+
+def test_status_is_one_line() -> None:
+    assert sdnotify.status("outbox\n 12 waiting") == "STATUS=outbox 12 waiting"
+
+
+def test_no_socket_is_a_no_op() -> None:
+    assert not sdnotify.enabled({})
+    assert sdnotify.notify("READY=1", {}) is False
+
+
+def test_os_environ_is_the_default(
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, address = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    assert sdnotify.notify("READY=1")
+    assert sock.recv(4096) == b"READY=1"
+
+
+def test_a_dead_socket_is_reported_not_hidden(tmp_path: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        sent = sdnotify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")})
+    assert sent is False
+    assert logs[0]["event"] == "sd_notify failed"
+    assert logs[0]["log_level"] == "warning"
+    assert "No such file" in logs[0]["error"]
+
+
+def test_an_unsupported_address_is_reported() -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:1234"}) is False
+    assert logs[0]["event"] == "sd_notify: unsupported NOTIFY_SOCKET"
+
+
+def test_watchdog_interval() -> None:
+    me = str(os.getpid())
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 30.0
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": me}) == 30.0
+    # Set for another process (systemd names the main PID): not ours to ping.
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+    assert sdnotify.watchdog_interval({}) is None
