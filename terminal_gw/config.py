@@ -161,6 +161,7 @@ class MqttConfig(_Section):
     auth_backoff_s: float = Field(default=600.0, gt=0)
     batch_backlog: bool = False
     batch_max: int = Field(default=50, ge=1, le=10000)
+    batch_min_age_s: float = Field(default=60.0, ge=0)
 
     @model_validator(mode="after")
     def _tls_files(self) -> MqttConfig:
