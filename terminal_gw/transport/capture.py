@@ -160,7 +160,7 @@ class CaptureWriter:
         self._size = len(head)
         self._chunks_in_file = 0
 
-    def _rotate(self) -> None:
+    def _rotate(self, start: float) -> None:
         assert self._file is not None
         self._file.close()
         if self.keep == 0:
@@ -173,7 +173,7 @@ class CaptureWriter:
                 if src.exists():
                     src.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self._open(time.time())
+        self._open(start)
 
     @property
     def start(self) -> float:
@@ -194,7 +194,8 @@ class CaptureWriter:
             and self._chunks_in_file > 0
             and self._size + len(line) > self.max_bytes
         ):
-            self._rotate()
+            # The new file starts at this chunk, so a replay sees the set as one stream.
+            self._rotate(time.time() if ts is None else ts)
             line = self._line(port, direction, data, ts)
         assert self._file is not None
         try:

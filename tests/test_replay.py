@@ -1,0 +1,278 @@
+"""`terminal-gw replay` end to end: corpus captures, own-format captures, pacing, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from terminal_gw.models import Event, Fix, Payload, Sky
+from terminal_gw.transport.capture import CaptureReader, CaptureWriter
+from tests.conftest import GNSS_CORPUS, REPO
+
+CORPUS_LOGS = sorted(GNSS_CORPUS.glob("*.log"))
+MODELS: dict[str, type[Payload]] = {"TPV": Fix, "SKY": Sky, "EVENT": Event}
+# Sentence types that carry the UTC time of day, and the field that holds it.
+TIME_FIELD = {"GGA": 1, "RMC": 1, "GNS": 1, "ZDA": 1, "GST": 1, "GLL": 5}
+
+
+def run_replay(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "terminal_gw", "replay", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def without_ids(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "payload": {k: v for k, v in r["payload"].items() if k != "id"}} for r in recs]
+
+
+def epoch_times(log: Path) -> list[str]:
+    """The UTC times of day of the epochs in a raw log, read with a plain split."""
+    times: list[str] = []
+    for line in log.read_bytes().splitlines():
+        if not line.startswith(b"$"):
+            continue
+        fields = line.decode("ascii", "replace").split("*")[0].split(",")
+        index = TIME_FIELD.get(fields[0][3:])
+        if (
+            index is not None
+            and len(fields) > index
+            and fields[index]
+            and (not times or fields[index] != times[-1])
+        ):
+            times.append(fields[index])
+    return times
+
+
+@pytest.mark.parametrize("log", CORPUS_LOGS, ids=lambda p: p.name)
+def test_corpus_capture_gives_one_valid_fix_per_epoch(log: Path) -> None:
+    result = run_replay("--jsonl", log)
+    assert result.returncode == 0, result.stderr
+    recs = records(result.stdout)
+    fixes = [r for r in recs if r["payload"]["class"] == "TPV"]
+    assert len(fixes) == len(epoch_times(log))
+    for r in recs:
+        model = MODELS[r["payload"]["class"]]
+        payload = model.model_validate(r["payload"])
+        assert r["topic"] == f"tgw/replay/{model.topic_suffix}"
+        assert payload.to_json_dict() == r["payload"]
+    assert len({r["payload"]["id"] for r in recs}) == len(recs)
+    # Counters at the end, on stderr; no progress drawing when stderr is not a terminal.
+    assert "replay: 1 capture(s)" in result.stderr
+    assert "\r" not in result.stderr
+
+
+def test_summary_without_jsonl() -> None:
+    result = run_replay(GNSS_CORPUS / "beidou-bd.log")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "records: 20 (fix 10, sky 10)" in out
+    assert "GNSS time: 2015-02-25T07:41:50.799Z .. 2015-02-25T07:41:59.799Z" in out
+    assert "pipeline counters:" in out
+    assert "proprietary.PSRFEPE" in out
+    assert not out.lstrip().startswith("{")
+
+
+def test_topics_come_from_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "tgw.toml"
+    config.write_text('[device]\nid = "vessel-9"\n\n[mqtt]\nprefix = "fleet"\n')
+    result = run_replay("--jsonl", "--config", config, GNSS_CORPUS / "beidou-gb.log")
+    assert result.returncode == 0, result.stderr
+    topics = {r["topic"] for r in records(result.stdout)}
+    assert topics == {"fleet/vessel-9/gnss/fix", "fleet/vessel-9/gnss/sky"}
+
+
+def test_bad_config_exits_2_with_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "tgw.toml"
+    config.write_text('[device]\nid = "no spaces allowed"\n')
+    result = run_replay("--config", config, GNSS_CORPUS / "beidou-gb.log")
+    assert result.returncode == 2
+    assert "device.id" in result.stderr
+    assert result.stdout == ""
+
+
+def make_own_capture(log: Path, path: Path, *, seed: int = 1) -> int:
+    """Write the log's bytes as the gnss port's reads, split at random, between other traffic.
+
+    The other traffic holds valid NMEA that would add epochs if it were replayed.
+    """
+    rng = random.Random(seed)
+    data = b"".join(c.data for c in CaptureReader(log))
+    decoy = b"$GPGGA,000001.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*65\r\n"
+    pos = 0
+    n = 0
+    with CaptureWriter(path, start=1_700_000_000.0) as w:
+        ts = w.start
+        while pos < len(data):
+            size = rng.randint(1, 300)
+            w.write("gnss", "<", data[pos : pos + size], ts=ts)
+            pos += size
+            ts += 0.05
+            n += 1
+            if rng.random() < 0.2:
+                w.write("modem", ">", b"AT+CSQ\r", ts=ts)
+                w.write("modem", "<", b"\r\n+CSQ: 17,99\r\n\r\nOK\r\n", ts=ts)
+                w.write("gnss", ">", decoy, ts=ts)
+                w.write("rdss", "<", decoy, ts=ts)
+    return n
+
+
+def test_own_capture_replays_like_the_raw_one(tmp_path: Path) -> None:
+    log = GNSS_CORPUS / "ublox-neo-m9n-nmea.log"
+    capture = tmp_path / "session.tgw"
+    make_own_capture(log, capture)
+    raw = run_replay("--jsonl", log)
+    own = run_replay("--jsonl", capture)
+    assert own.returncode == 0, own.stderr
+    assert without_ids(records(own.stdout)) == without_ids(records(raw.stdout))
+    assert len(records(own.stdout)) == 2 * len(epoch_times(log))
+
+
+def test_rotated_capture_set_replays_as_one_stream(tmp_path: Path) -> None:
+    log = GNSS_CORPUS / "ublox-neo-m9n-nmea.log"
+    capture = tmp_path / "gnss.tgw"
+    with CaptureWriter(capture, start=1_700_000_000.0, max_bytes=20_000, keep=10) as w:
+        for i, chunk in enumerate(CaptureReader(log)):
+            w.write("gnss", "<", chunk.data, ts=w.start + i * 0.05)
+    files = [*sorted(tmp_path.glob("gnss.tgw.*"), reverse=True), capture]
+    assert len(files) >= 4
+    together = run_replay("--jsonl", *files)
+    assert together.returncode == 0, together.stderr
+    expected = without_ids(records(run_replay("--jsonl", log).stdout))
+    assert without_ids(records(together.stdout)) == expected
+
+
+def test_another_port_of_an_own_capture(tmp_path: Path) -> None:
+    capture = tmp_path / "session.tgw"
+    make_own_capture(GNSS_CORPUS / "beidou-bd.log", capture)
+    result = run_replay("--jsonl", "--port", "rdss", capture)
+    assert result.returncode == 0, result.stderr
+    fixes = [r["payload"] for r in records(result.stdout) if r["payload"]["class"] == "TPV"]
+    assert fixes
+    assert {f["lat"] for f in fixes} == {48.1173}
+
+
+def test_several_captures_replay_in_order(tmp_path: Path) -> None:
+    a, b = GNSS_CORPUS / "beidou-gb.log", GNSS_CORPUS / "skytraq.log"
+    capture = tmp_path / "b.tgw"
+    make_own_capture(b, capture)
+    both = run_replay("--jsonl", a, capture)
+    assert both.returncode == 0, both.stderr
+    expected = records(run_replay("--jsonl", a).stdout) + records(run_replay("--jsonl", b).stdout)
+    assert without_ids(records(both.stdout)) == without_ids(expected)
+    assert "replay: 2 capture(s)" in both.stderr
+
+
+@pytest.mark.parametrize("bad", ["missing.log", "a-directory"])
+def test_bad_capture_exits_2_before_replaying_anything(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "a-directory").mkdir()
+    result = run_replay("--jsonl", GNSS_CORPUS / "beidou-gb.log", tmp_path / bad)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"error: cannot read capture {tmp_path / bad}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_capture_of_a_newer_format_exits_2(tmp_path: Path) -> None:
+    future = tmp_path / "future.tgw"
+    future.write_text("# terminal-gw capture v2 start=2030-01-01T00:00:00.000000Z\n")
+    result = run_replay(future)
+    assert result.returncode == 2
+    assert "version '2' is not supported" in result.stderr
+
+
+def test_speed_and_fast_are_exclusive() -> None:
+    result = run_replay("--speed", "2", "--fast", GNSS_CORPUS / "beidou-gb.log")
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
+
+
+def fix_arrival_times(*args: str | Path) -> list[float]:
+    """Wall-clock times at which each fix line reached stdout."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal_gw", "replay", "--jsonl", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    arrivals = [time.monotonic() for line in proc.stdout if b'"class":"TPV"' in line]
+    assert proc.wait(timeout=30) == 0
+    return arrivals
+
+
+def test_speed_paces_an_own_capture_by_its_timestamps(tmp_path: Path) -> None:
+    log = GNSS_CORPUS / "ublox-zed-f9p-nmea.log"
+    capture = tmp_path / "paced.tgw"
+    with CaptureWriter(capture, start=1_700_000_000.0) as w:
+        times: list[str] = []
+        for chunk in CaptureReader(log):
+            fields = chunk.data.decode("ascii", "replace").split(",")
+            index = TIME_FIELD.get(fields[0][3:])
+            if index is not None and fields[index] and (not times or fields[index] != times[-1]):
+                times.append(fields[index])
+                if len(times) > 5:
+                    break
+            w.write("gnss", "<", chunk.data, ts=w.start + len(times))  # one epoch a second
+    arrivals = fix_arrival_times("--speed", "4", capture)
+    assert len(arrivals) == 5
+    # Fixes 1-4 leave when the next epoch starts, at 1/4 s intervals; fix 5 at the end.
+    assert arrivals[3] - arrivals[0] >= 0.7
+    assert arrivals[3] - arrivals[0] < 5
+
+
+def test_speed_paces_a_raw_capture_one_epoch_a_second(tmp_path: Path) -> None:
+    arrivals = fix_arrival_times("--speed", "10", GNSS_CORPUS / "skytraq.log")
+    assert len(arrivals) == 17
+    assert arrivals[15] - arrivals[0] >= 1.45  # 15 intervals of 0.1 s
+    fast = fix_arrival_times("--fast", GNSS_CORPUS / "skytraq.log")
+    assert fast[15] - fast[0] < 1.0
+
+
+def test_progress_is_drawn_on_a_terminal() -> None:
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "terminal_gw", "replay", str(GNSS_CORPUS / "skytraq.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            cwd=REPO,
+            timeout=60,
+            check=False,
+        )
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed and everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"\r\x1b[Kreplay 1/1 skytraq.log:" in seen
+    assert b"skytraq.log: 100.0%" in seen
+    assert b"replay: 1 capture(s), 34 records" in seen
