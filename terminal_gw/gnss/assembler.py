@@ -2,7 +2,9 @@
 
 An epoch is the group of sentences sharing one UTC time of day; sentences without a time
 (GSA, GSV, VTG) belong to the epoch being read. An epoch is complete when a sentence with
-another time of day arrives (or at flush).
+another time of day arrives, or at flush. Like gpsd, the assembler also learns the receiver's
+cycle: once the same sentence has ended two epochs in a row (and appears once per epoch),
+its arrival completes the epoch at once instead of one epoch later.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -98,6 +101,14 @@ class EpochAssembler:
         self._last_alt: tuple[float, float] | None = None  # (unix time, altitude)
         self._last_view: tuple[float, list[_SatRow]] | None = None  # (now, rows)
         self._antenna: str | None = None
+        # Cycle-end learning: addresses seen in the epoch being read, the last one, and the
+        # address that ended the previous epoch (candidate) or the last two (ender).
+        self._seen: Counter[str] = Counter()
+        self._last_address: str | None = None
+        self._ender_candidate: str | None = None
+        self._ender: str | None = None
+        self._closed_tod: int | None = None
+        self._closed_early = False
         self.epochs = 0
         self.fixes = 0
         self.skies = 0
@@ -117,13 +128,28 @@ class EpochAssembler:
         tod = _tod_ms(t) if isinstance(t, dt.time) else None
         ep = self._epoch
         if ep is not None and tod is not None and ep.tod is not None and tod != ep.tod:
+            self._learn_ender()
             out.extend(self._close(ep))
             ep = None
         if ep is None:
+            if tod is not None and tod == self._closed_tod and self._closed_early:
+                # More of an epoch already reported: the learned cycle end was wrong.
+                self._ender = self._ender_candidate = None
             ep = self._epoch = _Epoch(tod, now)
         elif ep.tod is None and tod is not None:
             ep.tod = tod
         self._put(ep, msg)
+        return out
+
+    def sentence_done(self, address: str) -> list[Payload]:
+        """Note every framed sentence (decoded or not); reports the epoch if it ends the cycle."""
+        self._seen[address] += 1
+        self._last_address = address
+        ep = self._epoch
+        if ep is None or address != self._ender or ep.tod is None:
+            return []
+        out = self._close(ep)
+        self._closed_early = True
         return out
 
     def flush(self, now: float) -> list[Payload]:
@@ -132,6 +158,15 @@ class EpochAssembler:
         if ep is None:
             return []
         return self._close(ep)
+
+    def _learn_ender(self) -> None:
+        last = self._last_address
+        if last is None or self._seen[last] != 1:
+            self._ender_candidate = self._ender = None
+        elif last == self._ender_candidate:
+            self._ender = last
+        else:
+            self._ender_candidate, self._ender = last, None
 
     @staticmethod
     def _put(ep: _Epoch, msg: Message) -> None:
@@ -199,6 +234,10 @@ class EpochAssembler:
 
     def _close(self, ep: _Epoch) -> list[Payload]:
         self._epoch = None
+        self._seen.clear()
+        self._last_address = None
+        self._closed_tod = ep.tod
+        self._closed_early = False
         self.epochs += 1
         out: list[Payload] = []
         iso, unix = self._epoch_time(ep)

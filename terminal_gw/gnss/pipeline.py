@@ -40,6 +40,7 @@ class GnssPipeline:
             msg = self.decoder.decode(sentence)
             if msg is not None:
                 out.extend(self.assembler.add(msg, now))
+            out.extend(self.assembler.sentence_done(sentence.address))
         return out
 
     @property

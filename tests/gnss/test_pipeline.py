@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from terminal_gw.gnss.pipeline import GnssPipeline
-from terminal_gw.models import Event, Fix, Sky
+from terminal_gw.models import Event, Fix, Payload, Sky
 from tests.conftest import GNSS_CORPUS
 
 
@@ -27,11 +27,34 @@ def test_corpus_capture_gives_one_fix_and_one_sky_per_epoch() -> None:
     assert p.last_valid_sentence == 1000.0
 
 
-def test_record_ids_and_times_come_from_inputs_not_the_clock() -> None:
+def _without_ids(records: list[Payload]) -> list[dict[str, object]]:
+    return [{k: v for k, v in r.to_json_dict().items() if k != "id"} for r in records]
+
+
+def test_records_do_not_depend_on_chunking_or_the_clock() -> None:
+    data = _capture("quectel-l76k-nmea.log")[:20_000]
+    whole = GnssPipeline()
+    a = whole.feed(data, now=500.0) + whole.flush(now=500.0)
+    small = GnssPipeline()
+    b: list[Payload] = []
+    for i in range(0, len(data), 7):
+        b += small.feed(data[i : i + 7], now=500.0)
+    b += small.flush(now=500.0)
+    assert _without_ids(a) == _without_ids(b)
+    assert whole.counters == small.counters
+    assert any(isinstance(r, Event) for r in a) is False  # antenna OK from the start: no event
+
+
+def test_epoch_reported_when_its_last_sentence_arrives_once_the_cycle_is_learned() -> None:
+    lines = _capture("ublox-neo-m9n-nmea.log").splitlines(keepends=True)
+    ends = [i for i, line in enumerate(lines) if line.startswith(b"$GNGBS")]
     p = GnssPipeline()
-    out = p.feed(_capture("beidou-gb.log"), now=86400.0) + p.flush(now=86400.0)
-    assert out
-    for r in out:
-        # UUIDv7 carries the millisecond `now` passed in: 86400000 = 0x5265c00.
-        assert r.id.replace("-", "").startswith("000005265c00")
-        assert not isinstance(r, Event)
+    out = p.feed(b"".join(lines[: ends[3] + 1]), now=1.0)
+    # Epochs 1-2 close when the next one starts; from the third on GBS ends each cycle.
+    assert [r.time for r in out if isinstance(r, Fix)] == [
+        "2020-07-11T22:37:45.000Z",
+        "2020-07-11T22:37:46.000Z",
+        "2020-07-11T22:37:47.000Z",
+        "2020-07-11T22:37:48.000Z",
+    ]
+    assert p.flush(now=2.0) == []
