@@ -1,7 +1,8 @@
 """Decoder: framed sentences in, typed messages out (pynmeagps for the field layouts).
 
 Only the sentence types the assembler uses are decoded; everything else is counted and
-skipped. Empty fields become None, never zero.
+skipped. Empty fields become None, never zero. GSA and GSV (most of the traffic, flat
+layouts) are split from their field tables here; the other types go through pynmeagps.
 """
 
 from __future__ import annotations
@@ -261,47 +262,66 @@ def _gst(m: Any, talker: str, _fields: tuple[str, ...]) -> GST:
     return GST(talker, _t(m.time), _f(m.stdLat), _f(m.stdLong), _f(m.stdAlt))
 
 
-def _gsa(m: Any, talker: str, fields: tuple[str, ...]) -> GSA:
-    # Field 18 (index 17) is the NMEA 4.10 system id; a float there (SiRF-TriG) is ignored.
-    system = system_of(talker, fields[17] if len(fields) > 17 else None)
+# GSA and GSV are most of a receiver's output (one per system, several parts each) and have
+# flat layouts: they are split here from their field table, about 10x cheaper than pynmeagps.
+#
+# GSA: 0 op mode, 1 nav mode (1-3), 2.. satellite numbers (12 by the standard; the Navior
+# CH-4701 sends 24), then PDOP, HDOP, VDOP and, NMEA 4.10+, a system id.
+_GSA_DOPS = 3
+
+
+def _gsa(talker: str, fields: tuple[str, ...]) -> GSA:
+    n = len(fields)
+    system_field = None
+    if n >= 2 + 12 + _GSA_DOPS:
+        if n == 2 + 12 + _GSA_DOPS + 1:
+            # Field 18 (index 17) is the system id; a float there (SiRF-TriG) is ignored.
+            system_field = fields[-1]
+            n -= 1
+        sv_fields, dops = fields[2 : n - _GSA_DOPS], fields[n - _GSA_DOPS : n]
+    else:
+        # Short form (i.Trek M3 and others without a fix): satellites only, no DOPs.
+        sv_fields, dops = fields[2:], ("", "", "")
+    system = system_of(talker, system_field)
     used: list[SatId] = []
-    for name, value in vars(m).items():
-        if name.startswith("svid_") and value != "":
+    for value in sv_fields:
+        if value:
             sat = normalise(int(value), system)
             if sat is not None:
                 used.append(sat)
     return GSA(
         talker,
-        _i(m.navMode),
+        _i(fields[1]) if n > 1 else None,
         tuple(used),
-        _dop(getattr(m, "PDOP", "")),
-        _dop(getattr(m, "HDOP", "")),
-        _dop(getattr(m, "VDOP", "")),
+        _dop(dops[0]),
+        _dop(dops[1]),
+        _dop(dops[2]),
     )
 
 
-def _gsv(m: Any, talker: str, fields: tuple[str, ...]) -> GSV:
+# GSV: 0 number of sentences, 1 sentence number, 2 satellites in view, then per satellite
+# (number, elevation, azimuth, SNR), then, NMEA 4.10+, a signal id in hex.
+_GSV_HEAD = 3
+_GSV_SAT = 4
+
+
+def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
+    if len(fields) < _GSV_HEAD:
+        raise ValueError("GSV without its header fields")
     system = system_of(talker)
-    sig = _s(getattr(m, "signalID", ""))
-    sigid = int(sig, 16) if sig is not None else None
+    groups, extra = divmod(len(fields) - _GSV_HEAD, _GSV_SAT)
+    sigid = int(fields[-1], 16) if extra == 1 and fields[-1] else None
     sats: list[SatView] = []
-    for k in range(1, (len(fields) - 3) // 4 + 1):
-        num = getattr(m, f"svid_{k:02d}", "")
-        if num == "":
-            continue
+    for k in range(_GSV_HEAD, _GSV_HEAD + groups * _GSV_SAT, _GSV_SAT):
+        num = fields[k]
+        if not num:
+            continue  # padding of a last sentence with fewer than 4 satellites
         sat = normalise(int(num), system)
-        if sat is None:
-            continue
-        sats.append(
-            SatView(
-                sat,
-                _f(getattr(m, f"elv_{k:02d}", "")),
-                _f(getattr(m, f"az_{k:02d}", "")),
-                _f(getattr(m, f"cno_{k:02d}", "")),
-                sigid,
+        if sat is not None:
+            sats.append(
+                SatView(sat, _f(fields[k + 1]), _f(fields[k + 2]), _f(fields[k + 3]), sigid)
             )
-        )
-    return GSV(talker, _i(m.numMsg), _i(m.msgNum), _i(m.numSV), tuple(sats))
+    return GSV(talker, _i(fields[0]), _i(fields[1]), _i(fields[2]), tuple(sats))
 
 
 def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
@@ -316,9 +336,12 @@ _DECODERS: dict[str, Callable[[Any, str, tuple[str, ...]], Message]] = {
     "VTG": _vtg,
     "ZDA": _zda,
     "GST": _gst,
+    "TXT": _txt,
+}
+
+_FIELD_TABLE_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
     "GSA": _gsa,
     "GSV": _gsv,
-    "TXT": _txt,
 }
 
 
@@ -357,13 +380,17 @@ class Decoder:
                 self._counters["unknown_type"] += 1
                 return None
         try:
-            body = ",".join((talker + kind, *fields)).encode("ascii")
-            raw = b"$%s*%02X\r\n" % (body, nmea_checksum(body))
-            msg = NMEAReader.parse(raw, validate=_VALNONE)
-            if msg is None:
-                self._counters["decode_error"] += 1
-                return None
-            decoded = _DECODERS[kind](msg, talker, fields)
+            table = _FIELD_TABLE_DECODERS.get(kind)
+            if table is not None:
+                decoded = table(talker, fields)
+            else:
+                body = ",".join((talker + kind, *fields)).encode("ascii")
+                raw = b"$%s*%02X\r\n" % (body, nmea_checksum(body))
+                msg = NMEAReader.parse(raw, validate=_VALNONE)
+                if msg is None:
+                    self._counters["decode_error"] += 1
+                    return None
+                decoded = _DECODERS[kind](msg, talker, fields)
         except (NMEAParseError, NMEAMessageError, NMEATypeError, ValueError, TypeError):
             self._counters["decode_error"] += 1
             return None

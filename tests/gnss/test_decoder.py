@@ -180,3 +180,21 @@ def test_garbled_fields_count_as_decode_error() -> None:
     out, dec = decode("GPGSV,1,1,01,xx,40,120,38", "GPZDA,223745.00,41,13,2020,00,00")
     assert out == []
     assert dec.counters["decode_error"] == 2
+
+
+def test_gsa_layouts_short_standard_and_24_satellites() -> None:
+    navior = "GPGSA,A,3,27,23,13,07,25,,,,,,,,,,,,,,,,,,,,07.9,06.0,05.2"
+    (short, standard, long_form), dec = decode(
+        "GPGSA,A,1,,,,",
+        "GNGSA,A,3,13,12,22,19,08,21,,,,,,,1.05,0.64,0.83,4",
+        navior,
+    )
+    assert isinstance(short, GSA)
+    assert (short.nav_mode, short.used, short.pdop) == (1, (), None)
+    assert isinstance(standard, GSA)
+    assert [s.prn for s in standard.used] == [413, 412, 422, 419, 408, 421]
+    assert standard.vdop == 0.83
+    assert isinstance(long_form, GSA)
+    assert [s.prn for s in long_form.used] == [27, 23, 13, 7, 25]
+    assert (long_form.pdop, long_form.hdop, long_form.vdop) == (7.9, 6.0, 5.2)
+    assert dec.counters["decoded"] == 3
