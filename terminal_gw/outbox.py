@@ -979,6 +979,12 @@ class Outbox:
         return self._committed_count() + len(self._pending)
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes of records accepted but not yet written (the batch, or the buffer while the
+        disk refuses writes)."""
+        return self._pending_bytes
+
+    @property
     def store_error(self) -> str | None:
         """Why the outbox cannot write right now, or None when it can."""
         return self._store_error

@@ -1,0 +1,142 @@
+"""A disk that fills up for real (a 2 MB tmpfs): the outbox reports it, keeps draining, holds
+a bounded number of records in memory, refuses sync records, and recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from terminal_gw.config import OutboxConfig
+from terminal_gw.errors import StoreError
+from terminal_gw.models import Event, Fix
+from terminal_gw.outbox import Outbox, check_database
+from tests.outbox_child import Sms
+from tests.test_outbox import stored_ids
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB filesystem (tmpfs; needs root, as the tests run in CI and on the Pi)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the disk-full test (run as root): {done.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem says ENOSPC."""
+    filler = disk / "filler"
+    chunk = b"\0" * 65536
+    with filler.open("wb") as f, pytest.raises(OSError, match="No space") as exc_info:  # noqa: PT012 - writes until it fails
+        while True:
+            f.write(chunk)
+            f.flush()
+    assert exc_info.value.errno == errno.ENOSPC
+    # The last partial chunk may have left a few bytes: take them too.
+    with contextlib.suppress(OSError), filler.open("ab") as f:
+        while True:
+            f.write(b"\0")
+            f.flush()
+    return filler
+
+
+async def test_disk_full_is_reported_held_and_recovered(small_disk: Path) -> None:
+    events: list[Event] = []
+    cfg = OutboxConfig(
+        path=small_disk / "outbox.db",
+        max_bytes="100MB",
+        memory_buffer_bytes=20_000,
+        retry_interval_s=0.1,
+        commit_interval_s=0.05,
+        event_interval_s=0,
+    )
+    async with Outbox(cfg, events=events.append) as outbox:
+        before = []
+        for i in range(20):
+            sms = Sms(text=f"before {i}")
+            await outbox.put("sms", sms)
+            before.append(sms.id)
+        for _ in range(100):
+            await outbox.put("fix", Fix(mode=3, lat=1.0, lon=2.0))
+        await outbox.flush()
+
+        filler = fill(small_disk)
+        # Writes that fit in pages SQLite already has may still work; keep writing positions
+        # until the disk refuses. No exception reaches the caller for them.
+        for _ in range(200):
+            for _ in range(50):
+                await outbox.put("fix", Fix(mode=3, lat=1.0, lon=2.0))
+            with contextlib.suppress(StoreError):
+                await outbox.flush()
+            if outbox.store_error is not None:
+                break
+        assert outbox.store_error is not None
+        assert "full" in outbox.store_error
+        failing = [e for e in events if e.kind == "store"]
+        assert len(failing) == 1
+        assert failing[0].severity == "error"
+        assert failing[0].data["state"] == "failing"
+
+        # A sync record is refused so that its source copy (the SIM's) is kept.
+        with pytest.raises(StoreError):
+            await outbox.put("sms", Sms(text="cannot be stored now"))
+
+        # Positions accepted meanwhile wait in memory, bounded; the overflow is counted.
+        held_before = outbox.depth
+        for _ in range(500):
+            await outbox.put("fix", Fix(mode=3, lat=3.0, lon=4.0))
+        assert outbox.depth - held_before < 500
+        assert outbox.held_bytes <= cfg.memory_buffer_bytes
+
+        # The link side keeps draining what is stored.
+        batch = await outbox.next_batch(10)
+        assert [r.id for r in batch] == before[:10]
+        await outbox.ack(r.seq for r in batch)
+        again = await outbox.next_batch(10)
+        assert [r.id for r in again] == before[10:20]
+
+        # Space returns: the outbox writes the held records by itself.
+        filler.unlink()
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(outbox.run(), name="outbox")
+            for _ in range(100):
+                if outbox.store_error is None and outbox.held_bytes == 0:
+                    break
+                await asyncio.sleep(0.05)
+            runner.cancel()
+        assert outbox.store_error is None
+        recovered = [e for e in events if e.kind == "store"][-1]
+        assert recovered.data["state"] == "recovered"
+        assert recovered.data["written"] > 0
+        assert recovered.data["dropped"]["fix"] > 0
+        lost = sum(
+            n
+            for e in events
+            if e.kind == "evicted"
+            for n in e.data["counts"].get("fix", {}).values()
+        )
+        assert lost == recovered.data["dropped"]["fix"]
+
+        ids = stored_ids(cfg.path)
+        assert set(before[10:]) <= set(ids)
+        assert not set(before[:10]) & set(ids)  # the acks were applied after all
+        late = Sms(text="after")
+        await outbox.put("sms", late)
+        assert late.id in stored_ids(cfg.path)
+    assert check_database(cfg.path) is None
