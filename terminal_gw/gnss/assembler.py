@@ -99,7 +99,9 @@ class EpochAssembler:
         self._date: dt.date | None = None
         self._last_tod: int | None = None
         self._last_alt: tuple[float, float] | None = None  # (unix time, altitude)
-        self._last_view: tuple[float, list[_SatRow]] | None = None  # (now, rows)
+        # Last satellite view: (clock of its time, its time, rows); GNSS time when known so
+        # a replay at any speed holds it as long as the live stream would.
+        self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
         self._antenna: str | None = None
         # Cycle-end learning: addresses seen in the epoch being read, the last one, and the
         # address that ended the previous epoch (candidate) or the last two (ender).
@@ -248,7 +250,8 @@ class EpochAssembler:
         if ep.gga or ep.rmc or ep.gns or ep.gll or ep.vtg:
             out.append(self._fix(ep, iso, clock, unix, used))
             self.fixes += 1
-        sky = self._sky(ep, iso, clock, used)
+        view_time = (clock, unix if unix is not None else ep.now)
+        sky = self._sky(ep, iso, view_time, used)
         if sky is not None:
             out.append(sky)
             self.skies += 1
@@ -353,15 +356,18 @@ class EpochAssembler:
             {"id": new_id(int(ep.now * 1000)), "time": iso, "mode": mode, "clock": clock, **values}
         )
 
-    def _sky(self, ep: _Epoch, iso: str, clock: Clock, used: set[tuple[int, int]]) -> Sky | None:
+    def _sky(
+        self, ep: _Epoch, iso: str, view_time: tuple[Clock, float], used: set[tuple[int, int]]
+    ) -> Sky | None:
+        clock, t = view_time
+        last = self._last_view
         if ep.gsv:
             rows = _merge(ep.gsv)
-            self._last_view = (ep.now, rows)
-        elif ep.gsa and self._last_view is not None and ep.now - self._last_view[0] <= SKY_HOLD_S:
-            rows = self._last_view[1]
-        elif ep.gsa:
-            rows = []
+            self._last_view = (clock, t, rows)
+        elif ep.gsa and last is not None and last[0] == clock and 0 <= t - last[1] <= SKY_HOLD_S:
+            rows = last[2]
         else:
+            # No satellite view known: an empty list would claim none are in view.
             return None
         sats = [
             Satellite(

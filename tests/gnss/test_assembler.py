@@ -203,6 +203,15 @@ def test_sky_keeps_the_last_view_when_a_receiver_sends_gsv_every_few_epochs() ->
     assert [(s.svid, s.used) for s in skies[1].satellites] == [(29, True), (20, False)]
 
 
+def test_no_sky_without_a_satellite_view() -> None:
+    records = run(
+        "GPGGA,120000.00,3806.62964,N,12237.61382,W,1,08,1.0,80.0,M,-29.5,M,,",
+        "GPGSA,A,3,29,20,,,,,,,,,,,0.99,0.54,0.83",
+    )
+    assert len(of(Fix, records)) == 1
+    assert of(Sky, records) == []
+
+
 def test_counters_cover_every_outcome() -> None:
     p = GnssPipeline()
     p.feed(nmea(*EPOCH) + b"\x00garbage$GPGGA,bad*00\r\n$GYOACC,1*00\r\n", now=1.0)

@@ -147,6 +147,8 @@ class Agreement:
 
     epochs_gpsd: int = 0
     epochs_ours: int = 0
+    skies_gpsd: int = 0
+    skies_ours: int = 0
     compared: Counter[str] = field(default_factory=Counter)
     agree: Counter[str] = field(default_factory=Counter)
     known: Counter[str] = field(default_factory=Counter)
@@ -155,7 +157,12 @@ class Agreement:
 
     def table(self, name: str) -> str:
         """One line per compared field: compared / agree / known difference."""
-        rows = [f"{name}: gpsd epochs {self.epochs_gpsd}, ours {self.epochs_ours}"]
+        rows = [
+            (
+                f"{name}: epochs gpsd {self.epochs_gpsd}, ours {self.epochs_ours};"
+                f" sky epochs gpsd {self.skies_gpsd}, ours {self.skies_ours}"
+            )
+        ]
         rows.extend(
             f"  {key:12s} compared {self.compared[key]:4d}  agree {self.agree[key]:4d}"
             f"  known-diff {self.known[key]:4d}"
@@ -180,7 +187,12 @@ def compare(name: str) -> Agreement:
     skies = {r.time[11:23]: r for r in records if isinstance(r, Sky) and r.time}
     ours = {f.time[11:23]: f for f in fixes if f.time}
     last = fixes[-1].time[11:23] if fixes and fixes[-1].time else None
-    ag = Agreement(epochs_gpsd=len(gpsd.tpv), epochs_ours=len(ours))
+    ag = Agreement(
+        epochs_gpsd=len(gpsd.tpv),
+        epochs_ours=len(ours),
+        skies_gpsd=len(gpsd.sky),
+        skies_ours=len(skies),
+    )
 
     untimed = {tod: g for tod, g in gpsd.untimed.items() if tod not in gpsd.tpv}
     for tod, g in [*gpsd.tpv.items(), *untimed.items()]:
