@@ -27,6 +27,9 @@ _HALF_DAY_MS = _DAY_MS // 2
 CLIMB_MAX_GAP_S = 10.0
 #: How long a satellite view stays valid for epochs whose receiver sent no GSV.
 SKY_HOLD_S = 5.0
+#: Most GSA + GSV sentences one epoch keeps (a 10-system, multi-signal receiver sends ~60):
+#: a stream that never sends a time of day must not grow an epoch without bound.
+MAX_EPOCH_SENTENCES = 256
 
 #: GGA quality -> gpsd fix status (0 unknown, 1 GPS, 2 DGPS, 3 RTK fixed, 4 RTK float,
 #: 5 dead reckoning, 6 GNSS+DR, 7 time only, 8 simulated).
@@ -78,6 +81,7 @@ class _Epoch:
     gst: GST | None = None
     gsa: list[GSA] = field(default_factory=list)
     gsv: list[GSV] = field(default_factory=list)
+    size: int = 0
 
 
 @dataclass
@@ -115,6 +119,7 @@ class EpochAssembler:
         self.fixes = 0
         self.skies = 0
         self.events = 0
+        self.oversized = 0
 
     @property
     def antenna(self) -> str | None:
@@ -133,6 +138,10 @@ class EpochAssembler:
             self._learn_ender()
             out.extend(self._close(ep))
             ep = None
+        if ep is not None and ep.size >= MAX_EPOCH_SENTENCES:
+            self.oversized += 1
+            out.extend(self._close(ep))
+            ep = None
         if ep is None:
             if tod is not None and tod == self._closed_tod and self._closed_early:
                 # More of an epoch already reported: the learned cycle end was wrong.
@@ -145,6 +154,8 @@ class EpochAssembler:
 
     def sentence_done(self, address: str) -> list[Payload]:
         """Note every framed sentence (decoded or not); reports the epoch if it ends the cycle."""
+        if len(self._seen) > MAX_EPOCH_SENTENCES:
+            self._seen.clear()  # only bounds memory: such an epoch has no learnable end
         self._seen[address] += 1
         self._last_address = address
         ep = self._epoch
@@ -175,8 +186,10 @@ class EpochAssembler:
         # First of each kind wins: a second GGA in one epoch (e.g. GPGGA and GNGGA) repeats it.
         if isinstance(msg, GSA):
             ep.gsa.append(msg)
+            ep.size += 1
         elif isinstance(msg, GSV):
             ep.gsv.append(msg)
+            ep.size += 1
         elif isinstance(msg, GGA):
             ep.gga = ep.gga or msg
         elif isinstance(msg, RMC):

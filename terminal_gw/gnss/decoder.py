@@ -25,12 +25,14 @@ TALKERS = frozenset(TALKER_SYSTEM)
 #: Sentence types decoded; others with a valid talker count as unknown_type.
 TYPES = frozenset({"GGA", "RMC", "GSA", "GSV", "VTG", "GLL", "ZDA", "GNS", "GST", "TXT"})
 
-#: Decoder outcomes (keys of `Decoder.counters`, always present), plus `proprietary.<ADDR>`.
+#: Decoder outcomes (keys of `Decoder.counters`, always present), plus `proprietary.<ADDR>`
+#: for the first MAX_PROPRIETARY_KEYS proprietary addresses (later ones: `proprietary.other`).
 DECODER_COUNTERS = ("decoded", "unknown_talker", "unknown_type", "proprietary", "decode_error")
 
 # Quectel EG25-G/EC2x: $PQGSV/$PQGSA carry a trailing system id (4 BeiDou, 5 QZSS).
 _PQ_TALKER = {"4": "GB", "5": "GQ"}
 
+MAX_PROPRIETARY_KEYS = 32
 _VALNONE = 0  # checksum already checked by the framer
 
 
@@ -350,6 +352,7 @@ class Decoder:
 
     def __init__(self) -> None:
         self._counters: Counter[str] = Counter(dict.fromkeys(DECODER_COUNTERS, 0))
+        self._key_limit = len(DECODER_COUNTERS) + MAX_PROPRIETARY_KEYS
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -369,7 +372,10 @@ class Decoder:
             kind = address[2:]
         elif address[0] == "P":
             self._counters["proprietary"] += 1
-            self._counters[f"proprietary.{address}"] += 1
+            key = f"proprietary.{address}"
+            if key not in self._counters and len(self._counters) >= self._key_limit:
+                key = "proprietary.other"
+            self._counters[key] += 1
             return None
         else:
             talker, kind = address[:2], address[2:]

@@ -49,5 +49,11 @@ class GnssPipeline:
         merged: dict[str, int] = dict(self.framer.counters)
         merged.update(self.decoder.counters)
         a = self.assembler
-        merged.update(epochs=a.epochs, fixes=a.fixes, skies=a.skies, events=a.events)
+        merged.update(
+            epochs=a.epochs,
+            fixes=a.fixes,
+            skies=a.skies,
+            events=a.events,
+            epochs_oversized=a.oversized,
+        )
         return merged

@@ -237,3 +237,13 @@ def test_counters_cover_every_outcome() -> None:
     assert c["garbage_bytes"] == len(b"\x00garbage")
     assert (c["epochs"], c["fixes"], c["skies"]) == (1, 1, 1)
     assert p.last_valid_sentence == 1.0
+
+
+def test_a_stream_without_times_cannot_grow_an_epoch_without_bound() -> None:
+    p = GnssPipeline()
+    gsv = nmea("GPGSV,1,1,01,29,46,133,43")
+    out: list[Payload] = []
+    for _ in range(1000):
+        out += p.feed(gsv, now=1.0)
+    assert p.counters["epochs_oversized"] == 3
+    assert len(of(Sky, out)) == 3

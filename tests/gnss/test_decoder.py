@@ -198,3 +198,11 @@ def test_gsa_layouts_short_standard_and_24_satellites() -> None:
     assert [s.prn for s in long_form.used] == [27, 23, 13, 7, 25]
     assert (long_form.pdop, long_form.hdop, long_form.vdop) == (7.9, 6.0, 5.2)
     assert dec.counters["decoded"] == 3
+
+
+def test_proprietary_counters_by_type_stay_bounded() -> None:
+    _, dec = decode(*(f"PX{i:04d},1" for i in range(100)))
+    assert dec.counters["proprietary"] == 100
+    assert dec.counters["proprietary.PX0000"] == 1
+    assert dec.counters["proprietary.other"] == 100 - 32
+    assert len(dec.counters) <= 5 + 32 + 1
