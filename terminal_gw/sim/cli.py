@@ -1,0 +1,191 @@
+"""`terminal-gw simulate DEVICE`: device simulators on ptys, for demos, tests and bench work.
+
+Each simulator is one row of SIMULATORS: a name, a help line, a function adding its arguments
+and a handler. Arguments are declared here so that building the CLI's parser stays cheap; the
+simulator's module is imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from terminal_gw.sim.gnss import GnssSimulator
+
+Setup = Callable[[argparse.ArgumentParser], None]
+Handler = Callable[[argparse.Namespace], int]
+
+FAULT_NAMES = ("silent", "garbage", "nofix", "hangup")
+
+
+def default_link(name: str) -> Path:
+    """Where a simulator's stable symlink goes unless --link says otherwise."""
+    return Path(tempfile.gettempdir()) / f"terminal-gw-sim-{os.getuid()}" / name
+
+
+def _utc(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not 1 <= rate <= 10:
+        raise argparse.ArgumentTypeError("the rate is 1 to 10 Hz")
+    return rate
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+# --- gnss -----------------------------------------------------------------------------
+
+
+def _gnss_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--link",
+        type=Path,
+        default=None,
+        help=f"stable symlink to the pty (default {default_link('gnss0')})",
+    )
+    p.add_argument("--capture", type=Path, help="play this capture in a loop instead of a track")
+    p.add_argument("--port", default="gnss", help="the port of an own-format capture to play")
+    p.add_argument("--speed", type=_positive, default=1.0, help="capture playback speed factor")
+    p.add_argument("--rate", type=_rate, default=1.0, help="epochs per second, 1-10 (default 1)")
+    p.add_argument("--start", type=_utc, help="GNSS time of the first epoch (default now, UTC)")
+    p.add_argument("--lat", type=float, default=24.45, help="start latitude (default 24.45)")
+    p.add_argument("--lon", type=float, default=118.07, help="start longitude (default 118.07)")
+    p.add_argument("--knots", type=float, default=8.0, help="speed over ground (default 8)")
+    p.add_argument("--course", type=float, default=135.0, help="mean course, degrees true")
+    p.add_argument("--gst", action="store_true", help="also send GST (error estimates)")
+    p.add_argument(
+        "--bds-talker",
+        choices=["GB", "BD"],
+        default="GB",
+        help="BeiDou GSV talker: GB (NMEA 4.10) or BD (Chinese standard)",
+    )
+    p.add_argument("--fault", choices=FAULT_NAMES, help="inject this fault during the run")
+    p.add_argument("--fault-at", type=float, default=10.0, help="seconds before the fault")
+    p.add_argument(
+        "--fault-for",
+        type=_positive,
+        default=10.0,
+        help="seconds the fault lasts (hangup: until the pty is re-created)",
+    )
+    p.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated sky and noise")
+
+
+def _gnss_cli(args: argparse.Namespace) -> int:
+    from terminal_gw.errors import TransportError
+    from terminal_gw.sim.gnss import GnssSimulator, Track, load_capture
+    from terminal_gw.transport.pty import PtyDevice
+
+    capture = None
+    if args.capture is not None:
+        try:
+            capture = load_capture(args.capture, args.port)
+        except TransportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not capture:
+            print(f"error: {args.capture}: nothing from port {args.port!r}", file=sys.stderr)
+            return 2
+    track = Track(lat=args.lat, lon=args.lon, speed_kn=args.knots, course_deg=args.course)
+    link: Path = args.link or default_link("gnss0")
+    with PtyDevice(link) as device:
+        sim = GnssSimulator(
+            device,
+            rate_hz=args.rate,
+            start=args.start,
+            track=track,
+            capture=capture,
+            speed=args.speed,
+            with_gst=args.gst,
+            bds_talker=args.bds_talker,
+            hangup_s=args.fault_for,
+            seed=args.seed,
+            on_recreate=lambda path: print(f"pty re-created: {path}", flush=True),
+        )
+        source = f"capture {args.capture}" if capture else f"vessel from {args.lat}, {args.lon}"
+        print(f"gnss simulator: {device.slave_path}", flush=True)
+        print(f"  stable link:  {device.path}  (use as [gnss] port)", flush=True)
+        print(f"  {source}, {args.rate:g} Hz", flush=True)
+        asyncio.run(_run_gnss(sim, args))
+    return 0
+
+
+async def _run_gnss(sim: GnssSimulator, args: argparse.Namespace) -> None:
+    async def faults() -> None:
+        if args.fault is None:
+            return
+        await asyncio.sleep(args.fault_at)
+        print(f"fault: {args.fault} for {args.fault_for:g}s", flush=True)
+        sim.set_fault(args.fault)
+        if args.fault != "hangup":  # a hang-up ends by itself: the pty is re-created
+            await asyncio.sleep(args.fault_for)
+            sim.set_fault(None)
+            print("fault over", flush=True)
+
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            schedule = tg.create_task(faults(), name="faults")
+            await sim.run(args.duration)
+            schedule.cancel()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+#: name -> (help, add its arguments, run it). A new simulator is one more row.
+SIMULATORS: dict[str, tuple[str, Setup, Handler]] = {
+    "gnss": (
+        "a BeiDou/GPS receiver: a moving vessel's NMEA, or a capture, with faults on demand",
+        _gnss_arguments,
+        _gnss_cli,
+    ),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `simulate` sub-command's arguments: one sub-command per simulator."""
+    sub = parser.add_subparsers(dest="simulator", required=True, metavar="DEVICE")
+    for name, (help_text, setup, handler) in SIMULATORS.items():
+        p = sub.add_parser(name, help=help_text)
+        setup(p)
+        p.set_defaults(sim_handler=handler)
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run the chosen simulator until it ends, is interrupted or terminated."""
+    handler: Handler = args.sim_handler
+    return handler(args)
