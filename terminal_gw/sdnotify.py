@@ -64,3 +64,24 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     if pid and (not pid.isdigit() or int(pid) != os.getpid()):
         return None  # meant for another process (e.g. our parent)
     return int(usec) / 1_000_000
+
+
+class Notifier:
+    """The notify functions bound to one environment (the process's, by default): what the
+    supervisor holds, and what its tests replace."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = environ
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is a notify socket to send to."""
+        return enabled(self.environ)
+
+    def notify(self, state: str) -> bool:
+        """Send `state`; True if it was sent (see `notify`)."""
+        return notify(state, self.environ)
+
+    def watchdog_interval(self) -> float | None:
+        """WatchdogSec in seconds, if systemd expects pings from this process."""
+        return watchdog_interval(self.environ)

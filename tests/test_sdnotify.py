@@ -88,3 +88,16 @@ def test_watchdog_interval() -> None:
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
     assert sdnotify.watchdog_interval({}) is None
+
+
+def test_notifier_binds_an_environment(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, address = notify_socket
+    notifier = sdnotify.Notifier({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "20000000"})
+    assert notifier.enabled
+    assert notifier.watchdog_interval() == 20.0
+    assert notifier.notify("WATCHDOG=1")
+    assert sock.recv(4096) == b"WATCHDOG=1"
+    quiet = sdnotify.Notifier({})
+    assert not quiet.enabled
+    assert quiet.notify("READY=1") is False
+    assert quiet.watchdog_interval() is None
