@@ -563,8 +563,8 @@ class AtEngine:
         self,
         length: int,
         pdu_hex: str,
-        *,
         timeout: float,  # noqa: ASYNC109 - a satellite send takes long; the caller knows how long
+        *,
         prompt_timeout: float = 10.0,
     ) -> int:
         """`AT+CMGS=<length>`, wait for `> `, write the PDU hex and Ctrl-Z; the message
