@@ -169,6 +169,11 @@ class TXT:
 Message = GGA | RMC | GNS | GLL | VTG | ZDA | GST | GSA | GSV | TXT
 
 
+def _a(m: Any, name: str) -> Any:
+    # pynmeagps leaves attributes unset when a sentence has fewer fields: treat as empty.
+    return getattr(m, name, "")
+
+
 def _s(v: Any) -> str | None:
     return None if v == "" or v is None else str(v)
 
@@ -202,66 +207,72 @@ def _dop(v: Any) -> float | None:
 def _gga(m: Any, talker: str, _fields: tuple[str, ...]) -> GGA:
     return GGA(
         talker,
-        _t(m.time),
-        _f(m.lat),
-        _f(m.lon),
-        _i(m.quality),
-        _i(m.numSV),
-        _dop(m.HDOP),
-        _f(m.alt),
-        _f(m.sep),
+        _t(_a(m, "time")),
+        _f(_a(m, "lat")),
+        _f(_a(m, "lon")),
+        _i(_a(m, "quality")),
+        _i(_a(m, "numSV")),
+        _dop(_a(m, "HDOP")),
+        _f(_a(m, "alt")),
+        _f(_a(m, "sep")),
     )
 
 
 def _rmc(m: Any, talker: str, _fields: tuple[str, ...]) -> RMC:
-    mv = _f(m.mv)
-    if mv is not None and m.mvEW == "W":
+    mv = _f(_a(m, "mv"))
+    if mv is not None and _a(m, "mvEW") == "W":
         mv = -mv
     return RMC(
         talker,
-        _t(m.time),
-        m.status == "A",
-        _f(m.lat),
-        _f(m.lon),
-        _f(m.spd),
-        _f(m.cog),
-        _d(m.date),
+        _t(_a(m, "time")),
+        _a(m, "status") == "A",
+        _f(_a(m, "lat")),
+        _f(_a(m, "lon")),
+        _f(_a(m, "spd")),
+        _f(_a(m, "cog")),
+        _d(_a(m, "date")),
         mv,
-        _s(getattr(m, "posMode", "")),
+        _s(_a(m, "posMode")),
     )
 
 
 def _gns(m: Any, talker: str, _fields: tuple[str, ...]) -> GNS:
     return GNS(
         talker,
-        _t(m.time),
-        _f(m.lat),
-        _f(m.lon),
-        _s(m.posMode),
-        _i(m.numSV),
-        _dop(m.HDOP),
-        _f(m.alt),
-        _f(m.sep),
+        _t(_a(m, "time")),
+        _f(_a(m, "lat")),
+        _f(_a(m, "lon")),
+        _s(_a(m, "posMode")),
+        _i(_a(m, "numSV")),
+        _dop(_a(m, "HDOP")),
+        _f(_a(m, "alt")),
+        _f(_a(m, "sep")),
     )
 
 
 def _gll(m: Any, talker: str, _fields: tuple[str, ...]) -> GLL:
-    return GLL(talker, _t(m.time), m.status == "A", _f(m.lat), _f(m.lon))
+    return GLL(
+        talker, _t(_a(m, "time")), _a(m, "status") == "A", _f(_a(m, "lat")), _f(_a(m, "lon"))
+    )
 
 
 def _vtg(m: Any, talker: str, _fields: tuple[str, ...]) -> VTG:
-    return VTG(talker, _f(m.cogt), _f(m.sogn), _f(m.sogk), _s(getattr(m, "posMode", "")))
+    return VTG(
+        talker, _f(_a(m, "cogt")), _f(_a(m, "sogn")), _f(_a(m, "sogk")), _s(_a(m, "posMode"))
+    )
 
 
 def _zda(m: Any, talker: str, _fields: tuple[str, ...]) -> ZDA:
     date = None
-    if m.day != "" and m.month != "" and m.year != "":
-        date = dt.date(int(m.year), int(m.month), int(m.day))
-    return ZDA(talker, _t(m.time), date)
+    if _a(m, "day") != "" and _a(m, "month") != "" and _a(m, "year") != "":
+        date = dt.date(int(_a(m, "year")), int(_a(m, "month")), int(_a(m, "day")))
+    return ZDA(talker, _t(_a(m, "time")), date)
 
 
 def _gst(m: Any, talker: str, _fields: tuple[str, ...]) -> GST:
-    return GST(talker, _t(m.time), _f(m.stdLat), _f(m.stdLong), _f(m.stdAlt))
+    return GST(
+        talker, _t(_a(m, "time")), _f(_a(m, "stdLat")), _f(_a(m, "stdLong")), _f(_a(m, "stdAlt"))
+    )
 
 
 # GSA and GSV are most of a receiver's output (one per system, several parts each) and have
@@ -327,7 +338,7 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
 
 
 def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
-    return TXT(talker, str(m.text))
+    return TXT(talker, str(_a(m, "text")))
 
 
 _DECODERS: dict[str, Callable[[Any, str, tuple[str, ...]], Message]] = {
@@ -397,7 +408,16 @@ class Decoder:
                     self._counters["decode_error"] += 1
                     return None
                 decoded = _DECODERS[kind](msg, talker, fields)
-        except (NMEAParseError, NMEAMessageError, NMEATypeError, ValueError, TypeError):
+        except (
+            NMEAParseError,
+            NMEAMessageError,
+            NMEATypeError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            OverflowError,
+        ):
             self._counters["decode_error"] += 1
             return None
         self._counters["decoded"] += 1

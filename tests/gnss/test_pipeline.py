@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from terminal_gw.gnss.framer import nmea_checksum
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.models import Event, Fix, Payload, Sky
 from tests.conftest import GNSS_CORPUS
@@ -58,3 +63,53 @@ def test_epoch_reported_when_its_last_sentence_arrives_once_the_cycle_is_learned
         "2020-07-11T22:37:48.000Z",
     ]
     assert p.flush(now=2.0) == []
+
+
+_field = st.one_of(
+    st.just(""),
+    st.from_regex(r"-?[0-9]{1,9}(\.[0-9]{1,7})?", fullmatch=True),
+    st.sampled_from(["A", "V", "N", "S", "E", "W", "M", "K", "T", "ANTENNA OPEN", "1.2", "B"]),
+    st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="$*,"),
+        max_size=6,
+    ),
+)
+_address = st.builds(
+    str.__add__,
+    st.sampled_from(["GP", "GL", "GA", "GB", "BD", "GQ", "QZ", "GI", "GN", "PQ", "GY"]),
+    st.sampled_from(["GGA", "RMC", "GSA", "GSV", "VTG", "GLL", "ZDA", "GNS", "GST", "TXT"]),
+)
+
+
+_nonsense = st.lists(st.tuples(_address, st.lists(_field, max_size=24)), min_size=1, max_size=12)
+
+
+def _check_nonsense(sentences: list[tuple[str, list[str]]]) -> None:
+    data = b""
+    for address, fields in sentences:
+        body = ",".join([address, *fields]).encode()
+        data += b"$%s*%02X\r\n" % (body, nmea_checksum(body))
+    p = GnssPipeline()
+    out = p.feed(data, now=1.0) + p.flush(now=2.0)
+    for r in out:
+        r.to_json()
+    c = p.counters
+    assert c["good"] == len(sentences)
+    assert c["decoded"] + c["decode_error"] + c["unknown_talker"] + c["proprietary"] == c["good"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_nonsense)
+def test_pipeline_never_raises_on_checksum_valid_nonsense(
+    sentences: list[tuple[str, list[str]]],
+) -> None:
+    _check_nonsense(sentences)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, deadline=None)
+@given(_nonsense)
+def test_pipeline_never_raises_on_checksum_valid_nonsense_long_run(
+    sentences: list[tuple[str, list[str]]],
+) -> None:
+    _check_nonsense(sentences)
