@@ -333,7 +333,7 @@ class EpochAssembler:
             status = FAA_STATUS.get(rmc.pos_mode[0])
         if status is not None:
             values["status"] = status
-        alt_now = values.get("altHAE", values.get("altMSL"))
+        alt_now = values.get("altMSL")  # always sent with a 3D fix; altHAE needs geoidSep too
         if unix is not None and isinstance(alt_now, float):
             if self._last_alt is not None:
                 gap = unix - self._last_alt[0]
