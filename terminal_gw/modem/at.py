@@ -272,6 +272,7 @@ class LineParser:
         self._expect: str | None = None
         self._echo: frozenset[str] = frozenset()
         self._waiting: tuple[Urc, Body] | None = None
+        self._late: str | None = None
 
     def set_command(
         self,
@@ -280,9 +281,12 @@ class LineParser:
         expect: str | None = None,
         echo: Iterable[str] = (),
         prompt: bool = False,
+        abandoned: bool = False,
     ) -> None:
         """Say which command runs now (None: idle), its answer prefix, echoes, and whether a
-        `> ` prompt is due."""
+        `> ` prompt is due. `abandoned`: the last command timed out, so lines with its answer
+        prefix that come while idle are its late answer, not URCs."""
+        self._late = self._expect if command is None and abandoned else None
         self._command = command
         self._expect = expect.upper() if expect else None
         texts = [command] if command else []
@@ -350,6 +354,8 @@ class LineParser:
         if self._command is None:
             if upper in ("OK", "ERROR") or upper.startswith(("+CME ERROR", "+CMS ERROR")):
                 return Garbage("final result with no command running", line[:80])
+            if self._late is not None and name == self._late:
+                return Garbage("late answer to a command that timed out", line[:80])
             if line.startswith(("+", "^")) or upper in _IDLE_WORDS:
                 return Urc(name, args, line)
             return Garbage("unexpected line with no command running", line[:80])
@@ -630,7 +636,9 @@ class AtEngine:
     def _finish(self) -> None:
         p = self._pending
         self._pending = None
-        self._parser.set_command(None)
+        # A timeout cancels the awaited future: cancelled or still open means no answer came.
+        abandoned = p is not None and (not p.done.done() or p.done.cancelled())
+        self._parser.set_command(None, abandoned=abandoned)
         if p is not None:
             for fut in (p.done, p.prompt):
                 if fut is None:

@@ -204,6 +204,19 @@ def test_garbage_never_wedges_it() -> None:
     assert events == [InfoLine("+CSQ: 15,99"), FinalResult(Final.OK, "OK")]
 
 
+def test_late_answer_after_a_timeout_is_not_a_urc() -> None:
+    p = LineParser()
+    p.set_command("AT+CREG?", expect="+CREG")
+    p.set_command(None, abandoned=True)
+    events = p.feed(b"\r\n+CREG: 0,1\r\n\r\nOK\r\n")
+    assert [type(e) for e in events] == [Garbage, Garbage]
+    assert "late answer" in events[0].reason  # type: ignore[union-attr]
+    p.set_command("AT+CSQ", expect="+CSQ")
+    p.set_command(None)  # answered: a +CREG now is a URC again
+    [urc] = p.feed(b"\r\n+CREG: 1\r\n")
+    assert isinstance(urc, Urc)
+
+
 def test_idle_lines_other_than_urcs_are_garbage() -> None:
     p = LineParser()
     events = p.feed(b'\r\nOK\r\nhello there\r\nRING\r\n+CMTI: "ME",1\r\n')
