@@ -1,0 +1,209 @@
+"""Named long-lived stages in one TaskGroup: restart with backoff, watchdog, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from terminal_gw.logs import get_logger
+from terminal_gw.models import EventSink, make_event
+from terminal_gw.sdnotify import Notifier
+from terminal_gw.status import StatusBoard
+
+StageFn = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named stage; `restart` False means its end (or failure) is final."""
+
+    name: str
+    run: StageFn
+    restart: bool = True
+    #: Input stages are stopped first on shutdown (stop reading, then commit the rest).
+    input: bool = False
+
+
+class Supervisor:
+    """Runs stages in one TaskGroup. A failing stage is restarted with capped backoff and
+    reported; it does not take the others down. Watchdog pings go out only while no stage is
+    stalled."""
+
+    def __init__(
+        self,
+        board: StatusBoard,
+        *,
+        events: EventSink,
+        notifier: Notifier | None = None,
+        backoff_min_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        log: FilteringBoundLogger | None = None,
+    ) -> None:
+        self.board = board
+        self.events = events
+        self.notifier = notifier or Notifier()
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.log = log or get_logger("supervisor")
+        self.stop_requested = asyncio.Event()
+        self.force_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._signals = 0
+
+    async def _supervise(self, stage: Stage) -> None:
+        failures = 0
+        info = self.board.stage(stage.name)
+        while True:
+            info.state = "running"
+            self.board.progress(stage.name)
+            started = time.monotonic()
+            error: str | None = None
+            try:
+                await stage.run()
+            except asyncio.CancelledError:
+                info.state = "stopped"
+                raise
+            except Exception as exc:
+                info.last_error = f"{type(exc).__name__}: {exc}"
+                self.log.exception("stage failed", failed_stage=stage.name)
+                error = info.last_error
+            else:
+                if not stage.restart:
+                    info.state = "stopped"
+                    return
+                self.log.warning("stage ended", ended_stage=stage.name)
+            if not stage.restart:
+                info.state = "failed"
+                return
+            # A stage that ran a good while before failing starts again from the short backoff.
+            failures = 1 if time.monotonic() - started > 5 * self.backoff_max_s else failures + 1
+            delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** (failures - 1))
+            delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+            info.state = "backing_off"
+            info.restarts += 1
+            self.events(
+                make_event(
+                    "stage_restart",
+                    f"stage {stage.name} {'failed' if error else 'ended'}; restart in {delay:.1f}s",
+                    now=time.time(),
+                    severity="error" if error else "warning",
+                    stage=stage.name,
+                    error=error,
+                    restarts=info.restarts,
+                )
+            )
+            await asyncio.sleep(delay)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        period = max(0.05, interval / 3)
+        while True:
+            stalled = self.board.stalled()
+            if stalled:
+                self.log.error("stage stalled: watchdog pings stopped", stalled=stalled)
+                self.notifier.notify(f"STATUS=stalled: {', '.join(stalled)}")
+            else:
+                self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+    def handle_signal(self, signum: int) -> None:
+        """SIGTERM/SIGINT: stop gracefully; a second one forces. SIGHUP: reload."""
+        if signum == signal.SIGHUP:
+            self.reload_requested.set()
+            return
+        self._signals += 1
+        if self._signals == 1:
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop_requested.set()
+        else:
+            self.log.warning("forced stop", signal=signal.Signals(signum).name)
+            self.force_requested.set()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Any:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, self.handle_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread: signals stay with whoever owns them
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def run(
+        self,
+        stages: list[Stage],
+        *,
+        on_reload: Callable[[], Awaitable[None]] | None = None,
+        on_stopping: Callable[[], Awaitable[None]] | None = None,
+        shutdown_timeout_s: float = 4.0,
+        handle_signals: bool = True,
+    ) -> None:
+        """Run every stage until a stop is requested; then stop inputs, run `on_stopping`
+        (commit, publish offline) within the timeout, and cancel the rest."""
+        ctx = self._signal_handlers() if handle_signals else contextlib.nullcontext()
+        with ctx:
+            async with asyncio.TaskGroup() as tg:
+                for stage in stages:
+                    self._tasks[stage.name] = tg.create_task(
+                        self._supervise(stage), name=f"stage:{stage.name}"
+                    )
+                watchdog = tg.create_task(self._watchdog(), name="watchdog")
+                self.notifier.notify("READY=1")
+                self.notifier.notify("STATUS=running")
+                while not self.stop_requested.is_set():
+                    reload_wait = asyncio.ensure_future(self.reload_requested.wait())
+                    stop_wait = asyncio.ensure_future(self.stop_requested.wait())
+                    await asyncio.wait({reload_wait, stop_wait}, return_when="FIRST_COMPLETED")
+                    for fut in (reload_wait, stop_wait):
+                        fut.cancel()
+                    await asyncio.gather(reload_wait, stop_wait, return_exceptions=True)
+                    if self.reload_requested.is_set():
+                        self.reload_requested.clear()
+                        if on_reload is not None:
+                            await on_reload()
+                self.notifier.notify("STOPPING=1")
+                await self._shutdown(stages, on_stopping, shutdown_timeout_s)
+                watchdog.cancel()
+
+    async def _shutdown(
+        self,
+        stages: list[Stage],
+        on_stopping: Callable[[], Awaitable[None]] | None,
+        timeout_s: float,
+    ) -> None:
+        inputs = [self._tasks[s.name] for s in stages if s.input]
+        for task in inputs:
+            task.cancel()
+        await asyncio.gather(*inputs, return_exceptions=True)
+        if on_stopping is not None:
+            stopping = asyncio.ensure_future(on_stopping())
+            forced = asyncio.ensure_future(self.force_requested.wait())
+            done, _ = await asyncio.wait(
+                {stopping, forced}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stopping not in done:
+                self.log.warning("shutdown did not finish in time; cancelling", timeout_s=timeout_s)
+                stopping.cancel()
+            forced.cancel()
+            await asyncio.gather(stopping, forced, return_exceptions=True)
+        rest = [t for t in self._tasks.values() if not t.done()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
