@@ -36,6 +36,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -54,8 +55,8 @@ SYNC_CLASSES = {"sms", "bds", "command"}
 MESSAGE_CLASSES = frozenset({"sms", "bds", "command"})
 #: Thinned under pressure, least important first.
 POSITION_CLASSES = ("sky", "fix")
-#: Priorities whose newest record goes ahead of the backlog (fix, sky).
-LIVE_PRIORITIES = (CLASS_PRIORITY["fix"], CLASS_PRIORITY["sky"])
+#: Classes whose newest record goes ahead of their backlog.
+LIVE_CLASSES = frozenset({"fix", "sky"})
 #: Estimated bytes a row costs beyond its payload, topic and id (measured: bench/outbox.py).
 ROW_OVERHEAD = 64
 #: Thinning tiers, applied oldest first: records older than `age` keep one per `interval`.
@@ -69,12 +70,15 @@ THIN_TIERS: tuple[tuple[float, float], ...] = (
 )
 SCHEMA_VERSION = 1
 _DROP_CHUNK = 1000
+_THIN_SPAN = 20000
 _MAX_UNSAVED_ACKS = 20000
 _COLUMNS = "seq, id, cls, topic, payload, created, priority, retain"
+_SELECT_OLDEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?"  # noqa: S608 - constant columns
+_SELECT_NEWEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq DESC LIMIT 1"  # noqa: S608 - constant columns
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
+    id BLOB NOT NULL,
     cls TEXT NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -83,9 +87,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     retain INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_drain ON outbox (priority);
-CREATE INDEX IF NOT EXISTS outbox_class ON outbox (cls, created);
+CREATE INDEX IF NOT EXISTS outbox_class ON outbox (cls);
 """
+# One index, (cls) with the rowid: drain order (per class, FIFO), oldest first for eviction,
+# age limits (records arrive in time order: a binary search over seq). A second index costs
+# about 60 bytes written a record (WAL and checkpoint).
 # AUTOINCREMENT: a seq is never reused, so an ack for a record evicted while in flight can
 # never delete a newer record that happened to get the same rowid.
 
@@ -126,6 +132,23 @@ class _Pending:
     retain: bool
     sync: bool
     size: int
+
+
+def id_to_db(record_id: str) -> str | bytes:
+    """A canonical UUID is stored as its 16 bytes (20 fewer a row, written twice: WAL and
+    checkpoint); any other id as text."""
+    try:
+        u = uuid.UUID(record_id)
+    except ValueError:
+        return record_id
+    return u.bytes if str(u) == record_id else record_id
+
+
+def id_from_db(value: object) -> str:
+    """The id as the payload carries it."""
+    if isinstance(value, bytes) and len(value) == 16:
+        return str(uuid.UUID(bytes=value))
+    return str(value)
 
 
 def record_size(topic: str, payload: bytes, record_id: str) -> int:
@@ -217,8 +240,9 @@ def _valid_row(row: tuple[Any, ...]) -> _Pending | None:
         _seq, rid, cls, topic, payload, created, _priority, retain = row
     except ValueError:
         return None
-    if not (isinstance(rid, str) and isinstance(topic, str) and cls in CLASS_PRIORITY):
+    if not (isinstance(rid, (str, bytes)) and isinstance(topic, str) and cls in CLASS_PRIORITY):
         return None
+    rid = id_from_db(rid)
     if isinstance(payload, str):
         payload = payload.encode()
     if not isinstance(payload, bytes) or not isinstance(created, (int, float)):
@@ -301,7 +325,7 @@ class _Db:
                     " retain, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row[0] if isinstance(row[0], int) else None,
-                        rec.id,
+                        id_to_db(rec.id),
                         rec.cls,
                         rec.topic,
                         rec.payload,
@@ -321,15 +345,6 @@ class _Db:
     def _counts(self) -> dict[str, tuple[int, int]]:
         rows = self._c().execute("SELECT cls, COUNT(*), SUM(size) FROM outbox GROUP BY cls")
         return {str(c): (int(n), int(b or 0)) for c, n, b in rows}
-
-    def _oldest(self) -> dict[str, float]:
-        conn = self._c()
-        oldest: dict[str, float] = {}
-        for cls in CLASS_PRIORITY:
-            row = conn.execute("SELECT MIN(created) FROM outbox WHERE cls = ?", (cls,)).fetchone()
-            if row and row[0] is not None:
-                oldest[cls] = float(row[0])
-        return oldest
 
     def close(self) -> None:
         with self.lock:
@@ -355,7 +370,7 @@ class _Db:
                         " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
-                                r.id,
+                                id_to_db(r.id),
                                 r.cls,
                                 r.topic,
                                 r.payload,
@@ -414,36 +429,88 @@ class _Db:
                 raise
             return n, b, self._oldest()
 
+    def _oldest(self) -> dict[str, float]:
+        """Per class, when its first-arrived waiting record was created."""
+        conn = self._c()
+        oldest: dict[str, float] = {}
+        for cls in CLASS_PRIORITY:
+            row = conn.execute(
+                "SELECT created FROM outbox WHERE cls = ? ORDER BY seq LIMIT 1", (cls,)
+            ).fetchone()
+            if row is not None:
+                oldest[cls] = float(row[0])
+        return oldest
+
+    def _first_at_or_after(self, cls: str, seq: int) -> tuple[int, float] | None:
+        row = (
+            self._c()
+            .execute(
+                "SELECT seq, created FROM outbox WHERE cls = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                (cls, seq),
+            )
+            .fetchone()
+        )
+        return None if row is None else (int(row[0]), float(row[1]))
+
+    def _boundary(self, cls: str, cut: float) -> int:
+        """The seq before which the records of `cls` were created before `cut`.
+
+        Records arrive in time order, so a binary search over seq on the (cls) index finds it
+        in a few lookups; a clock that jumped only makes the boundary approximate.
+        """
+        first = self._first_at_or_after(cls, 0)
+        if first is None or first[1] >= cut:
+            return 0
+        row = (
+            self._c()
+            .execute(
+                "SELECT seq, created FROM outbox WHERE cls = ? ORDER BY seq DESC LIMIT 1", (cls,)
+            )
+            .fetchone()
+        )
+        if float(row[1]) < cut:
+            return int(row[0]) + 1
+        lo, hi = first[0] + 1, int(row[0])  # the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self._first_at_or_after(cls, mid)
+            if found is not None and found[1] >= cut:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def next_batch(
-        self, limit: int, skip: Collection[int], marks: dict[int, int], live_after: float
+        self, limit: int, skip: Collection[int], marks: dict[str, int], live_after: float
     ) -> tuple[list[Record], set[int]]:
         """The next `limit` records in drain order, and the seqs that went ahead as live."""
         with self.lock:
             conn = self._c()
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM outbox ORDER BY priority, seq LIMIT ?",  # noqa: S608 - constant columns
-                (limit + len(skip),),
-            ).fetchall()
-            picked = {r[0]: r for r in rows if r[0] not in skip}
+            picked: list[tuple[Any, ...]] = []
             live: set[int] = set()
-            for prio in LIVE_PRIORITIES:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE priority = ? ORDER BY seq DESC LIMIT 1",  # noqa: S608 - constant columns
-                    (prio,),
-                ).fetchone()
-                if (
-                    row is not None
-                    and row[0] not in skip
-                    and row[0] > marks.get(prio, 0)
-                    and row[5] >= live_after
-                ):
-                    picked[row[0]] = row
-                    live.add(row[0])
-        ordered = sorted(picked.values(), key=lambda r: (r[6], r[0] not in live, r[0]))[:limit]
+            for prio in sorted(set(CLASS_PRIORITY.values())):
+                if len(picked) >= limit:
+                    break
+                level: list[tuple[Any, ...]] = []
+                for cls in (c for c, p in CLASS_PRIORITY.items() if p == prio):
+                    rows = conn.execute(_SELECT_OLDEST, (cls, limit + len(skip))).fetchall()
+                    level += [r for r in rows if r[0] not in skip]
+                    if cls in LIVE_CLASSES:
+                        row = conn.execute(_SELECT_NEWEST, (cls,)).fetchone()
+                        if (
+                            row is not None
+                            and row[0] not in skip
+                            and row[0] > marks.get(cls, 0)
+                            and row[5] >= live_after
+                        ):
+                            live.add(row[0])
+                            level = [row] + [r for r in level if r[0] != row[0]]
+                level.sort(key=lambda r: (r[0] not in live, r[0]))
+                picked += level
         records = [
             Record(
                 seq=r[0],
-                id=r[1],
+                id=id_from_db(r[1]),
                 cls=r[2],
                 topic=r[3],
                 payload=bytes(r[4]),
@@ -451,7 +518,7 @@ class _Db:
                 priority=r[6],
                 retain=bool(r[7]),
             )
-            for r in ordered
+            for r in picked[:limit]
         ]
         return records, {r.seq for r in records if r.seq in live}
 
@@ -466,12 +533,16 @@ class _Db:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for cls, max_age in limits.items():
-                    for (size,) in conn.execute(
-                        "DELETE FROM outbox WHERE cls = ? AND created < ? RETURNING size",
-                        (cls, now - max_age),
-                    ).fetchall():
-                        n[cls] += 1
-                        b[cls] += size
+                    end = self._boundary(cls, now - max_age)
+                    if end == 0:
+                        continue
+                    count, size = conn.execute(
+                        "SELECT COUNT(*), SUM(size) FROM outbox WHERE cls = ? AND seq < ?",
+                        (cls, end),
+                    ).fetchone()
+                    conn.execute("DELETE FROM outbox WHERE cls = ? AND seq < ?", (cls, end))
+                    n[cls] += int(count)
+                    b[cls] += int(size or 0)
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -490,7 +561,7 @@ class _Db:
             b: Counter[str] = Counter()
             freed = 0
 
-            def take(rows: list[tuple[str, int]], reason: str) -> None:
+            def take(rows: Iterable[tuple[str, int]], reason: str) -> None:
                 nonlocal freed
                 for cls, size in rows:
                     why[(cls, reason)] += 1
@@ -503,25 +574,34 @@ class _Db:
                 positions = [c for c in POSITION_CLASSES if c in classes]
                 for age, interval in THIN_TIERS:
                     for cls in positions:
-                        if freed >= need:
-                            break
-                        cut = now - age
-                        take(
-                            conn.execute(
-                                "DELETE FROM outbox WHERE cls = :c AND created < :cut AND seq NOT"
-                                " IN (SELECT MIN(seq) FROM outbox WHERE cls = :c AND created"
-                                " < :cut GROUP BY CAST(created / :i AS INTEGER))"
-                                " RETURNING cls, size",
-                                {"c": cls, "cut": cut, "i": interval},
-                            ).fetchall(),
-                            "thinned",
-                        )
+                        end = self._boundary(cls, now - age)
+                        start = self._first_at_or_after(cls, 0)
+                        seq = 0 if start is None else start[0]
+                        # In spans of _THIN_SPAN rows, oldest first, so that it stops as soon as
+                        # enough is free and no statement returns a million rows at once.
+                        while seq < end and freed < need:
+                            nxt = conn.execute(
+                                "SELECT seq FROM outbox WHERE cls = ? AND seq >= ? ORDER BY seq"
+                                " LIMIT 1 OFFSET ?",
+                                (cls, seq, _THIN_SPAN),
+                            ).fetchone()
+                            stop = min(end, int(nxt[0]) if nxt else end)
+                            take(
+                                conn.execute(
+                                    "DELETE FROM outbox WHERE cls = :c AND seq >= :a AND seq < :z"
+                                    " AND seq NOT IN (SELECT MIN(seq) FROM outbox WHERE cls = :c"
+                                    " AND seq >= :a AND seq < :z"
+                                    " GROUP BY CAST(created / :i AS INTEGER)) RETURNING cls, size",
+                                    {"c": cls, "a": seq, "z": stop, "i": interval},
+                                ),
+                                "thinned",
+                            )
+                            seq = stop
                 droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
                 for cls in droppable:
                     while freed < need:
                         oldest = conn.execute(
-                            "SELECT seq, size FROM outbox WHERE cls = ? ORDER BY created, seq"
-                            " LIMIT ?",
+                            "SELECT seq, size FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?",
                             (cls, _DROP_CHUNK),
                         ).fetchall()
                         if not oldest:
@@ -547,10 +627,6 @@ class _Db:
                     conn.execute("ROLLBACK")
                 raise
             return why, n, b, self._oldest()
-
-    def oldest_created(self) -> dict[str, float]:
-        with self.lock:
-            return self._oldest()
 
 
 class Outbox:
@@ -587,7 +663,7 @@ class Outbox:
         self._wake = asyncio.Event()
         # Delivered but not yet deleted (the disk refused the delete); retried with the next write.
         self._acked: set[int] = set()
-        self._live_marks: dict[int, int] = {}
+        self._live_marks: dict[str, int] = {}
         # Disk trouble: the reason, since when, and when to try again.
         self._store_error: str | None = None
         self._retry_at = 0.0
@@ -925,7 +1001,7 @@ class Outbox:
         )
         for r in records:
             if r.seq in live:
-                self._live_marks[r.priority] = max(self._live_marks.get(r.priority, 0), r.seq)
+                self._live_marks[r.cls] = max(self._live_marks.get(r.cls, 0), r.seq)
         return records
 
     async def ack(self, seqs: Iterable[int]) -> None:
@@ -1091,5 +1167,7 @@ __all__ = [
     "Outbox",
     "Record",
     "check_database",
+    "id_from_db",
+    "id_to_db",
     "record_size",
 ]

@@ -14,7 +14,7 @@ import pytest
 from terminal_gw.config import OutboxConfig
 from terminal_gw.errors import StoreError
 from terminal_gw.models import Event, Fix, Sky, Status, make_event
-from terminal_gw.outbox import Outbox, Record
+from terminal_gw.outbox import Outbox, Record, id_from_db
 from tests.outbox_child import Bds, CommandResult, Sms
 
 
@@ -36,7 +36,7 @@ def stored_ids(path: Path) -> list[str]:
     """What another process sees on disk right now (committed rows only)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return [r[0] for r in conn.execute("SELECT id FROM outbox ORDER BY seq")]
+        return [id_from_db(r[0]) for r in conn.execute("SELECT id FROM outbox ORDER BY seq")]
     finally:
         conn.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from terminal_gw.outbox import check_database
+from terminal_gw.outbox import check_database, id_from_db
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 def stored(path: Path) -> set[str]:
     conn = sqlite3.connect(str(path))
     try:
-        return {r[0] for r in conn.execute("SELECT id FROM outbox")}
+        if not conn.execute("SELECT name FROM sqlite_master WHERE name = 'outbox'").fetchall():
+            return set()  # killed between creating the file and the schema
+        return {id_from_db(r[0]) for r in conn.execute("SELECT id FROM outbox")}
     finally:
         conn.close()
 

@@ -13,7 +13,7 @@ import pytest
 from terminal_gw.config import OutboxConfig
 from terminal_gw.errors import OutboxFullError
 from terminal_gw.models import Event, Fix, Sky, make_event
-from terminal_gw.outbox import Outbox
+from terminal_gw.outbox import Outbox, id_from_db
 from tests.outbox_child import CommandResult, Sms
 from tests.test_outbox import Clock
 
@@ -26,7 +26,7 @@ def rows(path: Path, cls: str) -> list[tuple[str, float]]:
     conn = sqlite3.connect(str(path))
     try:
         return [
-            (r[0], r[1])
+            (id_from_db(r[0]), r[1])
             for r in conn.execute(
                 "SELECT id, created FROM outbox WHERE cls = ? ORDER BY created", (cls,)
             )
