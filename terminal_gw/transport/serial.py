@@ -224,8 +224,10 @@ class PortState(StrEnum):
 class Backoff:
     """Capped exponential backoff: min_s, doubling up to max_s, minus up to `jitter` of it."""
 
-    min_s: float = 0.5
-    max_s: float = 10.0
+    # Opening a missing device costs one failed syscall: retry often enough that a replugged
+    # receiver is back within about 2 s, however long it was away.
+    min_s: float = 0.25
+    max_s: float = 2.0
     jitter: float = 0.5
 
     def delay(self, attempt: int, rng: random.Random) -> float:
