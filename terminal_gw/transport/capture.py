@@ -17,6 +17,8 @@ The format (version 1) is text, so `less` shows it, yet binary-safe:
 * Bytes: printable ASCII (0x20-0x7E) as-is except the backslash; `\\r`, `\\n`, `\\t`, `\\\\`,
   and `\\xHH` (two hex digits) for every other byte. A line therefore never holds a raw CR or LF.
 * Lines starting with `#` are comments; blank lines are ignored.
+* A chunk longer than 64 KiB is written as several lines (several chunks when read back), so
+  a reader never needs more than about 256 KiB for a line.
 
 The reader also reads RAW captures (the bytes as read from a port, like gpsd's regression logs):
 a file that does not start with the header is raw. Its lines starting with `#` are comments and
@@ -46,6 +48,13 @@ Kind = Literal["capture", "raw"]
 
 FROM_DEVICE: Final = "<"
 TO_DEVICE: Final = ">"
+
+#: The writer puts longer chunks on several lines, so every line stays under MAX_LINE bytes.
+MAX_CHUNK: Final = 64 * 1024
+#: Longest line the reader accepts in an own-format capture (a MAX_CHUNK of escaped binary).
+MAX_LINE: Final = 4 * MAX_CHUNK + 256
+#: Raw captures are read in lines of at most this many bytes.
+RAW_PIECE: Final = 64 * 1024
 
 _PORT_RE = re.compile(r"[!-~]+")
 
@@ -188,6 +197,10 @@ class CaptureWriter:
             raise ValueError(f"bad port name {port!r}: printable ASCII, no spaces, no leading #")
         if direction not in (FROM_DEVICE, TO_DEVICE):
             raise ValueError(f"direction is '<' or '>', not {direction!r}")
+        if len(data) > MAX_CHUNK:
+            for i in range(0, len(data), MAX_CHUNK):
+                self.write(port, direction, data[i : i + MAX_CHUNK], ts)
+            return
         line = self._line(port, direction, data, ts)
         if (
             self.max_bytes is not None
@@ -298,18 +311,32 @@ class CaptureReader:
             ) from exc
 
     def _raw(self, f: BinaryIO) -> Iterator[Chunk]:
-        for line in f:
-            self.bytes_read += len(line)
-            if line.startswith(b"#"):
-                self.comment_lines += 1
-                continue
-            yield Chunk(None, RAW_PORT, FROM_DEVICE, line)
+        # Pieces of at most RAW_PIECE bytes: binary data without line ends (or with CR only)
+        # must not be read into memory whole. Only a piece that starts a line can be a comment.
+        at_line_start = True
+        in_comment = False
+        while piece := f.readline(RAW_PIECE):
+            self.bytes_read += len(piece)
+            if at_line_start:
+                in_comment = piece.startswith(b"#")
+                if in_comment:
+                    self.comment_lines += 1
+            at_line_start = piece.endswith(b"\n")
+            if not in_comment:
+                yield Chunk(None, RAW_PORT, FROM_DEVICE, piece)
 
     def _own(self, f: BinaryIO) -> Iterator[Chunk]:
         start = self.start
         assert start is not None
-        for raw in f:
+        while raw := f.readline(MAX_LINE):
             self.bytes_read += len(raw)
+            if not raw.endswith(b"\n") and len(raw) == MAX_LINE:
+                # Longer than any line the writer makes: skip the rest of it.
+                while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                    self.bytes_read += len(rest)
+                self.bytes_read += len(rest)
+                self.bad_lines += 1
+                continue
             line = raw.rstrip(b"\r\n")
             if not line:
                 continue

@@ -204,3 +204,37 @@ def test_writer_refuses_names_the_reader_could_not_read(
 ) -> None:
     with CaptureWriter(tmp_path / "c.tgw") as w, pytest.raises(ValueError, match=r"port|direction"):
         w.write(port, direction, b"x")  # type: ignore[arg-type]
+
+
+def test_raw_capture_without_line_ends_is_read_in_bounded_pieces(tmp_path: Path) -> None:
+    path = tmp_path / "binary.log"
+    blob = bytes(range(256)).replace(b"\n", b"") * 2000  # 510 kB, no line end at all
+    path.write_bytes(b"# comment\n" + blob + b"\n#tail comment " + b"x" * 200_000 + b"\nend\n")
+    got = list(read_capture(path))
+    assert max(len(c.data) for c in got) <= 64 * 1024
+    assert b"".join(c.data for c in got) == blob + b"\nend\n"
+
+
+def test_huge_chunk_is_split_into_lines_a_reader_can_take(tmp_path: Path) -> None:
+    path = tmp_path / "cap.tgw"
+    big = bytes(range(256)) * 1000  # 256 kB of binary: about 1 MB escaped
+    with CaptureWriter(path) as w:
+        w.write("gnss", "<", big)
+        w.write("gnss", "<", b"after")
+    got = list(read_capture(path))
+    assert b"".join(c.data for c in got[:-1]) == big
+    assert got[-1].data == b"after"
+    assert max(len(line) for line in path.read_bytes().splitlines()) < 300_000
+
+
+def test_overlong_line_is_a_bad_line_not_a_memory_spike(tmp_path: Path) -> None:
+    path = tmp_path / "cap.tgw"
+    with CaptureWriter(path, start=1_700_000_000.0) as w:
+        w.write("gnss", "<", b"before", ts=w.start)
+    with path.open("a", encoding="ascii") as f:
+        f.write("0.5 gnss < " + "A" * 2_000_000 + "\n")
+        f.write("1.000000 gnss < after\n")
+    reader = CaptureReader(path)
+    assert [c.data for c in reader] == [b"before", b"after"]
+    assert reader.bad_lines == 1
+    assert reader.bytes_read == path.stat().st_size
