@@ -91,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         dest="replay_config",
         type=Path,
+        metavar="PATH",
         default=None,
         help=f"take topic prefix, device id and GNSS settings from this config "
         f"(default: prefix {DEFAULT_PREFIX!r}, device {DEFAULT_DEVICE!r})",
@@ -307,10 +308,11 @@ def summary_lines(stats: Stats, counters: dict[str, int]) -> list[str]:
     """The human summary printed without --jsonl."""
     files = _format_counts(sorted(stats.files.items()))
     lines = [
+        f"captures: {stats.files.total()} ({files})",
+        f"replayed: {stats.chunks} chunks, {stats.bytes_fed} bytes",
         (
-            f"captures: {stats.files.total()} ({files}); {stats.chunks} chunks, "
-            f"{stats.bytes_fed} bytes replayed, {stats.chunks_skipped} chunks of other ports "
-            f"or directions skipped, {stats.bad_capture_lines} bad capture lines"
+            f"skipped: {stats.chunks_skipped} chunks of other ports or directions, "
+            f"{stats.bad_capture_lines} bad capture lines"
         ),
         f"records: {stats.records.total()}"
         + (f" ({_format_counts(sorted(stats.records.items()))})" if stats.records else ""),
@@ -375,12 +377,12 @@ def cli(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.flush()
 
     stats = replayer.stats
     counters = replayer.counters
     if not args.jsonl:
         print("\n".join(summary_lines(stats, counters)))
+    sys.stdout.flush()  # the summary before the counters line when both go to a terminal
     nonzero = _format_counts((k, v) for k, v in sorted(counters.items()) if v)
     print(
         f"replay: {stats.files.total()} capture(s), {stats.records.total()} records"

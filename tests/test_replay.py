@@ -111,16 +111,17 @@ def test_bad_config_exits_2_with_the_field(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
-def make_own_capture(log: Path, path: Path, *, seed: int = 1) -> int:
+def make_own_capture(log: Path, path: Path, *, seed: int = 1) -> tuple[int, int]:
     """Write the log's bytes as the gnss port's reads, split at random, between other traffic.
 
-    The other traffic holds valid NMEA that would add epochs if it were replayed.
+    The other traffic holds valid NMEA that would add epochs if it were replayed. Returns
+    the number of gnss reads and of other chunks.
     """
     rng = random.Random(seed)
     data = b"".join(c.data for c in CaptureReader(log))
     decoy = b"$GPGGA,000001.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*65\r\n"
     pos = 0
-    n = 0
+    n = other = 0
     with CaptureWriter(path, start=1_700_000_000.0) as w:
         ts = w.start
         while pos < len(data):
@@ -134,18 +135,26 @@ def make_own_capture(log: Path, path: Path, *, seed: int = 1) -> int:
                 w.write("modem", "<", b"\r\n+CSQ: 17,99\r\n\r\nOK\r\n", ts=ts)
                 w.write("gnss", ">", decoy, ts=ts)
                 w.write("rdss", "<", decoy, ts=ts)
-    return n
+                other += 4
+    return n, other
 
 
 def test_own_capture_replays_like_the_raw_one(tmp_path: Path) -> None:
     log = GNSS_CORPUS / "ublox-neo-m9n-nmea.log"
     capture = tmp_path / "session.tgw"
-    make_own_capture(log, capture)
+    reads, other = make_own_capture(log, capture)
     raw = run_replay("--jsonl", log)
     own = run_replay("--jsonl", capture)
     assert own.returncode == 0, own.stderr
     assert without_ids(records(own.stdout)) == without_ids(records(raw.stdout))
-    assert len(records(own.stdout)) == 2 * len(epoch_times(log))
+    assert len([r for r in records(own.stdout) if r["topic"].endswith("/fix")]) == len(
+        epoch_times(log)
+    )
+    summary = run_replay(capture).stdout
+    data_bytes = sum(len(c.data) for c in CaptureReader(log))
+    assert f"replayed: {reads} chunks, {data_bytes} bytes" in summary
+    assert f"skipped: {other} chunks of other ports or directions, 0 bad capture lines" in summary
+    assert "capture span: " in summary
 
 
 def test_rotated_capture_set_replays_as_one_stream(tmp_path: Path) -> None:
