@@ -166,22 +166,34 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         return conn
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5)
     conn.execute("PRAGMA busy_timeout = 5000")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    try:
+        _use_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # Keep the WAL file from staying at its high-water mark after a checkpoint.
+        conn.execute("PRAGMA journal_size_limit = 4194304")
+    except BaseException:
         conn.close()
-        raise StoreError(f"{path}: cannot switch to WAL mode (got {mode})", reason="wal")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    # Keep the WAL file from staying at its high-water mark after a checkpoint.
-    conn.execute("PRAGMA journal_size_limit = 4194304")
+        raise
     return conn
 
 
-def check_database(path: Path) -> str | None:
-    """None when `path` is a sound database, else why it is not (quick_check's words)."""
+def _use_wal(conn: sqlite3.Connection) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
+
+
+def check_database(path: Path, *, unreadable_is_damage: bool = True) -> str | None:
+    """None when `path` is a sound outbox database, else why it is not (quick_check's words).
+
+    A file that cannot be opened at all (permissions, a read-only folder without the WAL index,
+    an I/O error) is not called damaged when `unreadable_is_damage` is false: moving it aside
+    would not help, and may not be possible.
+    """
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=5)
     except sqlite3.Error as exc:
-        return str(exc)
+        return str(exc) if unreadable_is_damage else None
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
         problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
@@ -190,6 +202,9 @@ def check_database(path: Path) -> str | None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "outbox" not in tables:
             return "not an outbox database (no outbox table)"
+    except sqlite3.OperationalError as exc:
+        if unreadable_is_damage:
+            return str(exc)
     except sqlite3.Error as exc:
         return str(exc)
     finally:
@@ -267,34 +282,105 @@ class _Db:
         self.path = path
         self.lock = threading.Lock()
         self.conn: sqlite3.Connection | None = None
+        self.writable = False
 
     def _c(self) -> sqlite3.Connection:
         if self.conn is None:
-            raise StoreError("the outbox is not open", reason="closed")
+            raise sqlite3.OperationalError("the outbox database could not be opened")
         return self.conn
 
+    def _w(self) -> sqlite3.Connection:
+        """The connection for a write; reopened first when the last write failed, because a
+        connection SQLite opened read-only (read-only filesystem) stays read-only."""
+        if not self.writable:
+            try:
+                self._open_rw()
+            except BaseException:
+                self._open_ro()  # keep draining what is stored
+                raise
+        return self._c()
+
     def open(self) -> dict[str, Any]:
-        """Check, salvage when needed, create the schema; return what was found."""
+        """Check, salvage when needed, create the schema; return what was found.
+
+        When the database cannot be written (read-only filesystem, no space), it is opened
+        read-only so that what is stored can still be drained; `info["unwritable"]` says why.
+        """
         with self.lock:
             info: dict[str, Any] = {}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # the open below reports it
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
-                reason = check_database(self.path)
+                reason = check_database(self.path, unreadable_is_damage=False)
                 if reason is not None:
                     info["corrupt"] = reason
-                    info["moved_to"] = str(self._move_aside())
+                    try:
+                        info["moved_to"] = str(self._move_aside())
+                    except OSError as exc:
+                        info["unwritable"] = f"cannot move the damaged database aside: {exc}"
+                        return self._found(info)
             try:
-                self.conn = connect(self.path)
-                self.conn.executescript(_SCHEMA)
-                if self.conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                    self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: cannot open the outbox: {exc}") from exc
+                self._open_rw()
+            except (sqlite3.Error, OSError) as exc:
+                info["unwritable"] = str(exc)
+                self._open_ro()
+                return self._found(info)
             if "moved_to" in info:
                 info["salvaged"] = self._salvage(Path(info["moved_to"]))
-            info["counts"] = self._counts()
-            info["oldest"] = self._oldest()
-            return info
+            return self._found(info)
+
+    def _found(self, info: dict[str, Any]) -> dict[str, Any]:
+        info["counts"] = self._counts() if self.conn is not None else {}
+        info["oldest"] = self._oldest() if self.conn is not None else {}
+        return info
+
+    def _open_rw(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+        conn = connect(self.path)
+        try:
+            conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        self.writable = True
+
+    def _open_ro(self) -> None:
+        """A read-only connection for draining; immutable when SQLite cannot even create
+        its WAL index (a read-only filesystem after a clean shutdown has no WAL to miss)."""
+        self.conn = None
+        self.writable = False
+        if not self.path.exists():
+            return
+        for query in ("mode=ro", "immutable=1"):
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = sqlite3.connect(
+                    f"file:{self.path}?{query}",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchall()
+            except sqlite3.Error:
+                if conn is not None:
+                    conn.close()
+                continue
+            self.conn = conn
+            return
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE; when even that fails, reopen before the next write."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.writable = False
+            raise
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -359,11 +445,11 @@ class _Db:
     ) -> tuple[Counter[str], Counter[str], dict[str, float], Counter[str], Counter[str]]:
         """Insert and commit `batch` (and delete remembered acks); raise sqlite3 errors."""
         with self.lock:
-            conn = self._c()
+            conn = self._w()
             if sync:
                 conn.execute("PRAGMA synchronous = FULL")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
                 try:
                     conn.executemany(
                         "INSERT INTO outbox (id, cls, topic, payload, created, priority, retain,"
@@ -385,6 +471,7 @@ class _Db:
                     gone_n, gone_b = self._delete(acks)
                     conn.execute("COMMIT")
                 except BaseException:
+                    self.writable = False
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                     raise
@@ -418,12 +505,13 @@ class _Db:
     def ack(self, seqs: Collection[int]) -> tuple[Counter[str], Counter[str], dict[str, float]]:
         """Delete delivered records; raise sqlite3 errors."""
         with self.lock:
-            conn = self._c()
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._w()
+            self._begin(conn)
             try:
                 n, b = self._delete(seqs)
                 conn.execute("COMMIT")
             except BaseException:
+                self.writable = False
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
@@ -527,10 +615,10 @@ class _Db:
     ) -> tuple[Counter[str], Counter[str], dict[str, float]]:
         """Delete records older than their class's age limit."""
         with self.lock:
-            conn = self._c()
+            conn = self._w()
             n: Counter[str] = Counter()
             b: Counter[str] = Counter()
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             try:
                 for cls, max_age in limits.items():
                     end = self._boundary(cls, now - max_age)
@@ -545,6 +633,7 @@ class _Db:
                     b[cls] += int(size or 0)
                 conn.execute("COMMIT")
             except BaseException:
+                self.writable = False
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
@@ -555,7 +644,7 @@ class _Db:
     ) -> tuple[Counter[tuple[str, str]], Counter[str], Counter[str], dict[str, float]]:
         """Free at least `need` bytes from `classes`: thin positions, then drop oldest first."""
         with self.lock:
-            conn = self._c()
+            conn = self._w()
             why: Counter[tuple[str, str]] = Counter()
             n: Counter[str] = Counter()
             b: Counter[str] = Counter()
@@ -569,7 +658,7 @@ class _Db:
                     b[cls] += size
                     freed += size
 
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             try:
                 positions = [c for c in POSITION_CLASSES if c in classes]
                 for age, interval in THIN_TIERS:
@@ -623,6 +712,7 @@ class _Db:
                             freed += size
                 conn.execute("COMMIT")
             except BaseException:
+                self.writable = False
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
@@ -680,6 +770,8 @@ class Outbox:
         """Check the database (salvage a corrupt one), create the schema, load the counts."""
         info = await asyncio.to_thread(self._db.open)
         self._open = True
+        if "unwritable" in info:
+            self._store_failed(sqlite3.OperationalError(info["unwritable"]))
         for cls, (n, b) in info["counts"].items():
             self._count[cls] = n
             self._bytes[cls] = b
@@ -746,7 +838,8 @@ class Outbox:
 
     async def _duties(self) -> None:
         now = time.monotonic()
-        writes_due = self._pending and self._flush_due(now)
+        # While the disk fails, remembered acks alone are also a reason to try again.
+        writes_due = (self._pending or self._acked) and self._flush_due(now)
         if writes_due or (self._acked and self._store_error is None):
             with contextlib.suppress(StoreError):
                 await self.flush()
@@ -996,9 +1089,13 @@ class Outbox:
         skip = set(exclude) | self._acked
         now = self._clock()
         live_after = now - self._config.live_window_s if self._config.live_window_s > 0 else now + 1
-        records, live = await asyncio.to_thread(
-            self._db.next_batch, limit, skip, self._live_marks, live_after
-        )
+        try:
+            records, live = await asyncio.to_thread(
+                self._db.next_batch, limit, skip, self._live_marks, live_after
+            )
+        except sqlite3.Error as exc:
+            self._log.error("outbox cannot read", reason=str(exc))
+            return []
         for r in records:
             if r.seq in live:
                 self._live_marks[r.cls] = max(self._live_marks.get(r.cls, 0), r.seq)

@@ -140,3 +140,58 @@ async def test_disk_full_is_reported_held_and_recovered(small_disk: Path) -> Non
         await outbox.put("sms", late)
         assert late.id in stored_ids(cfg.path)
     assert check_database(cfg.path) is None
+
+
+def remount(disk: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
+
+
+async def test_read_only_filesystem_at_start_drains_holds_and_recovers(small_disk: Path) -> None:
+    """The kernel remounts a failing SD card read-only; the daemon restarts on it."""
+    cfg = OutboxConfig(
+        path=small_disk / "outbox.db",
+        retry_interval_s=0.1,
+        commit_interval_s=0.05,
+        event_interval_s=0,
+        live_window_s=0,
+    )
+    stored = []
+    async with Outbox(cfg, events=lambda e: None) as outbox:
+        for i in range(10):
+            sms = Sms(text=f"stored {i}")
+            await outbox.put("sms", sms)
+            stored.append(sms.id)
+    remount(small_disk, "ro")
+    events: list[Event] = []
+    try:
+        async with Outbox(cfg, events=events.append) as outbox:
+            assert outbox.store_error is not None
+            assert [e.data["state"] for e in events if e.kind == "store"] == ["failing"]
+            assert outbox.depth == 10
+            # Draining goes on from a read-only connection; acks wait in memory.
+            batch = await outbox.next_batch(4)
+            assert [r.id for r in batch] == stored[:4]
+            await outbox.ack(r.seq for r in batch)
+            assert [r.id for r in await outbox.next_batch(10)] == stored[4:]
+            assert outbox.depth == 6
+            # New positions are held; a sync message is refused (its source copy stays).
+            held = Fix(mode=3, lat=5.0, lon=6.0)
+            await outbox.put("fix", held)
+            with pytest.raises(StoreError):
+                await outbox.put("sms", Sms(text="not now"))
+
+            remount(small_disk, "rw")
+            async with asyncio.TaskGroup() as tg:
+                runner = tg.create_task(outbox.run(), name="outbox")
+                for _ in range(100):
+                    if outbox.store_error is None and outbox.held_bytes == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                runner.cancel()
+            assert outbox.store_error is None
+            assert events[-1].kind == "store"
+            assert events[-1].data["state"] == "recovered"
+            assert stored_ids(cfg.path) == [*stored[4:], held.id]
+    finally:
+        remount(small_disk, "rw")
+    assert check_database(cfg.path) is None
