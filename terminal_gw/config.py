@@ -65,7 +65,7 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
-def parse_baud(value: object) -> int | str:
+def parse_baud(value: object) -> int | Literal["auto"]:
     """A standard baud rate, or "auto"."""
     if value == "auto":
         return "auto"
@@ -84,7 +84,7 @@ def _parse_fixed_baud(value: object) -> int:
     return int(baud)
 
 
-AutoBaud = Annotated[int | str, BeforeValidator(parse_baud)]
+AutoBaud = Annotated[int | Literal["auto"], BeforeValidator(parse_baud)]
 Baud = Annotated[int, BeforeValidator(_parse_fixed_baud)]
 
 
@@ -127,9 +127,28 @@ class GnssConfig(_Section):
     reporting: ReportingConfig = ReportingConfig()
 
 
+DEFAULT_MODEM_INIT = ("ATE0", "AT+CMEE=2", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0")
+
+
 class ModemConfig(_Section):
     port: PortPath = "none"
     baud: Baud = 115200
+    init: list[str] = Field(default_factory=lambda: list(DEFAULT_MODEM_INIT))
+    command_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    send_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    ping_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    poll_signal_s: float = Field(default=60.0, gt=0)
+    poll_registration_s: float = Field(default=60.0, gt=0)
+    poll_operator_s: float = Field(default=300.0, gt=0)
+    status_interval_s: float = Field(default=900.0, gt=0)
+    sweep_interval_s: float = Field(default=600.0, gt=0)
+    sms_reassembly_timeout_s: float = Field(default=3600.0, gt=0)
+    ack_cmt: bool = False
+    reset_command: Literal["AT+CFUN=1,1", "AT+CFUN=0/1"] = "AT+CFUN=1,1"
+    reset_wait_s: float = Field(default=20.0, ge=0, le=600)
+    max_resets_per_hour: int = Field(default=3, ge=0, le=60)
+    recovery_backoff_s: float = Field(default=600.0, gt=0)
+    reopen_backoff_s: float = Field(default=5.0, gt=0)
 
 
 class RdssConfig(_Section):
@@ -205,6 +224,12 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class RecordConfig(_Section):
+    dir: Path = Path("/var/lib/terminal-gw/captures")
+    max_bytes: Size = 64 * 1024 * 1024
+    keep: int = Field(default=3, ge=0, le=100)
+
+
 class StatusConfig(_Section):
     path: Path = Path("/var/lib/terminal-gw/status.json")
     interval_s: float = Field(default=5.0, gt=0, le=300)
@@ -234,6 +259,7 @@ class Config(_Section):
     outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
     status: StatusConfig = StatusConfig()
+    record: RecordConfig = RecordConfig()
     clock: ClockConfig = ClockConfig()
     daemon: DaemonConfig = DaemonConfig()
 

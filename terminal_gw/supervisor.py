@@ -77,10 +77,13 @@ class Supervisor:
                 self.log.exception("stage failed", failed_stage=stage.name)
                 error = info.last_error
             else:
-                if not stage.restart:
+                if not stage.restart or self.stop_requested.is_set():
                     info.state = "stopped"
                     return
                 self.log.warning("stage ended", ended_stage=stage.name)
+            if self.stop_requested.is_set():
+                info.state = "stopped"  # ended as part of the shutdown: nothing to restart
+                return
             if not stage.restart:
                 info.state = "failed"
                 return

@@ -43,6 +43,7 @@ def test_example_config_is_valid_and_complete() -> None:
         ("outbox", config.outbox),
         ("log", config.log),
         ("status", config.status),
+        ("record", config.record),
         ("clock", config.clock),
         ("daemon", config.daemon),
     ]:

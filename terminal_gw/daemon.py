@@ -1,0 +1,417 @@
+"""The daemon: stages wired into one supervisor (`terminal-gw run`).
+
+gnss (serial -> pipeline -> reporting policy) and the event queue feed the outbox; the uplink
+drains it; status writes the local status file and refreshes the retained status topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from terminal_gw.clock import ClockWatch
+from terminal_gw.config import Config, load_config
+from terminal_gw.errors import ConfigError, OutboxFullError, StoreError, TerminalGwError
+from terminal_gw.gnss.framer import Framer
+from terminal_gw.gnss.pipeline import GnssPipeline
+from terminal_gw.gnss.policy import ReportingPolicy
+from terminal_gw.logs import get_logger
+from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
+from terminal_gw.outbox import Outbox
+from terminal_gw.sdnotify import Notifier
+from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
+from terminal_gw.supervisor import Stage, Supervisor
+from terminal_gw.transport.capture import CaptureWriter
+from terminal_gw.transport.serial import PortState, ReconnectingPort, Validator
+from terminal_gw.uplink import Uplink
+
+#: Events waiting for the outbox; beyond this they are counted and dropped (a flood guard).
+EVENT_QUEUE_MAX = 10_000
+
+
+def _framer_validator(config: Config) -> Validator:
+    """A fresh check for auto-baud: True once a checksum-valid sentence framed."""
+    framer = Framer(
+        max_sentence_len=config.gnss.max_sentence_len,
+        allow_no_checksum=False,
+    )
+
+    def valid(chunk: bytes) -> bool:
+        framer.feed(chunk)
+        return framer.counters.get("good", 0) > 0
+
+    return valid
+
+
+class Daemon:
+    """Everything `terminal-gw run` runs, for one config."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        log: FilteringBoundLogger | None = None,
+        extra_stages: list[Stage] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log = log or get_logger("daemon")
+        self.base_topic = f"{config.mqtt.prefix}/{config.device.id}"
+        self.board = StatusBoard(config.device.id, stall_s=config.status.stall_s)
+        self.supervisor = Supervisor(
+            self.board,
+            events=self.emit,
+            notifier=notifier,
+            backoff_min_s=config.daemon.restart_backoff_min_s,
+            backoff_max_s=config.daemon.restart_backoff_max_s,
+        )
+        self.extra_stages = extra_stages or []
+        self.clock = ClockWatch(config.clock.skew_threshold_s, config.clock.chrony_socket)
+        self.policy = ReportingPolicy(config.gnss.reporting)
+        self.pipeline = GnssPipeline(
+            max_sentence_len=config.gnss.max_sentence_len,
+            allow_no_checksum=config.gnss.allow_no_checksum,
+        )
+        self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
+        self.uplink = Uplink(
+            config,
+            self.outbox,
+            events=self.emit,
+            health=self.health_summary,
+            log=get_logger("uplink"),
+        )
+        self.gnss_port: ReconnectingPort | None = None
+        self.recorder: CaptureWriter | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
+        self.records_in: Counter[str] = Counter()
+        self.last_fix_mono: float | None = None
+        self.last_fix: Fix | None = None
+        self._register_health()
+
+    # --- records --------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue an event for the outbox; never blocks (a flood past the queue is counted)."""
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            self.records_in["event_dropped_queue_full"] += 1
+
+    def topic_for(self, payload: Payload) -> str:
+        """The full MQTT topic of a payload."""
+        return f"{self.base_topic}/{payload.topic_suffix}"
+
+    async def store(self, payload: Payload, *, retain: bool = False) -> bool:
+        """Put a record into the outbox; False (counted, logged) when it was refused."""
+        try:
+            await self.outbox.put(self.topic_for(payload), payload, retain=retain)
+        except OutboxFullError as exc:
+            self.records_in[f"refused_{payload.record_class}"] += 1
+            self.log.warning("outbox refused a record", cls=payload.record_class, reason=str(exc))
+            return False
+        except StoreError as exc:
+            self.records_in[f"store_failed_{payload.record_class}"] += 1
+            self.log.error("outbox cannot store", cls=payload.record_class, reason=str(exc))
+            return False
+        self.records_in[payload.record_class] += 1
+        return True
+
+    async def accept_gnss(self, payload: Payload, now: float) -> None:
+        """A record from the GNSS pipeline: clock check, reporting policy, outbox."""
+        if isinstance(payload, Fix):
+            self.last_fix_mono = time.monotonic()
+            self.last_fix = payload
+            event = self.clock.observe(payload, now)
+            if event is not None:
+                self.emit(event)
+        if self.policy.should_report(payload, time.monotonic()):
+            await self.store(payload)
+        else:
+            self.records_in[f"{payload.record_class}_thinned_by_policy"] += 1
+
+    # --- stages ---------------------------------------------------------------------------
+
+    async def gnss_stage(self) -> None:
+        """Read the receiver, frame/decode/assemble, report."""
+        cfg = self.config.gnss
+        port = ReconnectingPort(
+            cfg.port,
+            cfg.baud,
+            name="gnss",
+            validator=lambda: _framer_validator(self.config),
+            init=cfg.init,
+            stale_after_s=cfg.stale_after_s,
+            events=self.emit,
+            log=get_logger("serial", port="gnss"),
+        )
+        self.gnss_port = port
+        if cfg.record and self.recorder is None:
+            rec = self.config.record
+            rec.dir.mkdir(parents=True, exist_ok=True)
+            name = time.strftime("gnss-%Y%m%dT%H%M%SZ.cap", time.gmtime())
+            self.recorder = CaptureWriter(rec.dir / name, max_bytes=rec.max_bytes, keep=rec.keep)
+        async with port:
+            while True:
+                chunk = await port.read()
+                now = time.time()
+                if self.recorder is not None:
+                    self.recorder.write("gnss", "<", chunk, now)
+                before = self.pipeline.last_valid_sentence
+                records = self.pipeline.feed(chunk, now)
+                if self.pipeline.last_valid_sentence != before:
+                    port.mark_alive()
+                for payload in records:
+                    await self.accept_gnss(payload, now)
+                self.board.progress("gnss")
+
+    async def events_stage(self) -> None:
+        """Move queued events into the outbox."""
+        while True:
+            event = await self._events.get()
+            await self.store(event)
+            self.board.progress("events")
+
+    async def outbox_stage(self) -> None:
+        """The outbox's timed commits, retries, age limits and reports."""
+        await self.outbox.run()
+
+    async def uplink_stage(self) -> None:
+        """The MQTT session."""
+        await self.uplink.run()
+
+    async def status_stage(self) -> None:
+        """Write the local status file; refresh the retained status topic now and then."""
+        cfg = self.config.status
+        next_publish = time.monotonic() + cfg.publish_interval_s
+        while True:
+            self._liveness()
+            snapshot = self.board.snapshot()
+            try:
+                await asyncio.to_thread(write_status_file, cfg.path, snapshot)
+            except OSError as exc:
+                self.log.warning("cannot write status file", path=str(cfg.path), error=str(exc))
+            if time.monotonic() >= next_publish:
+                next_publish = time.monotonic() + cfg.publish_interval_s
+                await self.store(self.status_payload("online"), retain=True)
+            self.board.progress("status")
+            await asyncio.sleep(cfg.interval_s)
+
+    def _liveness(self) -> None:
+        # Stages that wait on the outside world are alive while they wait: the gnss stage
+        # while its port is down or reopening (the port reports why), the others while their
+        # task runs (each wait inside them has its own timeout).
+        port = self.gnss_port
+        if port is not None and port.state is not PortState.OPEN:
+            self.board.progress("gnss")
+        for name in ("uplink", "outbox", "events", "metrics"):
+            info = self.board.stages.get(name)
+            if info is not None and info.state == "running":
+                self.board.progress(name)
+
+    async def metrics_stage(self) -> None:
+        """Prometheus metrics on localhost (when configured)."""
+        cfg = self.config.status
+        await MetricsServer(self.board, cfg.metrics_host, cfg.metrics_port).run()
+
+    # --- health ---------------------------------------------------------------------------
+
+    def _register_health(self) -> None:
+        b = self.board
+        b.add_counters("sentences", lambda: self.pipeline.counters)
+        b.add_counters("records_in", lambda: self.records_in)
+        b.add_counters("uplink", self.uplink.counters.as_dict)
+        b.add_gauge("outbox_depth", lambda: self.outbox.depth)
+        b.add_gauge("outbox_oldest_age_s", self._outbox_age)
+        b.add_gauge("outbox_error", lambda: self.outbox.store_error)
+        b.add_gauge("link", lambda: str(self.uplink.state))
+        b.add_gauge("link_reason", lambda: self.uplink.state_reason)
+        b.add_gauge("last_fix_age_s", self._fix_age)
+        b.add_gauge("last_fix_mode", lambda: None if self.last_fix is None else self.last_fix.mode)
+        b.add_gauge("clock_offset_s", self._clock_offset)
+        b.add_gauge("gnss_port", self._port_state)
+
+    def _outbox_age(self) -> float | None:
+        age = self.outbox.oldest_age_s()
+        return None if age is None else round(age, 1)
+
+    def _fix_age(self) -> float | None:
+        if self.last_fix_mono is None:
+            return None
+        return round(time.monotonic() - self.last_fix_mono, 1)
+
+    def _clock_offset(self) -> float | None:
+        off = self.clock.offset_s
+        return None if off is None else round(off, 3)
+
+    def _port_state(self) -> str | None:
+        port = self.gnss_port
+        return None if port is None else f"{port.state}: {port.reason}"
+
+    def health_summary(self) -> dict[str, Any]:
+        """The health summary carried by the retained status topic."""
+        snap = self.board.snapshot()
+        for key in ("pid", "updated", "device"):
+            snap.pop(key, None)
+        return snap
+
+    def status_payload(self, state: str) -> Status:
+        """A Status payload stamped with GNSS-corrected time when known."""
+        now = self.clock.corrected(time.time())
+        return Status(
+            time=iso_utc(now),
+            state="online" if state == "online" else "offline",
+            health=self.health_summary(),
+            clock="gnss" if self.clock.source == "gnss" else "system",
+        )
+
+    # --- life -----------------------------------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        """The stages this config runs."""
+        stages = [
+            Stage("outbox", self.outbox_stage),
+            Stage("events", self.events_stage),
+            Stage("uplink", self.uplink_stage),
+            Stage("status", self.status_stage),
+        ]
+        if self.config.gnss.port != "none":
+            stages.insert(0, Stage("gnss", self.gnss_stage, input=True))
+        if self.config.status.metrics_port:
+            stages.append(Stage("metrics", self.metrics_stage))
+        return stages + self.extra_stages
+
+    async def on_stopping(self) -> None:
+        """Shutdown: keep what the pipeline holds, commit, publish offline, disconnect."""
+        now = time.time()
+        for payload in self.pipeline.flush(now):
+            await self.accept_gnss(payload, now)
+        while not self._events.empty():
+            await self.store(self._events.get_nowait())
+        with contextlib.suppress(StoreError):
+            await self.outbox.flush()
+        await self.uplink.stop(timeout=max(0.5, self.config.daemon.shutdown_timeout_s - 1.0))
+
+    async def on_reload(self) -> None:
+        """SIGHUP: re-read the config; apply what is safe, report what needs a restart."""
+        if self.config_path is None:
+            return
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            problems = [f"{loc}: {msg}" for loc, msg in exc.problems]
+            self.log.error("reload refused: config invalid", problems=problems)
+            self.emit(
+                make_event(
+                    "config_reload",
+                    "new config is invalid; keeping the running one",
+                    now=time.time(),
+                    severity="error",
+                    problems=problems,
+                )
+            )
+            return
+        applied: list[str] = []
+        if new.gnss.reporting != self.config.gnss.reporting:
+            self.policy = ReportingPolicy(new.gnss.reporting)
+            applied.append("gnss.reporting")
+        if new.clock.skew_threshold_s != self.config.clock.skew_threshold_s:
+            self.clock.threshold_s = new.clock.skew_threshold_s
+            applied.append("clock.skew_threshold_s")
+        needs_restart = _changed_sections(self.config, new, ignore=set(applied))
+        self.config = self.config.model_copy(
+            update={
+                "gnss": self.config.gnss.model_copy(update={"reporting": new.gnss.reporting}),
+                "clock": self.config.clock.model_copy(
+                    update={"skew_threshold_s": new.clock.skew_threshold_s}
+                ),
+            }
+        )
+        self.log.info("config reloaded", applied=applied, needs_restart=needs_restart)
+        self.emit(
+            make_event(
+                "config_reload",
+                "config reloaded"
+                + (f"; restart to apply {', '.join(needs_restart)}" if needs_restart else ""),
+                now=time.time(),
+                severity="warning" if needs_restart else "info",
+                applied=applied,
+                needs_restart=needs_restart,
+            )
+        )
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Open the outbox, run every stage until stopped, close cleanly."""
+        for path in (self.config.outbox.path.parent, self.config.status.path.parent):
+            path.mkdir(parents=True, exist_ok=True)
+        await self.outbox.open()
+        self.log.info(
+            "terminal-gw starting",
+            device=self.config.device.id,
+            gnss=self.config.gnss.port,
+            broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+        )
+        try:
+            await self.supervisor.run(
+                self.stages(),
+                on_reload=self.on_reload,
+                on_stopping=self.on_stopping,
+                shutdown_timeout_s=self.config.daemon.shutdown_timeout_s,
+                handle_signals=handle_signals,
+            )
+        finally:
+            await self.outbox.close()
+            self.clock.close()
+            if self.recorder is not None:
+                self.recorder.close()
+            with contextlib.suppress(OSError):
+                snapshot = self.board.snapshot()
+                snapshot["healthy"] = False
+                snapshot["stopped"] = True
+                write_status_file(self.config.status.path, snapshot)
+            self.log.info("terminal-gw stopped")
+
+
+def _changed_sections(old: Config, new: Config, ignore: set[str]) -> list[str]:
+    """Dotted names of settings that differ, except those in `ignore`."""
+    changed: list[str] = []
+    a = old.model_dump()
+    b = new.model_dump()
+    for section, values in b.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if name in ignore or any(i.startswith(name + ".") for i in ignore):
+                continue
+            if a.get(section, {}).get(key) != value:
+                changed.append(name)
+    return changed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `terminal-gw run`."""
+    parser.add_argument("--config", type=Path, default=None, help="config file")
+
+
+def cli(args: argparse.Namespace) -> int:
+    """`terminal-gw run`: the daemon, until SIGTERM/SIGINT."""
+    from terminal_gw.__main__ import read_config_or_exit
+    from terminal_gw.logs import configure_logging
+
+    config = read_config_or_exit(args.config)
+    configure_logging(args.log_level or config.log.level, config.log.format)
+    try:
+        asyncio.run(Daemon(config, config_path=args.config).run())
+    except TerminalGwError as exc:
+        get_logger("daemon").error("terminal-gw failed", error=str(exc))
+        return 1
+    return 0
