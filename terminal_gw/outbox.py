@@ -283,6 +283,8 @@ class _Db:
         self.lock = threading.Lock()
         self.conn: sqlite3.Connection | None = None
         self.writable = False
+        # Per (class, thinning interval): records below this seq are already thinned.
+        self.thinned_upto: dict[tuple[str, float], int] = {}
 
     def _c(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -308,8 +310,6 @@ class _Db:
         """
         with self.lock:
             info: dict[str, Any] = {}
-            with contextlib.suppress(OSError):  # the open below reports it
-                self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
                 reason = check_database(self.path, unreadable_is_damage=False)
                 if reason is not None:
@@ -339,6 +339,7 @@ class _Db:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
             self.conn = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         try:
             conn.executescript(_SCHEMA)
@@ -568,6 +569,13 @@ class _Db:
                 lo = mid + 1
         return lo
 
+    def _bucket_start(self, cls: str, seq: int, interval: float) -> int:
+        """The first seq of the thinning interval that the record at `seq` falls in."""
+        found = self._first_at_or_after(cls, seq)
+        if found is None:
+            return seq
+        return self._boundary(cls, (found[1] // interval) * interval)
+
     def next_batch(
         self, limit: int, skip: Collection[int], marks: dict[str, int], live_after: float
     ) -> tuple[list[Record], set[int]]:
@@ -666,15 +674,24 @@ class _Db:
                         end = self._boundary(cls, now - age)
                         start = self._first_at_or_after(cls, 0)
                         seq = 0 if start is None else start[0]
-                        # In spans of _THIN_SPAN rows, oldest first, so that it stops as soon as
-                        # enough is free and no statement returns a million rows at once.
+                        # What an earlier round thinned at this interval needs no second pass
+                        # (from the start of the interval it stopped in, so that one keeps one).
+                        done = self.thinned_upto.get((cls, interval), 0)
+                        if done > seq:
+                            seq = max(seq, self._bucket_start(cls, done, interval))
+                        # In spans of _THIN_SPAN rows (cut where an interval starts), oldest
+                        # first, so that it stops as soon as enough is free and no statement
+                        # returns a million rows at once.
                         while seq < end and freed < need:
                             nxt = conn.execute(
                                 "SELECT seq FROM outbox WHERE cls = ? AND seq >= ? ORDER BY seq"
                                 " LIMIT 1 OFFSET ?",
                                 (cls, seq, _THIN_SPAN),
                             ).fetchone()
-                            stop = min(end, int(nxt[0]) if nxt else end)
+                            stop = end
+                            if nxt is not None and int(nxt[0]) < end:
+                                cut = self._bucket_start(cls, int(nxt[0]), interval)
+                                stop = cut if cut > seq else int(nxt[0])
                             take(
                                 conn.execute(
                                     "DELETE FROM outbox WHERE cls = :c AND seq >= :a AND seq < :z"
@@ -686,6 +703,7 @@ class _Db:
                                 "thinned",
                             )
                             seq = stop
+                            self.thinned_upto[(cls, interval)] = stop
                 droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
                 for cls in droppable:
                     while freed < need:

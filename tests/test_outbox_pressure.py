@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from terminal_gw import outbox as outbox_module
 from terminal_gw.config import OutboxConfig
 from terminal_gw.errors import OutboxFullError
 from terminal_gw.models import Event, Fix, Sky, make_event
@@ -75,7 +76,12 @@ async def test_positions_are_thinned_oldest_first(tmp_path: Path) -> None:
     assert 1 <= sum(e.kind == "evicted" for e in events) <= 2
 
 
-async def test_two_weeks_of_fixes_keep_one_per_growing_interval(tmp_path: Path) -> None:
+@pytest.mark.parametrize("span", [20_000, 300])
+async def test_two_weeks_of_fixes_keep_one_per_growing_interval(
+    tmp_path: Path, span: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thinning works in spans of rows; small spans cut across many intervals.
+    monkeypatch.setattr(outbox_module, "_THIN_SPAN", span)
     clock = Clock()
     cfg = config(tmp_path, max_bytes=250_000, event_interval_s=3600)
     start = clock.now
