@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import aiomqtt
 import structlog
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from structlog.typing import FilteringBoundLogger
 
@@ -394,15 +396,34 @@ class Uplink:
                 await self._done.wait()
 
     async def publish_now(
-        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        qos: int = 1,
+        correlation_data: bytes | None = None,
     ) -> None:
-        """Publish at once, bypassing the outbox (command responses); UplinkError when offline."""
+        """Publish at once, bypassing the outbox (command responses); UplinkError when offline.
+
+        `correlation_data` is sent as the MQTT 5 property (a request's own, echoed back);
+        MQTT 3.1.1 has no properties, so there it is left out.
+        """
         client = self._client
         if client is None or self.state is not LinkState.CONNECTED:
             raise UplinkError(f"cannot publish to {topic}: not connected", reason="offline")
+        properties: Properties | None = None
+        if correlation_data is not None and self._cfg.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
+            properties.CorrelationData = correlation_data
         try:
             await client.publish(
-                topic, payload, qos=qos, retain=retain, timeout=self._cfg.publish_timeout_s
+                topic,
+                payload,
+                qos=qos,
+                retain=retain,
+                properties=properties,
+                timeout=self._cfg.publish_timeout_s,
             )
         except aiomqtt.MqttError as exc:
             raise UplinkError(f"publish to {topic} failed: {exc}", reason=str(exc)) from exc
