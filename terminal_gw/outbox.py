@@ -10,22 +10,27 @@ Choices (each tested):
   with `synchronous=FULL`, before `put` returns. `next_batch` reads only committed rows, so a
   record is never published and then lost by a crash before its commit; a crash can lose at
   most the uncommitted batch of non-sync records (at most `commit_interval_s` old).
+  On power loss (not a crash) SQLite's NORMAL mode may also lose the last batches' commits;
+  sync records are fsynced and survive it.
 - Size bound: the byte count is an estimate kept incrementally, payload + topic + id plus
-  `ROW_OVERHEAD` bytes a row (row header, two index entries, page slack), not the file sizes:
-  SQLite files do not shrink when rows go, so file sizes cannot tell when room was made.
+  `ROW_OVERHEAD` bytes a row (row header, index entry, page slack; within 3% of the file size
+  measured by bench/outbox.py), not the file sizes: SQLite files do not shrink when rows go,
+  so file sizes cannot tell when room was made. The WAL adds up to about 4 MiB on top.
 - Pressure: positions (sky, then fix) are thinned, oldest tiers first (keep one record per
-  interval that grows with age), then dropped oldest first, then events and status oldest
-  first. Messages and command results are never pushed out; a new one that cannot fit is
-  refused with `OutboxFullError`. Other classes that cannot fit are dropped and counted.
+  interval that grows with age, `THIN_TIERS`), then dropped oldest first, then events and
+  status oldest first. "Oldest" is arrival order (seq), which a clock jump cannot reorder.
+  Messages and command results are never pushed out; a new one that cannot fit is refused
+  with `OutboxFullError`. Other classes that cannot fit are dropped and counted.
   Every eviction and refusal is counted and reported as one aggregated event.
 - Drain order: priority, FIFO within a class, except that the newest fix and sky (created
   within `live_window_s` and newer than any sent this way) go ahead of their backlog.
 - Disk full or read-only: the failing batch stays in memory, bounded by
   `memory_buffer_bytes` (least important dropped first, counted); sync puts raise
-  `StoreError` so the source copy is kept; writes are retried every `retry_interval_s`;
-  draining goes on (acks that cannot be written are remembered and retried).
+  `StoreError` so the source copy is kept; writes are retried every `retry_interval_s` on a
+  reopened connection; draining goes on (acks that cannot be written are remembered and
+  retried). A filesystem already read-only at start is opened read-only for draining.
 - Start: `PRAGMA quick_check`; a corrupt file is moved aside and its readable rows are
-  copied into a fresh database.
+  copied into a fresh database. Age limits are applied.
 """
 
 from __future__ import annotations
