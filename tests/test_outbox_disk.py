@@ -195,3 +195,28 @@ async def test_read_only_filesystem_at_start_drains_holds_and_recovers(small_dis
     finally:
         remount(small_disk, "rw")
     assert check_database(cfg.path) is None
+
+
+async def test_acks_alone_are_written_once_the_disk_is_back(small_disk: Path) -> None:
+    cfg = OutboxConfig(path=small_disk / "outbox.db", retry_interval_s=0.1, event_interval_s=0)
+    async with Outbox(cfg, events=lambda e: None) as outbox:
+        for i in range(5):
+            await outbox.put("sms", Sms(text=f"stored {i}"))
+    remount(small_disk, "ro")
+    try:
+        async with Outbox(cfg, events=lambda e: None) as outbox:
+            batch = await outbox.next_batch(5)
+            await outbox.ack(r.seq for r in batch)
+            assert outbox.depth == 0
+            remount(small_disk, "rw")
+            async with asyncio.TaskGroup() as tg:
+                runner = tg.create_task(outbox.run(), name="outbox")
+                for _ in range(100):
+                    if outbox.store_error is None:
+                        break
+                    await asyncio.sleep(0.05)
+                runner.cancel()
+            assert outbox.store_error is None
+            assert stored_ids(cfg.path) == []
+    finally:
+        remount(small_disk, "rw")
