@@ -199,10 +199,11 @@ class SerialPort:
 
     async def close(self, within_s: float = 5.0) -> None:
         """Release the device and wait until the driver let it go."""
-        if not self._closing and not self._protocol.lost.done():
+        if not self._transport.is_closing():
             self._closing = True
             # abort(), not close(): close() drains output first, which can block on a device
             # that stopped reading; nothing written here is worth keeping a dead port for.
+            # (Once closing, e.g. after a hang-up, the transport already releases the device.)
             self._transport.abort()
         self._closing = True
         with contextlib.suppress(TimeoutError):

@@ -137,6 +137,22 @@ async def test_hangup_ends_reads_with_transport_error(tmp_path: Path) -> None:
     assert not (tmp_path / "gnss").exists()
 
 
+async def test_close_after_an_unread_hangup_leaves_nothing_running(tmp_path: Path) -> None:
+    """The driver starts releasing a hung-up port by itself; close() must wait for that, not
+    start a second release (the autouse fixture fails the test on a leftover task)."""
+    dev = PtyDevice(tmp_path / "gnss")
+    port = await SerialPort.open(dev.path, 9600)
+    dev.hangup()
+    # Close in the window where the driver has begun releasing the port by itself.
+    transport = port._transport
+    async with asyncio.timeout(2):
+        while not transport.is_closing():
+            await asyncio.sleep(0)
+    await port.close()
+    assert not port.is_open
+    dev.close()
+
+
 async def reconnect_cycles(tmp_path: Path, cycles: int) -> None:
     events: list[Event] = []
     dev = PtyDevice(tmp_path / "by-id" / "gnss")
