@@ -369,3 +369,24 @@ async def test_init_strings_reach_the_device_after_each_open(tmp_path: Path) -> 
         await port.close()
         dev.close()
     assert port.opens == 3
+
+
+def test_pty_recreate_moves_the_link_and_drops_what_nobody_reads(tmp_path: Path) -> None:
+    link = tmp_path / "by-id" / "usb-gnss"
+    with PtyDevice(link) as dev:
+        first = dev.slave_path
+        assert str(link.readlink()) == first
+        # Nobody reads the slave: the pty fills up and the rest is dropped, never blocking.
+        data = b"x" * 1_000_000
+        written = dev.write(data)
+        assert 0 < written < len(data)
+        assert dev.dropped == len(data) - written
+        dev.hangup()
+        assert not link.is_symlink()
+        with pytest.raises(TransportError):
+            dev.write(b"$")
+        dev.recreate()
+        assert dev.is_up
+        assert str(link.readlink()) == dev.slave_path
+        assert dev.write(GGA) == len(GGA)
+    assert not link.is_symlink()
