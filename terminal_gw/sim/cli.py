@@ -105,6 +105,9 @@ def _gnss_cli(args: argparse.Namespace) -> int:
     from terminal_gw.transport.pty import PtyDevice
 
     capture = None
+    if args.capture is not None and args.fault == "nofix":
+        print("error: --fault nofix needs the generated track, not --capture", file=sys.stderr)
+        return 2
     if args.capture is not None:
         try:
             capture = load_capture(args.capture, args.port)
