@@ -75,7 +75,7 @@ THIN_TIERS: tuple[tuple[float, float], ...] = (
 )
 SCHEMA_VERSION = 1
 _DROP_CHUNK = 1000
-_THIN_SPAN = 20000
+_THIN_SPAN = 2000
 _MAX_UNSAVED_ACKS = 20000
 _COLUMNS = "seq, id, cls, topic, payload, created, priority, retain"
 _SELECT_OLDEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?"  # noqa: S608 - constant columns
