@@ -1,0 +1,266 @@
+"""`terminal-gw demo`: a simulated BeiDou receiver on a pty, the daemon, a broker, a live view.
+
+Broker: the one on localhost:1883 when it answers, else a mosquitto started on a free port
+when the binary exists, else none (records then pile up in the outbox, as on a vessel
+without a link).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from terminal_gw.config import Config, load_config_data
+from terminal_gw.daemon import Daemon
+from terminal_gw.logs import configure_logging
+from terminal_gw.sim.gnss import GnssSimulator
+from terminal_gw.transport.pty import PtyDevice
+
+DEVICE_ID = "demo-vessel"
+
+
+@dataclass
+class BrokerChoice:
+    """Where the demo's daemon sends records, and what it says about it."""
+
+    host: str
+    port: int
+    how: str  # "local", "started", "given", "none"
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_mosquitto(workdir: Path) -> BrokerChoice | None:
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
+    if binary is None:
+        return None
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+    if os.geteuid() == 0:
+        lines.append("user root")  # as root it would drop to `mosquitto` and lose our dir
+    lines.append(f"log_dest file {workdir / 'mosquitto.log'}")
+    conf.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        if _answers("127.0.0.1", port, 0.2):
+            return BrokerChoice("127.0.0.1", port, "started", proc)
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return None
+
+
+def choose_broker(spec: str, workdir: Path) -> BrokerChoice:
+    """Resolve --broker: auto, none, or HOST:PORT."""
+    if spec == "none":
+        return BrokerChoice("127.0.0.1", _free_port(), "none")
+    if spec != "auto":
+        host, _, port = spec.rpartition(":")
+        return BrokerChoice(host or "127.0.0.1", int(port), "given")
+    if _answers("127.0.0.1", 1883):
+        return BrokerChoice("127.0.0.1", 1883, "local")
+    started = _start_mosquitto(workdir)
+    if started is not None:
+        return started
+    return BrokerChoice("127.0.0.1", _free_port(), "none")
+
+
+def demo_config(workdir: Path, gnss_path: str, broker: BrokerChoice) -> Config:
+    """The daemon's config for the demo: everything under `workdir`."""
+    return load_config_data(
+        {
+            "device": {"id": DEVICE_ID},
+            "gnss": {
+                "port": gnss_path,
+                "baud": 9600,
+                "stale_after_s": 5.0,
+                "reporting": {
+                    "min_interval_s": 1.0,
+                    "max_interval_s": 10.0,
+                    "distance_m": 5.0,
+                    "sky_interval_s": 10.0,
+                },
+            },
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "backoff_min_s": 1.0,
+                "backoff_max_s": 5.0,
+            },
+            "outbox": {"path": str(workdir / "outbox.db")},
+            "status": {"path": str(workdir / "status.json"), "interval_s": 1.0},
+        },
+        environ={},
+    )
+
+
+class LiveView:
+    """One line a second: the last fix, outbox depth, link state, records in and out."""
+
+    def __init__(self, daemon: Daemon, out: TextIO) -> None:
+        self.daemon = daemon
+        self.out = out
+        self.tty = out.isatty()
+
+    def line(self) -> str:
+        """The current state in one line."""
+        d = self.daemon
+        fix = d.last_fix
+        if fix is None or fix.lat is None or fix.lon is None:
+            where = "waiting for a fix"
+        else:
+            used = fix.used or {}
+            sats = " ".join(f"{k}:{v}" for k, v in sorted(used.items()))
+            speed = "" if fix.speed is None else f" {fix.speed * 1.943844:4.1f} kn"
+            where = f"fix {fix.lat:9.5f} {fix.lon:10.5f} mode {fix.mode}{speed} [{sats}]"
+        stored = sum(v for k, v in d.records_in.items() if k.isalpha())
+        sent = d.uplink.counters.records
+        link = str(d.uplink.state)
+        return (
+            f"{time.strftime('%H:%M:%S')}  {where}  | outbox {d.outbox.depth:5d} waiting"
+            f"  | in {stored} out {sent}  | link {link}"
+        )
+
+    async def run(self) -> None:
+        """Print until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            text = self.line()
+            if self.tty:
+                self.out.write("\r\x1b[2K" + text)
+            else:
+                self.out.write(text + "\n")
+            self.out.flush()
+
+
+@contextlib.contextmanager
+def _workdir(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    path = Path(tempfile.mkdtemp(prefix="terminal-gw-demo-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict[str, Any]:
+    """Simulator, broker, daemon and live view until Ctrl-C or --duration."""
+    device = PtyDevice(workdir / "dev" / "beidou0")
+    sim = GnssSimulator(device, rate_hz=args.rate)
+    broker = choose_broker(args.broker, workdir)
+    config = demo_config(workdir, device.path, broker)
+    daemon = Daemon(config)
+    say = {
+        "local": f"using the broker on {broker.host}:{broker.port}",
+        "started": f"started mosquitto on {broker.host}:{broker.port}",
+        "given": f"using the broker at {broker.host}:{broker.port}",
+        "none": "no broker found: records wait in the outbox (as on a vessel with no link)",
+    }[broker.how]
+    print(f"terminal-gw demo: {say}", file=out)
+    print(f"  simulated BeiDou/GPS receiver on {device.path} -> {device.slave_path}", file=out)
+    print(f"  state, outbox and logs in {workdir}", file=out)
+    if broker.how != "none":
+        print(
+            f"  watch the topics:  mosquitto_sub -h {broker.host} -p {broker.port}"
+            f" -t '{config.mqtt.prefix}/{DEVICE_ID}/#' -v",
+            file=out,
+        )
+    print("  Ctrl-C stops it cleanly.\n", file=out)
+    out.flush()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sim_task = tg.create_task(sim.run(), name="demo-sim")
+            view_task = tg.create_task(LiveView(daemon, out).run(), name="demo-view")
+            daemon_task = tg.create_task(daemon.run(), name="demo-daemon")
+            if args.duration:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(args.duration):
+                        await asyncio.shield(daemon_task)
+                daemon.supervisor.stop_requested.set()
+            await daemon_task
+            sim_task.cancel()
+            view_task.cancel()
+    finally:
+        device.close()
+        if broker.proc is not None:
+            broker.proc.terminate()
+            try:
+                broker.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                broker.proc.kill()
+    summary = {
+        "broker": broker.how,
+        "stored": dict(daemon.records_in),
+        "delivered": daemon.uplink.counters.records,
+        "waiting": daemon.outbox.depth,
+    }
+    if out.isatty():
+        out.write("\n")
+    print(
+        f"\nstopped: {sum(v for k, v in daemon.records_in.items() if k.isalpha())} records"
+        f" stored, {summary['delivered']} delivered, {summary['waiting']} waiting in the outbox",
+        file=out,
+    )
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `terminal-gw demo`."""
+    parser.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    parser.add_argument(
+        "--broker",
+        default="auto",
+        help="auto (localhost:1883, else a mosquitto on a free port, else none), none, HOST:PORT",
+    )
+    parser.add_argument("--rate", type=float, default=1.0, help="receiver rate in Hz (1-10)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="keep state here (default: a temp dir)"
+    )
+
+
+def cli(args: argparse.Namespace) -> int:
+    """`terminal-gw demo`."""
+    with _workdir(args.state_dir) as workdir:
+        log_file = (workdir / "daemon.log").open("a", encoding="utf-8")
+        try:
+            configure_logging(args.log_level or "info", "json", stream=log_file)
+            asyncio.run(run_demo(args, workdir, sys.stdout))
+        finally:
+            log_file.close()
+    return 0
