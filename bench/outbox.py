@@ -157,9 +157,189 @@ async def fill(path: Path, n: int) -> None:
             await outbox.put("tgw/vessel-042/gnss/fix", fixes[i % 1000])
 
 
+async def pressure(path: Path, n: int, max_bytes: int) -> dict[str, Any]:
+    """One fix a second for n seconds into an outbox that holds far fewer: the slowest put
+    (thinning and dropping run inside put) and what is left."""
+    now = [1_760_000_000.0]
+    cfg = OutboxConfig(path=path, max_bytes=max_bytes, max_age_s={}, event_interval_s=3600)
+    fixes = [sample_fix(i) for i in range(1000)]
+    worst = 0.0
+    async with Outbox(cfg, events=lambda e: None, clock=lambda: now[0]) as outbox:
+        t0 = time.perf_counter()
+        for i in range(n):
+            now[0] += 1.0
+            t = time.perf_counter()
+            await outbox.put("tgw/vessel-042/gnss/fix", fixes[i % 1000])
+            worst = max(worst, time.perf_counter() - t)
+        elapsed = time.perf_counter() - t0
+        depth = outbox.depth
+    return {"records": n, "rate": n / elapsed, "worst_ms": worst * 1000, "depth": depth}
+
+
 # ---- drain ------------------------------------------------------------------------------
 # Drain figures (records/s to a broker through the uplink) belong here, next to the enqueue
 # figures, measured against a local mosquitto.
+#
+# A 24-hour backlog at 1 Hz (86,400 fixes, created a day ago) waits in the outbox; the link
+# "returns" (the uplink starts) and the clock runs until every fix left the outbox (PUBACK,
+# then ack); a QoS 0 subscriber (mosquitto_sub, another process) then confirms it received
+# every fix. Goal: under 15 s on this machine.
+
+DEVICE = "vessel-042"
+FIX_TOPIC = f"tgw/{DEVICE}/gnss/fix"
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A mosquitto of the bench's own on a free loopback port (never the machine's 1883)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = workdir / "mosquitto.conf"
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        "max_queued_messages 1000000",
+        f"log_dest file {workdir / 'mosquitto.log'}",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # else it drops to `mosquitto` and cannot write the log
+    conf.write_text("\n".join(lines) + "\n")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        except OSError:
+            time.sleep(0.02)
+        else:
+            return proc, port
+    proc.kill()
+    raise RuntimeError("mosquitto did not start")
+
+
+def count_fixes(path: Path) -> int:
+    """Fixes in a mosquitto_sub output file: one per line, or a batch's count."""
+    n = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.startswith(b'{"id"') and b'"TPV_BATCH"' in line[:80]:
+                n += int(json.loads(line)["count"])
+            elif b'"TPV"' in line:
+                n += 1
+    return n
+
+
+async def _fill_and_drain(config: Any, n: int, received: Path) -> tuple[float, dict[str, int]]:
+    import aiomqtt
+
+    from terminal_gw.uplink import Uplink
+
+    start = time.time() - n  # one fix a second for the last n seconds
+    created = [start]
+    fixes = [sample_fix(i) for i in range(n)]
+    async with Outbox(config.outbox, events=lambda e: None, clock=lambda: created[0]) as outbox:
+        for i, f in enumerate(fixes):
+            created[0] = start + i
+            await outbox.put(FIX_TOPIC, f)
+        await outbox.flush()
+    async with aiomqtt.Client("127.0.0.1", config.mqtt.port, timeout=10) as probe:
+        # Wait until the subscriber listens.
+        while b"probe" not in await asyncio.to_thread(received.read_bytes):
+            await probe.publish(f"tgw/{DEVICE}/gnss/probe", b"probe")
+            await asyncio.sleep(0.05)
+    async with Outbox(config.outbox, events=lambda e: None) as outbox:
+        uplink = Uplink(config, outbox, events=lambda e: None)
+        async with asyncio.TaskGroup() as tg:
+            t0 = time.perf_counter()
+            run = tg.create_task(uplink.run())
+            while outbox.depth > 0:  # noqa: ASYNC110 - polls the outbox's depth
+                await asyncio.sleep(0.005)
+            elapsed = time.perf_counter() - t0
+            await uplink.stop()
+            run.cancel()
+    return elapsed, uplink.counters.as_dict()
+
+
+def drain(work: Path, port: int, n: int, mqtt: dict[str, Any]) -> dict[str, Any]:
+    """Deliver an n-fix backlog through the uplink; time from link up to outbox empty."""
+    from terminal_gw.config import load_config_data
+
+    path = work / "drain.db"
+    for old in work.glob("drain.db*"):
+        old.unlink()
+    config = load_config_data(
+        {
+            "device": {"id": DEVICE},
+            "mqtt": {"host": "127.0.0.1", "port": port, **mqtt},
+            "outbox": {"path": str(path), "max_bytes": "4GiB", "commit_records": 5000},
+        },
+        environ={},
+    )
+    # The subscriber is another process, as on a real link: it takes no CPU from this loop.
+    received = work / "received.txt"
+    with received.open("wb") as out:
+        sub = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "0", "-t",
+             f"tgw/{DEVICE}/gnss/#"],
+            stdout=out,
+        )  # fmt: skip
+    try:
+        elapsed, counters = asyncio.run(_fill_and_drain(config, n, received))
+        deadline = time.monotonic() + 60
+        while (got := count_fixes(received)) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        sub.kill()
+        sub.wait(5)
+    return {
+        "records": n,
+        "received": got,
+        "seconds": elapsed,
+        "records_per_s": n / elapsed,
+        "messages": counters["published"],
+        "messages_per_s": counters["published"] / elapsed,
+        "mb": counters["bytes"] / 1e6,
+    }
+
+
+DRAIN_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("single, limits lifted, inflight 16", {"rate_msgs_per_s": 1e6, "rate_bytes_per_s": "1GB"}),
+    (
+        "single, limits lifted, inflight 64",
+        {"rate_msgs_per_s": 1e6, "rate_bytes_per_s": "1GB", "inflight": 64},
+    ),
+    (
+        "batched (50), limits lifted",
+        {"batch_backlog": True, "rate_msgs_per_s": 1e6, "rate_bytes_per_s": "1GB"},
+    ),
+    (
+        "batched (50), 200 msg/s, 4 MiB/s",
+        {"batch_backlog": True, "rate_bytes_per_s": "4MiB"},
+    ),
+    ("batched (50), default limits (200 msg/s, 1 MiB/s)", {"batch_backlog": True}),
+]
+
+
+def drain_section(work: Path, n: int) -> None:
+    """Print the drain figures for each case against a fresh local mosquitto."""
+    proc, port = start_mosquitto(work)
+    try:
+        print(f"drain: {n:,} backlog fixes of {len(sample_fix(0).to_json())} B JSON, QoS 1,")
+        print(f"  loopback mosquitto on port {port}; link up -> all delivered and acked")
+        for name, mqtt in DRAIN_CASES:
+            r = drain(work, port, n, mqtt)
+            print(
+                f"  {name:<50} {r['seconds']:>6.1f} s {r['records_per_s']:>9,.0f} fixes/s"
+                f" {r['messages_per_s']:>7,.0f} msg/s {r['mb']:>6.1f} MB"
+                f"  received {r['received']:,}"
+            )
+    finally:
+        proc.kill()
+        proc.wait(5)
 
 
 def main() -> None:
@@ -168,15 +348,29 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000, help="records to enqueue")
     parser.add_argument("--waiting", type=int, default=1_000_000, help="records for the RSS test")
     parser.add_argument(
+        "--pressure", type=int, default=500_000, help="records for the pressure test"
+    )
+    parser.add_argument(
         "--dir",
         type=Path,
         default=Path.cwd(),
         help="where to put the databases: a real disk, not a tmpfs (default: here)",
     )
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--drain-only", action="store_true", help="only the drain figures")
+    parser.add_argument(
+        "--backlog", type=int, default=86_400, help="fixes in the drain backlog (24 h at 1 Hz)"
+    )
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(asyncio.run(_probe(args.probe))))
+        return
+    if args.drain_only:
+        work = Path(tempfile.mkdtemp(prefix="tgw-bench-", dir=args.dir))
+        try:
+            drain_section(work, args.backlog)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return
 
     work = Path(tempfile.mkdtemp(prefix="tgw-bench-", dir=args.dir))
@@ -197,6 +391,11 @@ def main() -> None:
         rate = asyncio.run(sync_puts(work / "sync.db", 300))
         print(f"enqueue, sync (FULL):      {rate:>10,.0f} records/s")
 
+        p = asyncio.run(pressure(work / "pressure.db", args.pressure, 32 * 1024 * 1024))
+        print(f"under pressure: {p['records']:,} fixes (1/s) into 32 MiB, {p['depth']:,} kept")
+        print(f"  rate                     {p['rate']:>10,.0f} records/s")
+        print(f"  slowest put              {p['worst_ms']:>10,.1f} ms")
+
         empty = work / "empty.db"
         full = work / "full.db"
         t0 = time.perf_counter()
@@ -212,6 +411,7 @@ def main() -> None:
         print(f"  difference               {(b['rss_kib'] - a['rss_kib']) / 1024:>10.1f} MiB")
         print(f"open (quick_check) with {b['depth']:,} waiting: {b['open_s']:.2f} s")
         print(f"next_batch(16) with {b['depth']:,} waiting: {b['next_batch_ms']:.2f} ms")
+        drain_section(work, args.backlog)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
