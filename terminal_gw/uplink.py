@@ -20,6 +20,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -70,6 +71,15 @@ _CONNACK_FAILURE: dict[int, Failure] = {
     138: Failure.AUTH,  # banned
     140: Failure.AUTH,  # bad authentication method
 }
+
+
+# PUBACK reason codes (MQTT 5) after which sending the same record again cannot succeed:
+# not authorized (ACL), topic name invalid, packet too large, payload format invalid.
+PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x95, 0x99})
+
+# The packet id of the last publish a task made (aiomqtt does not return it): each publish
+# runs in its own task, so each sees its own.
+_last_mid: ContextVar[int | None] = ContextVar("_last_mid", default=None)
 
 
 class OutboxRecord(Protocol):
@@ -126,6 +136,7 @@ class UplinkCounters:
     bytes: int = 0  # payload bytes acknowledged
     commands: int = 0
     commands_ignored: int = 0  # retained command messages (stale) are not run
+    refused: int = 0  # records the broker refused for good (MQTT 5 PUBACK reason code)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain mapping."""
@@ -256,6 +267,8 @@ class _PahoLog(logging.Handler):
         self._loop = loop
         self.connecting: asyncio.Future[None] | None = None
         self.last_error: str | None = None
+        # MQTT 5 PUBACKs with a failure reason code, by packet id, until their task reads them.
+        self.refused: dict[int, ReasonCode] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         """Remember and forward one paho log line."""
@@ -342,6 +355,8 @@ class Uplink:
         self._client: aiomqtt.Client | None = None
         self._attempt = 0
         self._reported: str | None = None  # reason of the last failure event, to not repeat it
+        self._refusals_reported: set[tuple[str, int]] = set()
+        self._handler: _PahoLog | None = None  # the current connection's
         # Seqs published and not yet removed from the outbox: never fetched twice meanwhile.
         self._inflight: set[int] = set()
         self._acked: list[int] = []  # PUBACKed, waiting for outbox.ack
@@ -391,6 +406,8 @@ class Uplink:
         self._stop.set()
         if not self._running:
             return
+        if self._handler is not None:
+            self._handler.closed_early("stopping")  # no use waiting for a CONNACK now
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._done.wait()
@@ -544,6 +561,23 @@ class Uplink:
             handler.closed_early("the broker closed the connection before accepting it")
 
         paho_client.on_disconnect = on_disconnect
+        # aiomqtt drops a PUBACK's reason code: keep failures, by packet id, for _publish.
+        aiomqtt_on_publish = paho_client.on_publish
+        paho_publish = paho_client.publish
+
+        def on_publish(*args: Any) -> None:
+            if len(args) >= 4 and isinstance(args[3], ReasonCode) and args[3].is_failure:
+                handler.refused[int(args[2])] = args[3]
+            if aiomqtt_on_publish is not None:
+                aiomqtt_on_publish(*args)
+
+        def publish(*args: Any, **kwargs: Any) -> Any:
+            info = paho_publish(*args, **kwargs)
+            _last_mid.set(info.mid)
+            return info
+
+        paho_client.on_publish = on_publish
+        paho_client.publish = publish  # type: ignore[method-assign]
         # TCP connect and TLS handshake share paho's connect timeout (5 s by default): too
         # short for a satellite link.
         client._client.connect_timeout = cfg.publish_timeout_s
@@ -590,6 +624,7 @@ class Uplink:
 
     async def _connect_and_serve(self) -> None:
         client, handler = await self._make_client()
+        self._handler = handler
         try:
             await self._connect(client, handler)
         except _LinkDown:
@@ -621,13 +656,19 @@ class Uplink:
             await self._end_session(client, clean=clean)
 
     async def _end_session(self, client: aiomqtt.Client, *, clean: bool) -> None:
-        await self._flush_acks(final=True)
-        self._inflight = set(self._acked)
-        self._publishing = 0
-        self._idle.set()
-        if not clean:
-            await self._abort(client)
-            return
+        try:
+            await self._flush_acks(final=True)
+        finally:
+            # Whatever is not acknowledged now is sent again on the next connection.
+            self._inflight = set(self._acked)
+            self._publishing = 0
+            self._idle.set()
+            if clean:
+                await self._say_offline(client)
+            else:
+                await self._abort(client)
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
         budget = max(0.5, self._stop_budget_s / 2)
         try:
             async with asyncio.timeout(budget):
@@ -635,9 +676,12 @@ class Uplink:
                     self.status_topic, self._status_payload("offline"), qos=1, retain=True
                 )
                 await client.__aexit__(None, None, None)
-        except (aiomqtt.MqttError, TimeoutError, asyncio.CancelledError):
-            # Cancelled or out of time: drop the socket and let the will say offline.
+        except (aiomqtt.MqttError, TimeoutError):
+            # Out of time: drop the socket and let the will say offline.
             await self._abort(client)
+        except asyncio.CancelledError:
+            await self._abort(client)
+            raise
 
     # --- session ----------------------------------------------------------------------------
 
@@ -760,6 +804,7 @@ class Uplink:
         self, client: aiomqtt.Client, msg: Outgoing, window: asyncio.Semaphore
     ) -> None:
         try:
+            _last_mid.set(None)
             await client.publish(
                 msg.topic,
                 msg.payload,
@@ -779,12 +824,42 @@ class Uplink:
             self._publishing -= 1
             if self._publishing <= 0:
                 self._idle.set()
-        self.counters.published += 1
-        self.counters.bytes += len(msg.payload)
-        if msg.batch:
-            self.counters.batches += 1
+        mid = _last_mid.get()
+        refusal = self._handler.refused.pop(mid, None) if self._handler and mid else None
+        if refusal is not None:
+            self._refused(msg, refusal)
+        else:
+            self.counters.published += 1
+            self.counters.bytes += len(msg.payload)
+            if msg.batch:
+                self.counters.batches += 1
         self._acked.extend(msg.seqs)
         self._ack_wake.set()
+
+    def _refused(self, msg: Outgoing, code: ReasonCode) -> None:
+        """The broker refused a record: drop it if that is final, else end the session."""
+        reason = f"the broker refused a publish to {msg.topic}: {code} ({code.value:#04x})"
+        if code.value not in PERMANENT_REFUSALS:
+            raise _LinkDown(Failure.REFUSED, f"refused: {reason}")
+        # Sending it again would be refused again and hold up what follows: drop and report.
+        self.counters.refused += len(msg.seqs)
+        self._log.error("mqtt_publish_refused", topic=msg.topic, reason=str(code))
+        key = (msg.topic, code.value)
+        # Reporting a refused event as an event could loop; the log has it.
+        if key not in self._refusals_reported and not msg.topic.endswith("/event"):
+            self._refusals_reported.add(key)
+            self._events(
+                make_event(
+                    "uplink",
+                    f"{reason}; records on this topic are dropped",
+                    now=self._clock(),
+                    severity="error",
+                    failure="refused",
+                    topic=msg.topic,
+                    reason=str(code),
+                    code=code.value,
+                )
+            )
 
     # --- acknowledgements -------------------------------------------------------------------
 

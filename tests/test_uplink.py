@@ -14,7 +14,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from terminal_gw.models import Event, FixBatch
+from terminal_gw.errors import UplinkError
+from terminal_gw.models import Event, FixBatch, Sky
 from terminal_gw.outbox import Outbox
 from terminal_gw.uplink import (
     CommandMeta,
@@ -379,6 +380,79 @@ class _NoOutbox:
     async def ack(self, seqs: object) -> None:
         return None
 
-    async def wait_for_records(self, timeout: float) -> bool:  # noqa: ASYNC109 - the interface
+    async def wait_for_records(self, timeout: float) -> bool:
         await asyncio.sleep(timeout)
         return False
+
+
+async def test_record_refused_by_the_broker_is_dropped_and_reported(
+    tmp_path: Path, broker: Broker
+) -> None:
+    # MQTT 5 tells the publisher when an ACL refuses a message (PUBACK reason 0x87); sending
+    # it again would be refused again and hold up the queue.
+    acl = tmp_path / "acl"
+    acl.write_text(
+        f"topic readwrite tgw/{DEVICE}/gnss/fix\ntopic readwrite tgw/{DEVICE}/status\n"
+        f"topic read tgw/{DEVICE}/cmd/#\n"
+    )
+    broker.kill()
+    broker.extra_conf = [f"acl_file {acl}"]
+    broker.start()
+    config = make_config(tmp_path, broker.port)
+    events: list[Event] = []
+    async with Outbox(config.outbox) as outbox:
+        refused = [Sky(time="2026-01-01T00:00:00.000Z") for _ in range(3)]
+        for i in range(20):
+            f = fix(i)
+            await outbox.put(topic_of(config, f), f)
+            if i % 7 == 0:
+                sky = refused[i // 7]
+                await outbox.put(topic_of(config, sky), sky)
+        uplink = Uplink(config, outbox, events=events.append)
+        async with subscriber(broker.port, f"tgw/{DEVICE}/gnss/#") as got, running(uplink, outbox):
+            await got.wait_for(lambda g: len(g.record_ids()) >= 20)
+            await wait_until(lambda: outbox.depth == 0)
+            assert uplink.state is LinkState.CONNECTED
+    assert uplink.counters.refused == 3
+    assert uplink.counters.records == 23  # all left the outbox
+    assert [cls for cls, _ in got.record_ids()] == ["TPV"] * 20
+    assert len(events) == 1
+    assert events[0].data["topic"] == f"tgw/{DEVICE}/gnss/sky"
+    assert "Not authorized" in events[0].message
+
+
+async def test_publish_now_when_connected_and_an_error_when_offline(
+    tmp_path: Path, broker: Broker
+) -> None:
+    config = make_config(tmp_path, broker.port)
+    async with Outbox(config.outbox) as outbox:
+        uplink = Uplink(config, outbox, events=lambda e: None)
+        with pytest.raises(UplinkError):
+            await uplink.publish_now(f"tgw/{DEVICE}/cmd/result/1", b"{}")
+        async with subscriber(broker.port, f"tgw/{DEVICE}/cmd/result/#") as got, running(uplink):
+            await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+            await uplink.publish_now(f"tgw/{DEVICE}/cmd/result/1", b'{"ok":true}')
+            await got.wait_for(lambda g: len(g.messages) == 1)
+        assert got.messages[0][1] == b'{"ok":true}'
+
+
+async def test_stop_does_not_wait_for_a_connack_that_never_comes(
+    tmp_path: Path, broker: Broker
+) -> None:
+    config = make_config(tmp_path, broker.port, mqtt={"publish_timeout_s": 30.0})
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the kernel still accepts; nobody answers
+    try:
+        async with Outbox(config.outbox) as outbox:
+            uplink = Uplink(config, outbox, events=lambda e: None)
+            async with asyncio.TaskGroup() as tg:
+                run = tg.create_task(uplink.run())
+                await asyncio.sleep(0.3)
+                assert uplink.state is LinkState.CONNECTING
+                start = time.monotonic()
+                await uplink.stop(2.0)
+                assert run.done()
+                assert time.monotonic() - start < 1.0
+                assert uplink.state is LinkState.STOPPED
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)

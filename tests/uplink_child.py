@@ -31,7 +31,7 @@ async def _produce(config: Config, outbox: Outbox, per_s: float) -> None:
 
 
 async def _report(uplink: Uplink) -> None:
-    while uplink.state is not LinkState.CONNECTED:  # noqa: ASYNC110 - polls the link state
+    while uplink.state is not LinkState.CONNECTED:
         await asyncio.sleep(0.01)
     print("connected", flush=True)
 

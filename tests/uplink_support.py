@@ -117,7 +117,7 @@ class Received:
     async def wait_for(self, predicate: Callable[[Received], bool], within: float = 8.0) -> None:
         """Wait until `predicate(self)` holds; TimeoutError after `within` seconds."""
         async with asyncio.timeout(within):
-            while not predicate(self):  # noqa: ASYNC110 - polls state other tasks change
+            while not predicate(self):
                 await asyncio.sleep(0.02)
 
 
@@ -202,7 +202,7 @@ async def running(uplink: Uplink, outbox: Outbox | None = None) -> AsyncIterator
 async def wait_until(predicate: Callable[[], bool], within: float = 8.0) -> None:
     """Poll `predicate` until true; TimeoutError after `within` seconds."""
     async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polls state other tasks change
+        while not predicate():
             await asyncio.sleep(0.01)
 
 
