@@ -80,6 +80,22 @@ async def test_birth_is_retained_online_and_stop_leaves_offline(
     assert not events
 
 
+async def test_cancelled_uplink_leaves_offline_by_its_last_will(
+    tmp_path: Path, broker: Broker
+) -> None:
+    config = make_config(tmp_path, broker.port)
+    async with Outbox(config.outbox) as outbox:
+        uplink = Uplink(config, outbox, events=lambda e: None)
+        async with asyncio.TaskGroup() as tg:
+            run = tg.create_task(uplink.run())
+            await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+            assert (await retained_status(broker.port))["state"] == "online"
+            run.cancel()  # as a supervisor that gives up waiting would
+    assert run.cancelled()
+    assert uplink.state is LinkState.STOPPED
+    assert (await retained_status(broker.port))["state"] == "offline"
+
+
 async def test_command_reaches_handler_with_response_topic(tmp_path: Path, broker: Broker) -> None:
     config = make_config(tmp_path, broker.port)
     got: list[tuple[str, bytes, CommandMeta]] = []
