@@ -373,7 +373,8 @@ class Uplink:
         if self._running:
             raise UplinkError("the uplink is already running")
         self._running = True
-        self._stop.clear()
+        # _stop stays set once stop() was called, even before run() started: a supervisor
+        # restarting the stage during shutdown must not bring the link back.
         self._done.clear()
         if self._cfg.tls and self._cfg.tls_insecure:
             self._log.warning(
@@ -467,7 +468,7 @@ class Uplink:
     async def _back_off(self, down: _LinkDown, session_s: float) -> None:
         # A link that stayed up longer than the longest wait was healthy: start over, but a
         # broker that accepts and drops at once (a duplicate client id) keeps growing the wait.
-        if self.failure is None and session_s >= min(self._cfg.backoff_max_s, 60.0):
+        if self.state is LinkState.CONNECTED and session_s >= min(self._cfg.backoff_max_s, 60.0):
             self._attempt = 0
         delay = self.backoff_delay(down.failure)
         self._set_state(LinkState.BACKING_OFF, down.reason, down.failure)
