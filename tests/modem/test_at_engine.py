@@ -46,7 +46,7 @@ async def rig() -> AsyncIterator[Rig]:
 async def wait_for(cond: Callable[[], bool]) -> None:
     """Poll `cond` for up to 2 s: the pty has no event to wait on from the test's side."""
     async with asyncio.timeout(2):
-        while not cond():  # noqa: ASYNC110 - polling a condition set by another fd callback
+        while not cond():
             await asyncio.sleep(0.002)
 
 
