@@ -127,6 +127,7 @@ class GnssConfig(_Section):
     reporting: ReportingConfig = ReportingConfig()
 
 
+_AT_COMMAND_RE = re.compile(r"AT[\x20-\x3A\x3C-\x7E]{0,250}", re.IGNORECASE)
 DEFAULT_MODEM_INIT = ("ATE0", "AT+CMEE=2", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0")
 
 
@@ -144,11 +145,20 @@ class ModemConfig(_Section):
     sweep_interval_s: float = Field(default=600.0, gt=0)
     sms_reassembly_timeout_s: float = Field(default=3600.0, gt=0)
     ack_cmt: bool = False
-    reset_command: Literal["AT+CFUN=1,1", "AT+CFUN=0/1"] = "AT+CFUN=1,1"
+    reset_mode: Literal["restart", "off_on"] = "restart"
     reset_wait_s: float = Field(default=20.0, ge=0, le=600)
     max_resets_per_hour: int = Field(default=3, ge=0, le=60)
     recovery_backoff_s: float = Field(default=600.0, gt=0)
     reopen_backoff_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _init_commands(self) -> ModemConfig:
+        for i, command in enumerate(self.init):
+            if not _AT_COMMAND_RE.fullmatch(command) or command.count('"') % 2:
+                raise ValueError(
+                    f"init[{i}] {command!r}: one printable AT command, no ';' or quotes left open"
+                )
+        return self
 
 
 class RdssConfig(_Section):

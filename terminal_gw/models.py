@@ -184,6 +184,51 @@ class FixBatch(Payload):
     fixes: list[Fix] = Field(description="oldest first, each a complete TPV payload")
 
 
+class SmsReceived(Payload):
+    """A received SMS, concatenated parts joined. The id is derived from the message itself,
+    so a message read again after a crash carries the same id."""
+
+    record_class: ClassVar[str] = "sms"
+    topic_suffix: ClassVar[str] = "sms/rx"
+
+    cls: Literal["SMS"] = Field(default="SMS", alias="class")
+    time: str | None = Field(default=None, description="service centre timestamp, ISO 8601 UTC")
+    received: str = Field(description="when the gateway read it, ISO 8601 UTC (system clock)")
+    sender: str = Field(alias="from", description="sender number (+ international) or name")
+    text: str | None = Field(default=None, description="absent for 8-bit data")
+    data: str | None = Field(default=None, description="8-bit user data as hex")
+    encoding: Literal["gsm7", "ucs2", "8bit"] | None = None
+    parts: int = Field(default=1, description="parts the message was sent in")
+    ref: int | None = Field(default=None, description="concatenation reference")
+    complete: bool = Field(default=True, description="false: parts missing after the timeout")
+    missing: list[int] | None = Field(default=None, description="part numbers never received")
+    smsc: str | None = None
+    pdu: str | None = Field(default=None, description="the raw PDU, only when undecodable")
+    error: str | None = Field(default=None, description="why the PDU could not be decoded")
+
+
+class ModemStatus(Payload):
+    """The retained modem status: signal, registration, operator, identity."""
+
+    record_class: ClassVar[str] = "status"
+    topic_suffix: ClassVar[str] = "modem/status"
+
+    cls: Literal["MODEM"] = Field(default="MODEM", alias="class")
+    time: str
+    state: Literal["ok", "recovering", "down"] = "ok"
+    rssi: int | None = Field(default=None, description="AT+CSQ rssi 0-31; absent when unknown")
+    dbm: int | None = Field(default=None, description="signal in dBm (-113 + 2 * rssi)")
+    ber: int | None = Field(default=None, description="AT+CSQ bit error rate class 0-7")
+    reg: int | None = Field(default=None, description="AT+CREG? stat: 1 home, 5 roaming")
+    reg_text: str | None = None
+    registered: bool = False
+    operator: str | None = None
+    imei: str | None = None
+    imsi: str | None = None
+    firmware: str | None = None
+    clock: Clock = "system"
+
+
 #: Where stages send events; called synchronously, must not block (the daemon queues them).
 EventSink = Callable[[Event], None]
 
@@ -222,6 +267,8 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "event": Event,
     "status": Status,
     "fix_batch": FixBatch,
+    "sms_rx": SmsReceived,
+    "modem_status": ModemStatus,
 }
 
 

@@ -1,0 +1,929 @@
+"""Tiantong-1 modem driver: init, identity, status polls, SMS in, SMS send, recovery ladder.
+
+One `run()` owns the port: it opens it, runs an `AtEngine` and the driver's loop in one
+TaskGroup, and opens it again when it is lost. The loop runs the init sequence (again after a
+recovery or a modem restart), reads identity, polls signal/registration/operator, publishes the
+retained `modem/status`, and takes received SMS from the SIM into the outbox.
+
+SMS in never loses a message: `+CMTI` -> `AT+CMGR` -> decode -> (join parts) -> `outbox.put(...,
+sync=True)` -> only then `AT+CMGD`. Parts of a concatenated message stay on the SIM until the
+joined message is stored. At start and every `sweep_interval_s`, `AT+CMGL=4` picks up what
+arrived while the daemon was down. The payload id is derived from the message (sender, service
+centre time, concatenation reference and parts, content), so a message read again after a crash
+carries the same id and consumers drop the repeat.
+
+Recovery ladder after a timeout (or a run of error answers): `AT` ping -> init again -> reset
+(`AT+CFUN=1,1`, or `=0` then `=1`) -> close and reopen the port -> back off. Resets and reopens
+are capped per hour; beyond the cap the ladder only backs off. Each step is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from terminal_gw.config import ModemConfig
+from terminal_gw.errors import ModemError, StoreError, TransportError
+from terminal_gw.models import (
+    EventSink,
+    ModemStatus,
+    Payload,
+    SmsReceived,
+    iso_utc,
+    make_event,
+    stable_id,
+)
+from terminal_gw.modem.at import AtEngine, AtPort, ModemResultError, ModemTimeoutError, Urc
+from terminal_gw.modem.sms import (
+    Message,
+    PduError,
+    Reassembler,
+    SmsDeliver,
+    SmsStatusReport,
+    SmsSubmit,
+    StoredPdu,
+    SubmitPdu,
+    decode_pdu,
+    parse_stored,
+)
+
+__all__ = [
+    "REG_TEXT",
+    "ModemState",
+    "PortFactory",
+    "RecordSink",
+    "TiantongModem",
+    "parse_cops",
+    "parse_creg",
+    "parse_csq",
+]
+
+#: AT+CREG stat values (TS 27.007 §7.2) in words.
+REG_TEXT: dict[int, str] = {
+    0: "not registered",
+    1: "registered, home",
+    2: "searching",
+    3: "registration denied",
+    4: "unknown",
+    5: "registered, roaming",
+    6: "registered for SMS only, home",
+    7: "registered for SMS only, roaming",
+}
+REGISTERED = frozenset({1, 5, 6, 7})
+
+#: Error answers in a row (an ERROR storm) that start the recovery ladder like a timeout.
+ERRORS_BEFORE_RECOVERY = 5
+#: A recovery that did not hold this long: the next one goes on from the step after it.
+RECOVERY_HOLD_S = 60.0
+#: Work items (URCs) waiting for the loop; beyond this they are dropped: the sweep finds them.
+WORK_QUEUE_MAX = 1000
+#: How long closing a port may take before it is given up.
+CLOSE_TIMEOUT_S = 5.0
+#: Reassembly is checked this often while parts wait.
+EXPIRE_CHECK_S = 1.0
+
+PortFactory = Callable[[], Awaitable[AtPort]]
+
+
+class RecordSink(Protocol):
+    """Where records go (the outbox)."""
+
+    async def put(
+        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        """Store a record; with sync, return only once it is durable."""
+        ...
+
+
+class ModemState(StrEnum):
+    """Where the driver is."""
+
+    DOWN = "down"  # port not open
+    STARTING = "starting"  # init, identity, sweep
+    OK = "ok"
+    RECOVERING = "recovering"
+    BACKOFF = "backoff"
+
+
+class _Reopen(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Leave the session so the port is closed and opened again."""
+
+
+# ---------------------------------------------------------------------------
+# Answer parsers (pure).
+
+_CSQ = re.compile(r"(\d+)\s*,\s*(\d+)")
+_DIGITS = re.compile(r"\d{6,20}")
+
+
+def parse_csq(text: str) -> tuple[int | None, int | None]:
+    """`+CSQ: <rssi>,<ber>` (text after the colon) as (rssi 0-31, ber 0-7); 99 is None."""
+    m = _CSQ.search(text)
+    if m is None:
+        return None, None
+    rssi, ber = int(m.group(1)), int(m.group(2))
+    return (rssi if rssi <= 31 else None), (ber if ber <= 7 else None)
+
+
+def parse_creg(text: str, *, answer: bool) -> int | None:
+    """The stat of `+CREG:`; an answer to `AT+CREG?` starts with <n>, a URC does not."""
+    fields = [f.strip().strip('"') for f in text.split(",")]
+    pos = 1 if answer else 0
+    if len(fields) <= pos or not fields[pos].isdigit():
+        return None
+    return int(fields[pos])
+
+
+def parse_cops(text: str) -> str | None:
+    """The operator name of `+COPS: <mode>[,<format>,<oper>[,<AcT>]]`, None when absent."""
+    parts = re.findall(r'"([^"]*)"|([^,]+)', text)
+    fields: list[str] = [str(q or u).strip() for q, u in parts]
+    if len(fields) < 3 or not fields[2]:
+        return None
+    return fields[2]
+
+
+def _identity(lines: Sequence[str]) -> str | None:
+    for line in lines:
+        m = _DIGITS.search(line)
+        if m:
+            return m.group()
+    return None
+
+
+def _firmware(lines: Sequence[str]) -> str | None:
+    for line in lines:
+        text = re.sub(r"^\+CGMR:\s*", "", line.strip(), flags=re.IGNORECASE)
+        if text:
+            return text[:80]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The driver.
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    kind: Literal["read", "cmt", "cdsi", "creg", "restarted", "check"]
+    index: int | None = None
+    pdu: str | None = None
+
+
+class TiantongModem:
+    """The modem stage: `run()` in the supervisor's TaskGroup; `send_sms()` and `poll_now()`
+    for the command stage; `status()` and `counters` for the health report."""
+
+    def __init__(
+        self,
+        config: ModemConfig,
+        outbox: RecordSink,
+        *,
+        topic_base: str,
+        events: EventSink | None = None,
+        port_factory: PortFactory | None = None,
+        on_status_report: Callable[[SmsStatusReport], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
+        log: FilteringBoundLogger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = config
+        self._outbox = outbox
+        self._base = topic_base.rstrip("/")
+        self._events = events
+        self._factory = port_factory or self._open_serial
+        self._on_status_report = on_status_report
+        self._on_progress = on_progress
+        self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.modem")
+        self._clock = clock
+        self._engine: AtEngine | None = None
+        self._work: asyncio.Queue[_Work] = asyncio.Queue(WORK_QUEUE_MAX)
+        self._reasm = Reassembler(timeout=config.sms_reassembly_timeout_s)
+        # SIM indexes of parts waiting for their siblings, by (sender, ref, total).
+        self._held: dict[tuple[str, int, int], set[int]] = {}
+        self._held_idx: set[int] = set()
+        self._level = 0  # the next recovery step
+        self._fixed_by = 0  # the step that brought the modem back last time
+        self._recovered_at = -float("inf")
+        self._disruptions: deque[float] = deque()  # monotonic times of resets and reopens
+        self._errors_in_row = 0
+        self._need_start = True
+        self._due: dict[str, float] = {}
+        self._last_status: tuple[Any, ...] | None = None
+        self._last_status_at = -float("inf")
+        self._port_down_reported = False
+        self.state = ModemState.DOWN
+        self.reason = "not started"
+        self.since = time.time()
+        self.rssi: int | None = None
+        self.ber: int | None = None
+        self.reg: int | None = None
+        self.operator: str | None = None
+        self.imei: str | None = None
+        self.imsi: str | None = None
+        self.firmware: str | None = None
+        self.last_answer: float | None = None  # unix time of the last good final result
+        self.counters: Counter[str] = Counter()
+
+    # -- public interface ---------------------------------------------------------------
+
+    def topic(self, payload: Payload) -> str:
+        """The full MQTT topic of a payload."""
+        return f"{self._base}/{payload.topic_suffix}"
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the health report."""
+        return {
+            "state": str(self.state),
+            "reason": self.reason,
+            "since": iso_utc(self.since),
+            "port": self._cfg.port,
+            "rssi": self.rssi,
+            "dbm": _dbm(self.rssi),
+            "reg": self.reg,
+            "reg_text": None if self.reg is None else REG_TEXT.get(self.reg, "unknown"),
+            "operator": self.operator,
+            "imei": self.imei,
+            "last_answer": None if self.last_answer is None else iso_utc(self.last_answer),
+            "sms_parts_waiting": self._reasm.pending,
+            "resets_last_hour": len(self._recent_disruptions()),
+            "counters": dict(self.counters),
+            "at": dict(self._engine.counters) if self._engine is not None else {},
+        }
+
+    async def send_sms(self, pdus: Sequence[SubmitPdu]) -> list[int]:
+        """Send each PDU with AT+CMGS; the message references. Raises ModemError (with the
+        3GPP reason) on the first part that fails; the parts before it were sent."""
+        engine = self._ready()
+        refs: list[int] = []
+        for pdu in pdus:
+            try:
+                mr = await engine.send_pdu(
+                    pdu.tpdu_length,
+                    pdu.hex,
+                    self._cfg.send_timeout_s,
+                    prompt_timeout=self._cfg.command_timeout_s,
+                )
+            except ModemTimeoutError:
+                self.counters["sms_send_failed"] += 1
+                self._queue(_Work("check"))  # a silent modem: let the loop run the ladder
+                raise
+            except ModemError:
+                self.counters["sms_send_failed"] += 1
+                raise
+            refs.append(mr)
+            self.counters["sms_parts_sent"] += 1
+        return refs
+
+    async def poll_now(self) -> None:
+        """Poll signal, registration and operator now and publish the status if it changed."""
+        engine = self._ready()
+        try:
+            await self._poll(engine, "signal")
+            await self._poll(engine, "registration")
+            await self._poll(engine, "operator")
+        except ModemTimeoutError:
+            self._queue(_Work("check"))
+            raise
+        await self._publish_status()
+
+    async def run(self) -> None:
+        """Own the port until cancelled: open, run the session, reopen when it ends."""
+        while True:
+            try:
+                async with asyncio.timeout(self._cfg.command_timeout_s * 2):
+                    port = await self._factory()
+            except (TransportError, TimeoutError, OSError) as exc:
+                self.counters["port_open_failures"] += 1
+                self._port_down(f"cannot open {self._cfg.port}: {exc}")
+                await asyncio.sleep(self._cfg.reopen_backoff_s)
+                continue
+            if self._port_down_reported:
+                self._port_down_reported = False
+                self._event("modem_port", f"modem port {self._cfg.port} open", port=self._cfg.port)
+            self.counters["port_opens"] += 1
+            reopen = await self._session(port)
+            if not reopen:
+                await asyncio.sleep(self._cfg.reopen_backoff_s)
+
+    # -- session --------------------------------------------------------------------------
+
+    async def _open_serial(self) -> AtPort:
+        from terminal_gw.transport.serial import SerialPort
+
+        return await SerialPort.open(self._cfg.port, self._cfg.baud)
+
+    async def _session(self, port: AtPort) -> bool:
+        """Run the engine and the loop on one open port; True when the ladder asked to reopen."""
+        engine = AtEngine(
+            port,
+            on_urc=self._on_urc,
+            on_alive=self._alive,
+            log=self._log,
+        )
+        reopen = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(engine.run(), name="modem-reader")
+                tg.create_task(self._main(engine), name="modem-loop")
+        except* _Reopen:
+            reopen = True
+        except* TransportError as eg:
+            self._port_down(str(eg.exceptions[0]))
+        finally:
+            self._engine = None
+            with contextlib.suppress(TransportError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await port.close()
+        return reopen
+
+    def _port_down(self, reason: str) -> None:
+        self._set_state(ModemState.DOWN, reason)
+        self._need_start = True
+        if not self._port_down_reported:
+            self._port_down_reported = True
+            self._log.warning("modem port down", port=self._cfg.port, reason=reason)
+            self._event(
+                "modem_port",
+                f"modem port {self._cfg.port} down: {reason}",
+                severity="warning",
+                port=self._cfg.port,
+                reason=reason,
+            )
+
+    async def _main(self, engine: AtEngine) -> None:
+        self._engine = engine
+        self._need_start = True
+        while True:
+            try:
+                if self._need_start:
+                    await self._start(engine)
+                await self._tick(engine)
+            except ModemTimeoutError as exc:
+                await self._recover(engine, f"timeout: {exc}")
+            except ModemResultError as exc:
+                self.counters["error_answers"] += 1
+                self._log.warning("modem error answer", error=str(exc))
+                if self._errors_in_row >= ERRORS_BEFORE_RECOVERY:
+                    self._errors_in_row = 0
+                    if self._level == 0:
+                        self._level = 1  # it answers, so a ping proves nothing: start higher
+                    await self._recover(engine, f"{ERRORS_BEFORE_RECOVERY} errors in a row: {exc}")
+
+    async def _start(self, engine: AtEngine) -> None:
+        """Init, identity, first polls, sweep: on open, after recovery, after a modem restart."""
+        self._set_state(ModemState.STARTING, "init")
+        await self._init(engine)
+        await self._read_identity(engine)
+        now = time.monotonic()
+        for what in ("signal", "registration", "operator"):
+            await self._poll(engine, what)
+        self._due = {
+            "signal": now + self._cfg.poll_signal_s,
+            "registration": now + self._cfg.poll_registration_s,
+            "operator": now + self._cfg.poll_operator_s,
+            "sweep": now,
+        }
+        self._need_start = False
+        self._level = 0
+        self._set_state(ModemState.OK, "ready")
+        await self._publish_status()
+
+    async def _init(self, engine: AtEngine) -> bool:
+        """The init sequence; True when every command answered OK (timeouts raise)."""
+        all_ok = True
+        for command in self._cfg.init:
+            try:
+                await engine.command(command, timeout=self._cfg.command_timeout_s)
+            except ModemResultError as exc:
+                all_ok = False
+                self.counters["init_errors"] += 1
+                self._log.warning("modem init command refused", command=command, error=str(exc))
+        return all_ok
+
+    async def _read_identity(self, engine: AtEngine) -> None:
+        t = self._cfg.command_timeout_s
+        for command, attr, parse in (
+            ("AT+CGSN", "imei", _identity),
+            ("AT+CIMI", "imsi", _identity),
+            ("AT+CGMR", "firmware", _firmware),
+        ):
+            try:
+                resp = await engine.command(command, timeout=t, expect=command[2:])
+            except ModemResultError:
+                continue  # a terminal without that command: the field stays absent
+            value = parse(resp.lines)
+            if value is not None:
+                setattr(self, attr, value)
+
+    async def _tick(self, engine: AtEngine) -> None:
+        """Handle one work item, or whatever is due."""
+        due = dict(self._due)
+        status_due = self._last_status_at + self._cfg.status_interval_s
+        due["status"] = status_due
+        if self._reasm.pending:
+            due["expire"] = time.monotonic() + EXPIRE_CHECK_S
+        wait = max(0.0, min(due.values()) - time.monotonic())
+        item: _Work | None = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                item = await self._work.get()
+        if item is not None:
+            await self._handle(engine, item)
+            return
+        now = time.monotonic()
+        for what, interval in (
+            ("signal", self._cfg.poll_signal_s),
+            ("registration", self._cfg.poll_registration_s),
+            ("operator", self._cfg.poll_operator_s),
+        ):
+            if now >= self._due[what]:
+                self._due[what] = now + interval
+                await self._poll(engine, what)
+        if now >= self._due["sweep"]:
+            self._due["sweep"] = now + self._cfg.sweep_interval_s
+            await self._sweep(engine)
+        if self._reasm.pending:
+            await self._expire(engine)
+        await self._publish_status()
+
+    async def _handle(self, engine: AtEngine, item: _Work) -> None:
+        if item.kind == "read" and item.index is not None:
+            await self._read_index(engine, item.index)
+        elif item.kind == "cmt" and item.pdu is not None:
+            await self._direct(engine, item.pdu)
+        elif item.kind == "cdsi" and item.index is not None:
+            await self._read_index(engine, item.index)
+        elif item.kind == "creg":
+            await self._poll(engine, "registration")
+            await self._publish_status()
+        elif item.kind == "restarted":
+            self._event("modem_restart", "the modem restarted by itself; init again")
+            self._need_start = True
+        elif item.kind == "check" and not await self._ping(engine):
+            await self._recover(engine, "no answer to a command")
+
+    # -- URCs -----------------------------------------------------------------------------
+
+    def _alive(self) -> None:
+        self.last_answer = self._clock()
+        if self._on_progress is not None:
+            self._on_progress()
+
+    def _queue(self, item: _Work) -> None:
+        try:
+            self._work.put_nowait(item)
+        except asyncio.QueueFull:
+            self.counters["urcs_dropped"] += 1
+
+    def _on_urc(self, urc: Urc) -> None:
+        name = urc.name
+        fields = urc.fields
+        if name in ("+CMTI", "+CDSI"):
+            if len(fields) >= 2 and fields[-1].isdigit():
+                self._queue(_Work("read" if name == "+CMTI" else "cdsi", index=int(fields[-1])))
+            else:
+                self.counters["urcs_bad"] += 1
+        elif name == "+CMT":
+            if urc.body:
+                self._queue(_Work("cmt", pdu=urc.body))
+            else:
+                self.counters["urcs_bad"] += 1
+        elif name == "+CDS":
+            self._status_report(urc.body)
+        elif name in ("+CREG", "+CEREG"):
+            self._queue(_Work("creg"))
+        elif name in ("RDY", "+CPIN", "+CFUN", "SMS READY", "CALL READY"):
+            self._queue(_Work("restarted"))
+        else:
+            self.counters["urcs_other"] += 1
+
+    def _status_report(self, body: str | None) -> None:
+        if body is None:
+            return
+        try:
+            report = decode_pdu(body)
+        except PduError:
+            self.counters["status_reports_bad"] += 1
+            return
+        if isinstance(report, SmsStatusReport) and self._on_status_report is not None:
+            self._on_status_report(report)
+
+    # -- polls and status -----------------------------------------------------------------
+
+    async def _poll(self, engine: AtEngine, what: str) -> None:
+        """One status poll; an error answer is counted, and raised only in a run of them."""
+        self.counters["polls"] += 1
+        try:
+            await self._poll_once(engine, what)
+        except ModemResultError:
+            self._errors_in_row += 1
+            self.counters["poll_errors"] += 1
+            if self._errors_in_row >= ERRORS_BEFORE_RECOVERY:
+                raise
+            return
+        self._errors_in_row = 0
+
+    async def _poll_once(self, engine: AtEngine, what: str) -> None:
+        t = self._cfg.command_timeout_s
+        if what == "signal":
+            resp = await engine.command("AT+CSQ", timeout=t, expect="+CSQ")
+            for v in resp.values("+CSQ"):
+                self.rssi, self.ber = parse_csq(v)
+        elif what == "registration":
+            resp = await engine.command("AT+CREG?", timeout=t, expect="+CREG")
+            for v in resp.values("+CREG"):
+                stat = parse_creg(v, answer=True)
+                if stat is not None:
+                    self._registration(stat)
+        elif what == "operator":
+            resp = await engine.command("AT+COPS?", timeout=t, expect="+COPS")
+            for v in resp.values("+COPS"):
+                self.operator = parse_cops(v)
+
+    def _registration(self, stat: int) -> None:
+        old, self.reg = self.reg, stat
+        if old == stat:
+            return
+        text = REG_TEXT.get(stat, "unknown")
+        lost = old in REGISTERED and stat not in REGISTERED
+        self._log.info("modem registration", stat=stat, text=text, was=old)
+        self._event(
+            "registration",
+            f"modem {text}" + ("" if old is None else f" (was {REG_TEXT.get(old, 'unknown')})"),
+            severity="warning" if lost else "info",
+            stat=stat,
+            text=text,
+            previous=old,
+            registered=stat in REGISTERED,
+        )
+
+    def _status_payload(self) -> ModemStatus:
+        state: Literal["ok", "recovering", "down"]
+        if self.state is ModemState.OK:
+            state = "ok"
+        elif self.state is ModemState.DOWN:
+            state = "down"
+        else:
+            state = "recovering"
+        return ModemStatus(
+            time=iso_utc(self._clock()),
+            state=state,
+            rssi=self.rssi,
+            dbm=_dbm(self.rssi),
+            ber=self.ber,
+            reg=self.reg,
+            reg_text=None if self.reg is None else REG_TEXT.get(self.reg, "unknown"),
+            registered=self.reg in REGISTERED,
+            operator=self.operator,
+            imei=self.imei,
+            imsi=self.imsi,
+            firmware=self.firmware,
+        )
+
+    async def _publish_status(self) -> None:
+        """Publish the retained status when it changed, or when status_interval_s passed."""
+        payload = self._status_payload()
+        signature = tuple(payload.model_dump(exclude={"id", "time"}).values())
+        now = time.monotonic()
+        if signature == self._last_status and now < (
+            self._last_status_at + self._cfg.status_interval_s
+        ):
+            return
+        try:
+            await self._outbox.put(self.topic(payload), payload, retain=True)
+        except StoreError as exc:
+            self._log.warning("modem status not stored", error=str(exc))
+            return
+        self._last_status = signature
+        self._last_status_at = now
+        self.counters["status_published"] += 1
+
+    # -- SMS in ---------------------------------------------------------------------------
+
+    async def _sweep(self, engine: AtEngine) -> None:
+        """Take every stored message (AT+CMGL=4): those that came while nobody listened."""
+        self.counters["sweeps"] += 1
+        resp = await engine.command(
+            "AT+CMGL=4", timeout=self._cfg.command_timeout_s * 3, expect="+CMGL"
+        )
+        for stored in parse_stored(resp.lines):
+            if stored.index is not None:
+                await self._accept(engine, stored.index, stored)
+
+    async def _read_index(self, engine: AtEngine, idx: int) -> None:
+        resp = await engine.command(
+            f"AT+CMGR={idx:d}", timeout=self._cfg.command_timeout_s, expect="+CMGR"
+        )
+        stored = parse_stored(resp.lines)
+        if not stored:
+            self.counters["sms_empty_slot"] += 1
+            return
+        await self._accept(engine, idx, stored[0])
+
+    async def _accept(self, engine: AtEngine, idx: int, stored: StoredPdu) -> None:
+        if idx in self._held_idx:
+            return  # a part already waiting for its siblings
+        try:
+            sms = stored.decode()
+        except PduError as exc:
+            self.counters["sms_undecodable"] += 1
+            payload = self._undecodable(stored.pdu, exc)
+            if await self._store(payload):
+                await self._delete(engine, [idx])
+            return
+        if isinstance(sms, SmsStatusReport):
+            if self._on_status_report is not None:
+                self._on_status_report(sms)
+            await self._delete(engine, [idx])
+            return
+        if isinstance(sms, SmsSubmit):
+            self.counters["sms_outgoing_stored"] += 1  # a draft or sent copy: not ours to take
+            return
+        self.counters["sms_parts_read"] += 1
+        message = self._reasm.add(sms, time.monotonic())
+        key = _concat_key(sms)
+        if message is None:
+            if key is not None:
+                self._held.setdefault(key, set()).add(idx)
+                self._held_idx.add(idx)
+            return
+        indexes = {idx}
+        if key is not None:
+            indexes |= self._held.pop(key, set())
+            self._held_idx -= indexes
+        await self._publish(engine, message, sorted(indexes))
+
+    async def _direct(self, engine: AtEngine, pdu: str) -> None:
+        """A message delivered with +CMT (not stored): store, then acknowledge."""
+        try:
+            sms = decode_pdu(pdu)
+        except PduError as exc:
+            self.counters["sms_undecodable"] += 1
+            await self._store(self._undecodable(pdu, exc))
+            await self._ack_cmt(engine)
+            return
+        if isinstance(sms, SmsDeliver):
+            self.counters["sms_parts_read"] += 1
+            message = self._reasm.add(sms, time.monotonic())
+            # A part held in memory is acknowledged now: the network would otherwise repeat it.
+            if message is not None:
+                await self._publish(engine, message, [])
+        await self._ack_cmt(engine)
+
+    async def _ack_cmt(self, engine: AtEngine) -> None:
+        if self._cfg.ack_cmt:
+            await engine.command("AT+CNMA", timeout=self._cfg.command_timeout_s)
+
+    async def _expire(self, engine: AtEngine) -> None:
+        for message in self._reasm.expire(time.monotonic()):
+            key = (message.sender.number, message.ref or 0, message.total)
+            indexes = self._held.pop(key, set())
+            self._held_idx -= indexes
+            self.counters["sms_incomplete"] += 1
+            await self._publish(engine, message, sorted(indexes))
+
+    async def _publish(self, engine: AtEngine, message: Message, indexes: list[int]) -> None:
+        if await self._store(self._payload(message)):
+            self.counters["sms_received"] += 1
+            await self._delete(engine, indexes)
+
+    async def _store(self, payload: SmsReceived) -> bool:
+        """Into the outbox, durably; False (the SIM keeps the message) when refused."""
+        try:
+            await self._outbox.put(self.topic(payload), payload, sync=True)
+        except StoreError as exc:
+            self.counters["sms_store_failed"] += 1
+            self._log.error("sms not stored; left on the SIM", error=str(exc))
+            self._event(
+                "sms_store",
+                f"a received SMS could not be stored ({exc}); it stays on the SIM",
+                severity="error",
+                reason=str(exc),
+            )
+            return False
+        return True
+
+    async def _delete(self, engine: AtEngine, indexes: Sequence[int]) -> None:
+        for idx in indexes:
+            await engine.command(f"AT+CMGD={idx:d}", timeout=self._cfg.command_timeout_s)
+            self.counters["sms_deleted"] += 1
+
+    def _payload(self, message: Message) -> SmsReceived:
+        sender = message.sender.number
+        ts = message.timestamp
+        first = message.parts[0]
+        encoding = first.dcs.alphabet.value
+        data_hex = None if message.text is not None else message.data.hex().upper()
+        ts_ms = 0 if ts is None else int(ts.timestamp() * 1000)
+        seqs = ",".join(str(p.concat.seq) for p in message.parts if p.concat is not None)
+        key = "|".join(
+            [
+                "sms",
+                sender,
+                str(ts_ms),
+                str(message.ref),
+                str(message.total),
+                seqs,
+                message.data.hex(),
+            ]
+        )
+        smsc = first.smsc.number if first.smsc is not None else None
+        return SmsReceived(
+            id=stable_id(ts_ms, key.encode()),
+            time=None if ts is None else iso_utc(ts.timestamp()),
+            received=iso_utc(self._clock()),
+            sender=sender,
+            text=message.text,
+            data=data_hex,
+            encoding=encoding,
+            parts=message.total,
+            ref=message.ref,
+            complete=message.complete,
+            missing=list(message.missing) or None,
+            smsc=smsc,
+        )
+
+    def _undecodable(self, pdu: str, exc: PduError) -> SmsReceived:
+        # Published raw rather than dropped: the id comes from the PDU alone (no time in it).
+        return SmsReceived(
+            id=stable_id(0, b"sms-raw|" + pdu.encode()),
+            received=iso_utc(self._clock()),
+            sender="",
+            pdu=pdu[:400],
+            error=exc.reason,
+            complete=False,
+        )
+
+    # -- recovery ladder ------------------------------------------------------------------
+
+    def _recent_disruptions(self) -> deque[float]:
+        cutoff = time.monotonic() - 3600.0
+        while self._disruptions and self._disruptions[0] < cutoff:
+            self._disruptions.popleft()
+        return self._disruptions
+
+    def _may_disrupt(self) -> bool:
+        return len(self._recent_disruptions()) < self._cfg.max_resets_per_hour
+
+    async def _ping(self, engine: AtEngine) -> bool:
+        try:
+            await engine.command("AT", timeout=self._cfg.ping_timeout_s)
+        except ModemError:
+            return False
+        return True
+
+    async def _recover(self, engine: AtEngine, cause: str) -> None:
+        """Climb the ladder until the modem answers; raises _Reopen for the reopen step."""
+        self.counters["recoveries"] += 1
+        if self._level == 0 and time.monotonic() - self._recovered_at < RECOVERY_HOLD_S:
+            self._level = min(self._fixed_by + 1, 4)  # what helped last time did not hold
+        self._set_state(ModemState.RECOVERING, cause)
+        self._log.warning("modem not answering", cause=cause, step=self._level)
+        while True:
+            step = self._level
+            if step == 0:
+                self._step("ping", cause)
+                ok = await self._ping(engine)
+            elif step == 1:
+                self._step("reinit", cause)
+                ok = await self._try(self._init(engine)) and await self._ping(engine)
+            elif step == 2 and self._may_disrupt():
+                self._step("reset", cause)
+                await self._reset(engine)
+                ok = await self._ping(engine) and await self._try(self._init(engine))
+            elif step == 3 and self._may_disrupt():
+                self._step("reopen", cause)
+                self._disruptions.append(time.monotonic())
+                self.counters["reopens"] += 1
+                self._level = 4  # if the reopened port does not help, back off next
+                raise _Reopen
+            else:
+                if step in (2, 3):
+                    self.counters["capped"] += 1
+                    self._step(
+                        "capped",
+                        cause,
+                        message=f"{self._cfg.max_resets_per_hour} resets/reopens in the last "
+                        "hour: no more until the hour has passed",
+                        severity="error",
+                    )
+                self._step("backoff", cause, wait_s=self._cfg.recovery_backoff_s)
+                self._set_state(ModemState.BACKOFF, cause)
+                await self._publish_status()
+                await asyncio.sleep(self._cfg.recovery_backoff_s)
+                self._set_state(ModemState.RECOVERING, cause)
+                self._level = 0
+                continue
+            if ok:
+                self._event(
+                    "modem_recovery",
+                    f"modem answers again after step {self._step_name(step)}",
+                    step="recovered",
+                    by=self._step_name(step),
+                )
+                self._level = 0
+                self._fixed_by = step
+                self._recovered_at = time.monotonic()
+                self._need_start = True
+                self._drain_stale_work()
+                return
+            self._level = step + 1
+
+    @staticmethod
+    def _step_name(step: int) -> str:
+        return ("ping", "reinit", "reset", "reopen", "backoff")[min(step, 4)]
+
+    async def _try(self, coro: Awaitable[bool]) -> bool:
+        try:
+            return await coro
+        except ModemError:
+            return False
+
+    async def _reset(self, engine: AtEngine) -> None:
+        self._disruptions.append(time.monotonic())
+        self.counters["resets"] += 1
+        commands = (
+            ["AT+CFUN=1,1"] if self._cfg.reset_mode == "restart" else ["AT+CFUN=0", "AT+CFUN=1"]
+        )
+        for command in commands:
+            with contextlib.suppress(ModemError):
+                await engine.command(command, timeout=self._cfg.command_timeout_s)
+        await asyncio.sleep(self._cfg.reset_wait_s)
+
+    def _drain_stale_work(self) -> None:
+        # Restart notices queued while recovering are answered by the start that follows.
+        keep: list[_Work] = []
+        while not self._work.empty():
+            item = self._work.get_nowait()
+            if item.kind not in ("restarted", "check"):
+                keep.append(item)
+        for item in keep:
+            self._queue(item)
+
+    def _step(
+        self,
+        step: str,
+        cause: str,
+        *,
+        message: str | None = None,
+        severity: Literal["info", "warning", "error"] = "warning",
+        **data: Any,
+    ) -> None:
+        self._log.warning("modem recovery", step=step, cause=cause)
+        self._event(
+            "modem_recovery",
+            message or f"modem recovery: {step} ({cause})",
+            severity=severity,
+            step=step,
+            cause=cause,
+            **data,
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _ready(self) -> AtEngine:
+        engine = self._engine
+        if engine is None or self.state is not ModemState.OK:
+            raise ModemError(
+                f"modem not ready: {self.state} ({self.reason})", reason=f"modem {self.state}"
+            )
+        return engine
+
+    def _set_state(self, state: ModemState, reason: str) -> None:
+        if state is not self.state:
+            self.since = time.time()
+        self.state = state
+        self.reason = reason
+
+    def _event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        severity: Literal["info", "warning", "error"] = "info",
+        **data: Any,
+    ) -> None:
+        if self._events is not None:
+            self._events(make_event(kind, message, now=self._clock(), severity=severity, **data))
+
+
+def _dbm(rssi: int | None) -> int | None:
+    return None if rssi is None else -113 + 2 * rssi
+
+
+def _concat_key(sms: SmsDeliver) -> tuple[str, int, int] | None:
+    c = sms.concat
+    if c is None or c.total == 1:
+        return None
+    return (sms.party.number, c.ref, c.total)
