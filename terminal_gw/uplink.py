@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from contextvars import ContextVar
@@ -283,6 +284,38 @@ class _PahoLog(logging.Handler):
         fut = self.connecting
         if fut is not None:
             self._loop.call_soon_threadsafe(_fail_future, fut, message)
+
+
+def _register_write(client: aiomqtt.Client, loop: asyncio.AbstractEventLoop) -> Any:
+    """paho's socket_register_write callback, replacing aiomqtt's.
+
+    aiomqtt schedules `add_writer(fd)` for later even on the loop's own thread; when the
+    socket closes first (the link breaks while sending) the late call fails with EBADF, or
+    registers on a new socket that reused the number, and the loop spins on it. This one
+    registers at once on the loop's thread, and from another thread only if the socket is
+    still the client's when the call runs.
+    """
+    loop_thread = threading.get_ident()
+
+    def on_register_write(paho_client: Any, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                paho_client.loop_write()
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt: a failed write ends the link
+                disconnected = client._disconnected
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        def register() -> None:
+            if paho_client.socket() is sock:
+                loop.add_writer(sock, write)
+
+        if threading.get_ident() == loop_thread:
+            register()
+        else:
+            loop.call_soon_threadsafe(register)
+
+    return on_register_write
 
 
 def _fail_future(fut: asyncio.Future[None], message: str) -> None:
@@ -579,6 +612,7 @@ class Uplink:
 
         paho_client.on_publish = on_publish
         paho_client.publish = publish  # type: ignore[method-assign]
+        paho_client.on_socket_register_write = _register_write(client, asyncio.get_running_loop())
         # TCP connect and TLS handshake share paho's connect timeout (5 s by default): too
         # short for a satellite link.
         client._client.connect_timeout = cfg.publish_timeout_s

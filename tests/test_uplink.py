@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import time
@@ -277,7 +278,7 @@ def test_plan_keeps_order_and_never_batches_across_other_records() -> None:
 
 
 async def test_broker_killed_and_restarted_mid_stream_loses_nothing(
-    tmp_path: Path, broker: Broker
+    tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Gate(broker.port) as gate:
         config = make_config(
@@ -331,6 +332,8 @@ async def test_broker_killed_and_restarted_mid_stream_loses_nothing(
         assert order.get(cls) == ids, f"{cls}: delivered out of order or incomplete"
     # Duplicates only of records in flight when the broker died: at most a window per outage.
     assert len(got.record_ids()) - 1508 <= 16 * 8
+    # No event-loop callback failed on a socket closed under it (a late add_writer).
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
 
 
 async def test_stalled_broker_times_out_publishes_and_resends(
