@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import json
 import shutil
 import sqlite3
@@ -60,31 +61,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli(args: argparse.Namespace) -> int:
     """Run `outbox stats` or `outbox export`."""
-    path = _db_path(args)
-    if path is None:
+    found = _db_path(args)
+    if found is None:
         return EXIT_USAGE
+    path, limit = found
     if not path.exists():
         print(f"error: no outbox at {path}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         with _reader(path) as conn:
             if args.outbox_command == "stats":
-                return _stats(conn, as_json=args.json, out=sys.stdout)
+                return _stats(conn, as_json=args.json, limit=limit, out=sys.stdout)
             return _export(conn, fmt=args.format, classes=args.classes, out=sys.stdout)
     except sqlite3.Error as exc:
         print(f"error: cannot read the outbox at {path}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def _db_path(args: argparse.Namespace) -> Path | None:
+def _db_path(args: argparse.Namespace) -> tuple[Path, int | None] | None:
+    """The database to read and, when it comes from a config, its max_bytes."""
     if args.db is not None:
-        return Path(args.db)
+        return Path(args.db), None
     from terminal_gw.__main__ import read_config_or_exit
 
     try:
-        return read_config_or_exit(args.config).outbox.path
+        outbox = read_config_or_exit(args.config).outbox
     except SystemExit:
         return None
+    return outbox.path, outbox.max_bytes
 
 
 @contextlib.contextmanager
@@ -147,7 +151,7 @@ def _human_age(s: float | None) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def _stats(conn: sqlite3.Connection, *, as_json: bool, out: TextIO) -> int:
+def _stats(conn: sqlite3.Connection, *, as_json: bool, limit: int | None, out: TextIO) -> int:
     stats = read_stats(conn, time.time())
     if as_json:
         out.write(json.dumps(stats, indent=2) + "\n")
@@ -168,20 +172,26 @@ def _stats(conn: sqlite3.Connection, *, as_json: bool, out: TextIO) -> int:
         out.write(
             f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}\n"
         )
+    if limit:
+        out.write(f"limit: {_human_bytes(limit)} (outbox.max_bytes), {total_b / limit:.1%} used\n")
     return EXIT_OK
 
 
 def _payloads(conn: sqlite3.Connection, classes: list[str] | None) -> Iterator[tuple[str, bytes]]:
-    if classes:
-        marks = ",".join("?" * len(classes))
-        cur = conn.execute(
-            f"SELECT cls, payload FROM outbox WHERE cls IN ({marks}) ORDER BY priority, seq",  # noqa: S608 - only placeholders
-            classes,
-        )
-    else:
-        cur = conn.execute("SELECT cls, payload FROM outbox ORDER BY priority, seq")
-    for cls, payload in cur:
-        yield str(cls), payload.encode() if isinstance(payload, str) else bytes(payload)
+    """Payloads in drain order: by priority, FIFO (seq) across the classes of a priority.
+
+    Streamed from the (cls) index, class by class and merged, so a million records need
+    neither memory nor a temporary sort file.
+    """
+    wanted = classes or list(CLASS_PRIORITY)
+    for prio in sorted(set(CLASS_PRIORITY.values())):
+        cursors = [
+            conn.execute("SELECT seq, cls, payload FROM outbox WHERE cls = ? ORDER BY seq", (c,))
+            for c in wanted
+            if CLASS_PRIORITY.get(c) == prio
+        ]
+        for _seq, cls, payload in heapq.merge(*cursors, key=lambda row: int(row[0])):
+            yield str(cls), payload.encode() if isinstance(payload, str) else bytes(payload)
 
 
 def _fixes(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from terminal_gw.config import OutboxConfig
 from terminal_gw.models import Fix, Sky
 from terminal_gw.outbox import Outbox
-from tests.outbox_child import Sms
+from tests.outbox_child import CommandResult, Sms
 
 GPX_NS = {"g": "http://www.topografix.com/GPX/1/1"}
 TRACK = [(31.2304, 121.4737, 4.5), (31.2310, 121.4800, 5.0), (31.2400, 121.4900, 6.25)]
@@ -80,6 +80,10 @@ async def test_stats_and_export_while_the_outbox_is_open(tmp_path: Path) -> None
     cfg = write_config(tmp_path, db)
     async with Outbox(OutboxConfig(path=db), events=lambda e: None) as outbox:
         ids = await fill(outbox)
+        # Classes of one priority are exported merged in arrival order.
+        cmd, later = CommandResult(result="done"), Sms(text="later")
+        await outbox.put("tgw/v-1/cmd/result", cmd)
+        await outbox.put("tgw/v-1/sms/rx", later)
         await outbox.flush()
         assert db.with_name("outbox.db-wal").exists()  # rows still in the WAL
 
@@ -89,11 +93,13 @@ async def test_stats_and_export_while_the_outbox_is_open(tmp_path: Path) -> None
         assert lines[0].split() == ["class", "count", "bytes", "oldest"]
         rows = {ln.split()[0]: ln.split() for ln in lines[1:] if not ln.startswith("-")}
         assert rows["fix"][1] == "4"
-        assert rows["sms"][1] == "1"
+        assert rows["sms"][1] == "2"
+        assert rows["command"][1] == "1"
         assert rows["sky"][1] == "1"
-        assert rows["total"][1] == "6"
+        assert rows["total"][1] == "8"
+        assert lines[-1].startswith("limit: 256.0 MiB (outbox.max_bytes), 0.0% used")
         # Drain order: messages first.
-        assert [ln.split()[0] for ln in lines[1:4]] == ["sms", "fix", "sky"]
+        assert [ln.split()[0] for ln in lines[1:5]] == ["command", "sms", "fix", "sky"]
 
         as_json = run_cli("outbox", "stats", "--config", str(cfg), "--json")
         stats = json.loads(as_json.stdout)
@@ -105,12 +111,14 @@ async def test_stats_and_export_while_the_outbox_is_open(tmp_path: Path) -> None
         export = run_cli("outbox", "export", "--config", str(cfg))
         assert export.returncode == 0, export.stderr
         payloads = [json.loads(line) for line in export.stdout.splitlines()]
-        assert len(payloads) == 6
+        assert len(payloads) == 8
         assert payloads[0]["text"] == "你好, crew"
+        assert [p["id"] for p in payloads[:3]] == [ids[-1], cmd.id, later.id]
+        assert [p["class"] for p in payloads[3:]] == ["TPV"] * 4 + ["SKY"]
         assert set(ids) <= {p["id"] for p in payloads}
 
         only_sms = run_cli("outbox", "export", "--config", str(cfg), "--class", "sms")
-        assert [json.loads(x)["id"] for x in only_sms.stdout.splitlines()] == [ids[-1]]
+        assert [json.loads(x)["id"] for x in only_sms.stdout.splitlines()] == [ids[-1], later.id]
 
 
 async def test_geojson_and_gpx_of_a_copied_database(tmp_path: Path) -> None:
