@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 from xml.sax.saxutils import escape, quoteattr
@@ -194,12 +194,10 @@ def _payloads(conn: sqlite3.Connection, classes: list[str] | None) -> Iterator[t
             yield str(cls), payload.encode() if isinstance(payload, str) else bytes(payload)
 
 
-def _fixes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """The waiting fixes with a position, in time order (GNSS time, else when stored)."""
-    fixes: list[tuple[str, float, dict[str, Any]]] = []
-    for payload, created in conn.execute(
-        "SELECT payload, created FROM outbox WHERE cls = 'fix' ORDER BY seq"
-    ):
+def _fixes(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    """The waiting fixes with a position, in arrival order (the receiver's time order),
+    streamed: a week of fixes at 1 Hz need not fit in memory."""
+    for (payload,) in conn.execute("SELECT payload FROM outbox WHERE cls = 'fix' ORDER BY seq"):
         try:
             fix = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
@@ -207,75 +205,72 @@ def _fixes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         if not isinstance(fix, dict):
             continue
         lat, lon = fix.get("lat"), fix.get("lon")
-        if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
-            continue
-        fixes.append((str(fix.get("time") or ""), float(created), fix))
-    fixes.sort(key=lambda t: (t[0] or "~", t[1]))
-    return [f for _, _, f in fixes]
+        if isinstance(lat, (int, float)) and isinstance(lon, (int, float)):
+            yield fix
 
 
 def _export(conn: sqlite3.Connection, *, fmt: str, classes: list[str] | None, out: TextIO) -> int:
     if fmt == "jsonl":
         for _cls, payload in _payloads(conn, classes):
             out.write(payload.decode("utf-8", errors="replace").strip() + "\n")
-        return EXIT_OK
-    fixes = _fixes(conn)
-    if fmt == "geojson":
-        out.write(json.dumps(to_geojson(fixes), ensure_ascii=False) + "\n")
+    elif fmt == "geojson":
+        write_geojson(_fixes(conn), out)
     else:
-        out.write(to_gpx(fixes))
+        write_gpx(_fixes(conn), out)
     return EXIT_OK
 
 
 _POINT_PROPS = ("time", "mode", "altMSL", "altHAE", "speed", "track", "eph", "hdop", "uSat", "id")
 
 
-def to_geojson(fixes: list[dict[str, Any]]) -> dict[str, Any]:
-    """A FeatureCollection: one Point per fix (with its fields) and the track as a LineString."""
+def _coords(f: dict[str, Any]) -> list[float]:
+    alt = f.get("altMSL", f.get("altHAE"))
+    c = [float(f["lon"]), float(f["lat"])]
+    if isinstance(alt, (int, float)):
+        c.append(float(alt))
+    return c
 
-    def coords(f: dict[str, Any]) -> list[float]:
-        alt = f.get("altMSL", f.get("altHAE"))
-        c = [float(f["lon"]), float(f["lat"])]
-        if isinstance(alt, (int, float)):
-            c.append(float(alt))
-        return c
 
-    features: list[dict[str, Any]] = [
-        {
+def write_geojson(fixes: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """A FeatureCollection: one Point per fix (with its fields) and the track as a LineString.
+
+    Points are written as they come; only the track's coordinates are kept until the end.
+    """
+    out.write('{"type": "FeatureCollection", "features": [\n')
+    track: list[list[float]] = []
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    for f in fixes:
+        point = {
             "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": coords(f)},
+            "geometry": {"type": "Point", "coordinates": _coords(f)},
             "properties": {k: f[k] for k in _POINT_PROPS if k in f},
         }
-        for f in fixes
-    ]
-    if len(fixes) >= 2:
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "LineString", "coordinates": [coords(f) for f in fixes]},
-                "properties": {
-                    "name": "track",
-                    "start": fixes[0].get("time"),
-                    "end": fixes[-1].get("time"),
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+        out.write(("" if first is None else ",\n") + json.dumps(point, ensure_ascii=False))
+        first = first or f
+        last = f
+        track.append(_coords(f))
+    if first is not None and last is not None and len(track) >= 2:
+        line = {
+            "type": "Feature",
+            "geometry": {"type": "LineString", "coordinates": track},
+            "properties": {"name": "track", "start": first.get("time"), "end": last.get("time")},
+        }
+        out.write(",\n" + json.dumps(line, ensure_ascii=False))
+    out.write("\n]}\n")
 
 
-def to_gpx(fixes: list[dict[str, Any]]) -> str:
-    """GPX 1.1 with one track segment of the fixes."""
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        '<gpx version="1.1" creator="terminal-gw" xmlns="http://www.topografix.com/GPX/1/1">',
-        "  <trk>",
-        "    <name>terminal-gw outbox</name>",
-        "    <trkseg>",
-    ]
+def write_gpx(fixes: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """GPX 1.1 with one track segment of the fixes, written as they come."""
+    out.write(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<gpx version="1.1" creator="terminal-gw" xmlns="http://www.topografix.com/GPX/1/1">\n'
+        "  <trk>\n    <name>terminal-gw outbox</name>\n    <trkseg>\n"
+    )
     for f in fixes:
         lat = quoteattr(f"{float(f['lat']):.7f}")
         lon = quoteattr(f"{float(f['lon']):.7f}")
-        lines.append(f"      <trkpt lat={lat} lon={lon}>")
+        lines = [f"      <trkpt lat={lat} lon={lon}>"]
         alt = f.get("altMSL")
         if isinstance(alt, (int, float)):
             lines.append(f"        <ele>{float(alt):.2f}</ele>")
@@ -285,6 +280,6 @@ def to_gpx(fixes: list[dict[str, Any]]) -> str:
             lines.append(f"        <sat>{f['uSat']}</sat>")
         if isinstance(f.get("hdop"), (int, float)):
             lines.append(f"        <hdop>{float(f['hdop'])}</hdop>")
-        lines.append("      </trkpt>")
-    lines += ["    </trkseg>", "  </trk>", "</gpx>", ""]
-    return "\n".join(lines)
+        lines.append("      </trkpt>\n")
+        out.write("\n".join(lines))
+    out.write("    </trkseg>\n  </trk>\n</gpx>\n")
