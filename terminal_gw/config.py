@@ -260,6 +260,22 @@ class DaemonConfig(_Section):
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
 
 
+class CommandsConfig(_Section):
+    """Downlink commands: limits, the SMS send queue and its cost guard."""
+
+    path: Path = Path("/var/lib/terminal-gw/commands.db")
+    max_payload_bytes: int = Field(default=4096, ge=64, le=256 * 1024)
+    sms_max_parts: int = Field(default=4, ge=1, le=255)
+    max_sms_per_hour: int = Field(default=10, ge=0)
+    max_sms_per_day: int = Field(default=50, ge=0)
+    retry_count: int = Field(default=5, ge=0, le=100)
+    retry_backoff_s: float = Field(default=30.0, gt=0)
+    retry_backoff_max_s: float = Field(default=900.0, gt=0)
+    send_timeout_s: float = Field(default=300.0, gt=0)
+    poll_timeout_s: float = Field(default=60.0, gt=0)
+    history_days: float = Field(default=30.0, gt=0)
+
+
 class Config(_Section):
     device: DeviceConfig
     gnss: GnssConfig = GnssConfig()
@@ -272,6 +288,7 @@ class Config(_Section):
     record: RecordConfig = RecordConfig()
     clock: ClockConfig = ClockConfig()
     daemon: DaemonConfig = DaemonConfig()
+    commands: CommandsConfig = CommandsConfig()
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

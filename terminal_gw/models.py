@@ -65,6 +65,11 @@ class Payload(BaseModel):
     id: str = Field(default_factory=new_id, description="UUIDv7: unique and sortable")
     v: int = Field(default=SCHEMA_VERSION, description="schema version")
 
+    def topic_path(self) -> str:
+        """Where it is published, below `{prefix}/{device}/`; payloads with per-record topics
+        (an SMS's progress on `sms/tx/{id}`) override it."""
+        return self.topic_suffix
+
     def to_json_dict(self) -> dict[str, Any]:
         """The payload as JSON-ready data, absent fields left out."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -229,6 +234,71 @@ class ModemStatus(Payload):
     clock: Clock = "system"
 
 
+class SmsSendProgress(Payload):
+    """Progress of an SMS sent by the `sms/send` command, on `{prefix}/{device}/sms/tx/{sms_id}`.
+
+    States: queued (accepted, waiting; again after a transient failure, with `retry_at`),
+    sending, sent (with the message reference of each part), failed (with `code` and the
+    3GPP `reason`).
+    """
+
+    record_class: ClassVar[str] = "command"
+    topic_suffix: ClassVar[str] = "sms/tx"
+
+    cls: Literal["SMS_TX"] = Field(default="SMS_TX", alias="class")
+    time: str
+    sms_id: str = Field(description="the id given in the sms/send command")
+    state: Literal["queued", "sending", "sent", "failed"]
+    to: str
+    parts: int = Field(description="SMS parts the text needs")
+    mr: list[int] = Field(
+        default_factory=list, description="message reference (+CMGS) of each part sent so far"
+    )
+    attempts: int = Field(default=0, description="send attempts started")
+    code: str | None = Field(
+        default=None,
+        description="why it failed or waits: cms_error, cme_error, error, timeout, modem,"
+        " rate_limited, interrupted, invalid, resumed",
+    )
+    reason: str | None = Field(default=None, description="in words, the 3GPP meaning if any")
+    error_code: int | None = Field(default=None, description="the +CMS/+CME ERROR number")
+    retry_at: str | None = Field(default=None, description="queued for a retry at, ISO 8601")
+    clock: Clock = "system"
+
+    def topic_path(self) -> str:
+        """`sms/tx/{sms_id}`."""
+        return f"{self.topic_suffix}/{self.sms_id}"
+
+
+class CommandResult(Payload):
+    """The answer to a downlink command, on `{prefix}/{device}/cmd-result/{command}` and on the
+    command's MQTT 5 response topic when it gave one."""
+
+    record_class: ClassVar[str] = "command"
+    topic_suffix: ClassVar[str] = "cmd-result"
+
+    cls: Literal["CMD_RESULT"] = Field(default="CMD_RESULT", alias="class")
+    time: str
+    command: str = Field(description="the command's name (sms/send, ping, ...), or 'unknown'")
+    command_id: str | None = Field(default=None, description="the `id` the command carried")
+    ok: bool
+    code: str | None = Field(
+        default=None,
+        description="when not ok: too_large, invalid_json, invalid, unknown_command,"
+        " invalid_number, too_long, id_conflict, busy, timeout, modem",
+    )
+    reason: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict, description="what the command returns")
+    correlation: str | None = Field(
+        default=None, description="the MQTT 5 correlation data of the command, as hex"
+    )
+    clock: Clock = "system"
+
+    def topic_path(self) -> str:
+        """`cmd-result/{command}`."""
+        return f"{self.topic_suffix}/{self.command}"
+
+
 #: Where stages send events; called synchronously, must not block (the daemon queues them).
 EventSink = Callable[[Event], None]
 
@@ -267,6 +337,8 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "event": Event,
     "status": Status,
     "fix_batch": FixBatch,
+    "sms_tx": SmsSendProgress,
+    "cmd_result": CommandResult,
     "sms_rx": SmsReceived,
     "modem_status": ModemStatus,
 }

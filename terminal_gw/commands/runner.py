@@ -1,0 +1,569 @@
+"""Downlink commands: validate, dispatch through a table, answer; send SMS from a durable queue.
+
+A command is a JSON object published on `{prefix}/{device}/cmd/{name}`. It is checked in this
+order, and anything wrong gets an error answer (never silence): the topic is this device's,
+the name is known, the payload is at most `max_payload_bytes`, it is JSON, it is an object,
+and it validates against the command's model (unknown fields refused).
+
+Answers (`CommandResult`) go to:
+
+- `{prefix}/{device}/cmd-result/{name}` always, through the outbox (class "command",
+  committed before the call returns), so an answer is not lost while the link is down. The
+  topic is outside `cmd/#`: the daemon never hears its own answers.
+- the command's MQTT 5 response topic, when given, with its correlation data, published at
+  once (`publish_now`). Not through the outbox: the outbox keeps topic and payload, not MQTT 5
+  properties, so a stored answer would reach the requester without its correlation data,
+  and late (the requester has stopped waiting). When the link is down the answer on the
+  response topic is dropped and counted; the durable copy above still arrives, and carries
+  the correlation data as hex in `correlation`.
+
+`sms/send` queues the message in the command store (sqlite, synchronous=FULL) and answers at
+once; a sender task takes the queue in order, one part at a time, and reports progress on
+`{prefix}/{device}/sms/tx/{id}` (also through the outbox): queued, sending, sent (message
+references) or failed (3GPP reason). Sending part by part means the ledger counts exactly
+the parts that went out, and a retry after a failure in the middle of a long message sends
+only the parts still missing, with the same concatenation reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from structlog.typing import FilteringBoundLogger
+
+from terminal_gw.commands.failures import backoff_s, classify
+from terminal_gw.commands.store import CommandStore, SmsJob
+from terminal_gw.config import Config
+from terminal_gw.errors import CommandError, StoreError, TerminalGwError, UplinkError
+from terminal_gw.models import CommandResult, Payload, SmsSendProgress, iso_utc, new_id
+from terminal_gw.modem.sms import SubmitPdu, encode_submit
+
+#: A phone number as the port may see it: digits only, an optional leading +.
+NUMBER = re.compile(r"\+?[0-9]{3,20}")
+#: Ids go into topics (`sms/tx/{id}`): no `/`, `+`, `#` or spaces.
+COMMAND_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_COMMAND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}(?:/[a-z0-9][a-z0-9_-]{0,31}){0,3}")
+
+
+# ---------------------------------------------------------------------------
+# The interfaces the runner drives.
+
+
+class SmsModem(Protocol):
+    """The modem driver (`terminal_gw.modem.tiantong`): sends SMS-SUBMIT PDUs, polls status."""
+
+    async def send_sms(self, pdus: Sequence[SubmitPdu]) -> list[int]:
+        """Send the PDUs in order; their message references. ModemError on failure."""
+        ...
+
+    async def poll_now(self) -> None:
+        """Read signal, registration and operator now and publish the modem status."""
+        ...
+
+
+class ResultSink(Protocol):
+    """Where progress and results are stored for delivery (`terminal_gw.outbox.Outbox`)."""
+
+    async def put(
+        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        """Accept a record; with sync, return once it is committed."""
+        ...
+
+
+class Responder(Protocol):
+    """Publishes an answer at once (`terminal_gw.uplink.Uplink`); UplinkError when offline."""
+
+    async def publish_now(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        qos: int = 1,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Publish now, bypassing the outbox."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Command models (what may be published on cmd/<name>).
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SmsSendCommand(_Command):
+    """`cmd/sms/send`: send `text` to `to`; `id` names the message (a repeat is not resent)."""
+
+    id: str = Field(pattern=COMMAND_ID)
+    to: str  # the number rule is checked apart, for its own error code
+    text: str = Field(min_length=1)
+
+
+class PingCommand(_Command):
+    """`cmd/ping`: answered at once with the time and the SMS queue depth."""
+
+    id: str | None = Field(default=None, pattern=COMMAND_ID)
+
+
+class ModemStatusCommand(_Command):
+    """`cmd/modem/status`: poll the modem now (the status arrives on `modem/status`)."""
+
+    id: str | None = Field(default=None, pattern=COMMAND_ID)
+
+
+class _Meta(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def response_topic(self) -> str | None: ...
+    @property
+    def correlation_data(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    name: str
+    meta: _Meta
+    command_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a command handler returns; None from a handler that answers later."""
+
+    ok: bool = True
+    result: dict[str, Any] | None = None
+    code: str | None = None
+    reason: str | None = None
+
+
+Handler = Callable[[_Request, Any], Awaitable[Answer | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One row of the command table: its payload model and its handler."""
+
+    model: type[_Command]
+    handler: Handler
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(payload)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _peek_id(data: object) -> str | None:
+    """The command's id when it has a usable one, even if the rest is invalid."""
+    if isinstance(data, dict):
+        value = data.get("id")
+        if isinstance(value, str) and re.fullmatch(COMMAND_ID, value):
+            return value
+    return None
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise CommandError(f"not JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise CommandError("a command is a JSON object", code="invalid")
+    return data
+
+
+def _peek_id_bytes(payload: bytes) -> str | None:
+    """The command's id, for the answer, even when the command is invalid; None if it has none."""
+    try:
+        return _peek_id(json.loads(payload))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _one_reference(mrs: Sequence[int]) -> int:
+    if len(mrs) != 1:
+        raise TerminalGwError(f"the driver returned {len(mrs)} message references for 1 part")
+    return int(mrs[0])
+
+
+def _hex(data: bytes | None) -> str | None:
+    return None if data is None else data.hex()
+
+
+# ---------------------------------------------------------------------------
+# The runner.
+
+
+class CommandRunner:
+    """Validates and runs downlink commands; sends queued SMS (a long-lived stage)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: CommandStore,
+        outbox: ResultSink,
+        modem: SmsModem,
+        *,
+        responder: Responder | None = None,
+        log: FilteringBoundLogger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = config.commands
+        self._store = store
+        self._outbox = outbox
+        self._modem = modem
+        #: Set after construction when the uplink is built with `on_command=runner.handle`.
+        self.responder = responder
+        self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.commands")
+        self._clock = clock
+        self._base = f"{config.mqtt.prefix}/{config.device.id}"
+        self._cmd_prefix = f"{self._base}/cmd/"
+        self._wake = asyncio.Event()
+        # Orders progress: "queued" is stored before the sender can report "sending".
+        self._order = asyncio.Lock()
+        self._tg: asyncio.TaskGroup | None = None
+        self._polling = False
+        self.commands: dict[str, CommandSpec] = {
+            "sms/send": CommandSpec(SmsSendCommand, self._sms_send),
+            "ping": CommandSpec(PingCommand, self._ping),
+            "modem/status": CommandSpec(ModemStatusCommand, self._modem_status),
+        }
+        self.counters: dict[str, int] = {
+            "commands": 0,
+            "refused": 0,  # invalid, unknown, too large: answered with an error
+            "answered": 0,
+            "responses_sent": 0,  # answers published on a response topic
+            "responses_dropped": 0,  # response topic given but the link was down
+            "results_lost": 0,  # the outbox refused an answer or a progress record
+            "sms_queued": 0,
+            "sms_duplicates": 0,
+            "sms_sent": 0,
+            "sms_parts_sent": 0,
+            "sms_failed": 0,
+            "sms_retries": 0,
+            "sms_rate_limited": 0,
+            "sms_interrupted": 0,
+        }
+
+    # ---- life -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Settle what a restart interrupted, then send queued SMS until cancelled."""
+        if self._tg is not None:
+            raise CommandError("the command runner is already running", code="busy")
+        now = self._clock()
+        for job in await self._store.recover(now):
+            if job.state == "failed":
+                self.counters["sms_interrupted"] += 1
+                self.counters["sms_failed"] += 1
+                self._log.warning("sms_interrupted", sms_id=job.id, reason=job.reason)
+            await self._progress(job)
+        with contextlib.suppress(StoreError):
+            await self._store.prune(now, keep_s=self._cfg.history_days * 86400.0)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._sender(), name="commands-sms-sender")
+        finally:
+            self._tg = None
+
+    # ---- commands ---------------------------------------------------------------------
+
+    async def handle(self, topic: str, payload: bytes, meta: _Meta) -> None:
+        """Run one command (the uplink's `on_command`); `topic` is its name below `cmd/`."""
+        name = topic.removeprefix(self._cmd_prefix)
+        self.counters["commands"] += 1
+        small = len(payload) <= self._cfg.max_payload_bytes
+        request = _Request(name, meta, _peek_id_bytes(payload) if small else None)
+        answer: Answer | None
+        try:
+            spec, command = self._parse(name, payload, meta)
+            answer = await spec.handler(request, command)
+        except CommandError as exc:
+            self.counters["refused"] += 1
+            self._log.info("command_refused", command=name[:64], code=exc.code, reason=str(exc))
+            answer = Answer(ok=False, code=exc.code, reason=str(exc))
+        if answer is not None:
+            await self._answer(request, answer)
+
+    def _parse(self, name: str, payload: bytes, meta: _Meta) -> tuple[CommandSpec, _Command]:
+        """The command's table row and its validated model; CommandError saying what is wrong."""
+        if meta.topic != self._cmd_prefix + name:
+            raise CommandError(
+                f"topic {meta.topic[:120]!r} is not this device's command topic",
+                code="foreign_topic",
+            )
+        spec = self.commands.get(name)
+        if spec is None:
+            raise CommandError(
+                f"unknown command {name[:64]!r}; known: {', '.join(sorted(self.commands))}",
+                code="unknown_command",
+            )
+        if len(payload) > self._cfg.max_payload_bytes:
+            raise CommandError(
+                f"command of {len(payload)} bytes is over the limit of"
+                f" {self._cfg.max_payload_bytes}",
+                code="too_large",
+            )
+        data = _json_object(payload)
+        try:
+            return spec, spec.model.model_validate(data)
+        except ValidationError as exc:
+            raise CommandError(_validation_reason(exc), code="invalid") from None
+
+    async def _answer(self, request: _Request, answer: Answer) -> None:
+        now = self._clock()
+        name = request.name if _COMMAND_NAME.fullmatch(request.name) else "unknown"
+        result = CommandResult(
+            id=new_id(int(now * 1000)),
+            time=iso_utc(now),
+            command=name,
+            command_id=request.command_id,
+            ok=answer.ok,
+            code=answer.code,
+            reason=answer.reason,
+            result=answer.result or {},
+            correlation=_hex(request.meta.correlation_data),
+        )
+        self.counters["answered"] += 1
+        await self._respond(request.meta, result)
+        await self._store_result(result)
+
+    async def _respond(self, meta: _Meta, result: CommandResult) -> None:
+        topic = meta.response_topic
+        if not topic or self.responder is None:
+            return
+        if "+" in topic or "#" in topic or topic.startswith(self._cmd_prefix):
+            # A wildcard cannot be published to; an answer under cmd/ would come back as a command.
+            self.counters["responses_dropped"] += 1
+            self._log.warning("command_response_topic_refused", topic=topic[:120])
+            return
+        try:
+            await self.responder.publish_now(
+                topic,
+                result.to_json().encode(),
+                qos=1,
+                correlation_data=meta.correlation_data,
+            )
+        except UplinkError as exc:
+            self.counters["responses_dropped"] += 1
+            self._log.info("command_response_not_sent", topic=topic[:120], reason=str(exc))
+        else:
+            self.counters["responses_sent"] += 1
+
+    async def _store_result(self, payload: CommandResult | SmsSendProgress) -> None:
+        try:
+            await self._outbox.put(f"{self._base}/{payload.topic_path()}", payload, sync=True)
+        except StoreError as exc:
+            # The command store still holds the SMS's state; a repeat of the command shows it.
+            self.counters["results_lost"] += 1
+            self._log.error("command_result_not_stored", topic=payload.topic_path(), error=str(exc))
+
+    async def _ping(self, request: _Request, command: PingCommand) -> Answer:
+        waiting = await self._store.waiting()
+        return Answer(result={"pong": True, "time": iso_utc(self._clock()), "sms_waiting": waiting})
+
+    async def _modem_status(self, request: _Request, command: ModemStatusCommand) -> Answer | None:
+        tg = self._tg
+        if tg is None:
+            raise CommandError("the command runner is not running", code="busy")
+        if self._polling:
+            raise CommandError("a modem poll is already running", code="busy")
+        self._polling = True
+        # Polled in the runner's task group: the uplink's receive loop must not wait on the modem.
+        tg.create_task(self._poll(request), name="commands-modem-poll")
+        return None
+
+    async def _poll(self, request: _Request) -> None:
+        try:
+            async with asyncio.timeout(self._cfg.poll_timeout_s):
+                await self._modem.poll_now()
+        except TimeoutError:
+            answer = Answer(
+                ok=False,
+                code="timeout",
+                reason=f"the modem poll took over {self._cfg.poll_timeout_s:g} s",
+            )
+        except TerminalGwError as exc:
+            answer = Answer(ok=False, code="modem", reason=exc.reason or str(exc))
+        except Exception as exc:  # noqa: BLE001 - a driver bug must not stop the SMS sender
+            self._log.exception("modem_poll_failed")
+            answer = Answer(ok=False, code="modem", reason=f"{type(exc).__name__}: {exc}")
+        else:
+            answer = Answer(result={"polled": True})
+        finally:
+            self._polling = False
+        await self._answer(request, answer)
+
+    # ---- sms/send ---------------------------------------------------------------------
+
+    async def _sms_send(self, request: _Request, command: SmsSendCommand) -> Answer:
+        if not NUMBER.fullmatch(command.to):
+            raise CommandError(
+                f"invalid phone number {command.to[:32]!r}:"
+                " expected 3-20 digits with an optional +",
+                code="invalid_number",
+            )
+        # Encode now: a text too long or not encodable is refused before it is queued.
+        pdus = encode_submit(command.to, command.text, max_parts=self._cfg.sms_max_parts, ref=0)
+        now = self._clock()
+        async with self._order:
+            try:
+                job, created = await self._store.add_sms(
+                    command.id, command.to, command.text, parts=len(pdus), now=now
+                )
+            except StoreError as exc:
+                raise CommandError(
+                    f"cannot queue the SMS: {exc.reason}", code="store", reason=exc.reason
+                ) from exc
+            if created:
+                self.counters["sms_queued"] += 1
+                self._log.info("sms_queued", sms_id=job.id, parts=job.parts)
+            else:
+                self.counters["sms_duplicates"] += 1
+            # A repeat gets the current state again on sms/tx/{id} too: a consumer that missed
+            # the first reports catches up.
+            await self._progress(job)
+        self._wake.set()
+        state = {"sms_id": job.id, "state": job.state, "parts": job.parts, "mr": list(job.mrs)}
+        if created:
+            return Answer(result=state)
+        if (job.to, job.text) != (command.to, command.text):
+            return Answer(
+                ok=False,
+                code="id_conflict",
+                reason=f"id {job.id!r} was already used for another message; not sent",
+                result=state,
+            )
+        return Answer(result={**state, "duplicate": True})
+
+    def _progress_payload(self, job: SmsJob) -> SmsSendProgress:
+        now = self._clock()
+        return SmsSendProgress(
+            id=new_id(int(now * 1000)),
+            time=iso_utc(now),
+            sms_id=job.id,
+            state=job.state,
+            to=job.to,
+            parts=job.parts,
+            mr=list(job.mrs),
+            attempts=job.attempts,
+            code=job.code,
+            reason=job.reason,
+            error_code=job.error_code,
+            retry_at=iso_utc(job.next_at) if job.state == "queued" and job.attempts else None,
+        )
+
+    async def _progress(self, job: SmsJob) -> None:
+        await self._store_result(self._progress_payload(job))
+
+    async def _sender(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            try:
+                job, next_at = await self._store.next_due(now)
+                if job is not None:
+                    await self._send(job)
+                    continue
+            except StoreError as exc:
+                self._log.error("sms_store_failed", error=str(exc))
+                next_at = now + 5.0
+            wait = 60.0 if next_at is None else min(60.0, max(0.0, next_at - now))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def _send(self, job: SmsJob) -> None:
+        now = self._clock()
+        try:
+            pdus = encode_submit(job.to, job.text, max_parts=255, ref=job.ref)
+        except CommandError as exc:
+            await self._fail(job, "invalid", str(exc))
+            return
+        remaining = pdus[len(job.mrs) :]
+        hour, day = await self._store.usage(now)
+        need = len(remaining)
+        cfg = self._cfg
+        if hour + need > cfg.max_sms_per_hour or day + need > cfg.max_sms_per_day:
+            self.counters["sms_rate_limited"] += 1
+            await self._fail(
+                job,
+                "rate_limited",
+                f"cost guard: {need} part(s) to send, {hour} of {cfg.max_sms_per_hour} sent in"
+                f" the last hour, {day} of {cfg.max_sms_per_day} in the last day",
+            )
+            return
+        async with self._order:
+            job = await self._store.begin_attempt(job.id, now)
+            await self._progress(job)
+        for pdu in remaining:
+            row = await self._store.begin_part(job.id, pdu.part, self._clock())
+            try:
+                async with asyncio.timeout(cfg.send_timeout_s):
+                    mrs = await self._modem.send_sms([pdu])
+                mr = _one_reference(mrs)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified and reported
+                failure = classify(exc)
+                if failure.maybe_sent:
+                    await self._store.part_unknown(job.id)
+                else:
+                    await self._store.part_not_sent(job.id, row)
+                self._log.warning(
+                    "sms_send_failed",
+                    sms_id=job.id,
+                    part=pdu.part,
+                    code=failure.code,
+                    reason=failure.reason,
+                    transient=failure.transient,
+                )
+                if failure.transient and job.attempts <= cfg.retry_count:
+                    delay = backoff_s(job.attempts, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
+                    self.counters["sms_retries"] += 1
+                    job = await self._store.retry(
+                        job.id,
+                        at=self._clock() + delay,
+                        now=self._clock(),
+                        code=failure.code,
+                        reason=failure.reason,
+                        error_code=failure.error_code,
+                    )
+                    await self._progress(job)
+                else:
+                    reason = failure.reason
+                    if failure.transient:
+                        reason = f"{reason} (gave up after {job.attempts} attempts)"
+                    await self._fail(job, failure.code, reason, failure.error_code)
+                return
+            job = await self._store.part_sent(job.id, mr, self._clock())
+            self.counters["sms_parts_sent"] += 1
+        job = await self._store.finish(job.id, "sent", now=self._clock())
+        self.counters["sms_sent"] += 1
+        self._log.info("sms_sent", sms_id=job.id, parts=job.parts, mr=list(job.mrs))
+        await self._progress(job)
+
+    async def _fail(
+        self, job: SmsJob, code: str, reason: str, error_code: int | None = None
+    ) -> None:
+        job = await self._store.finish(
+            job.id, "failed", now=self._clock(), code=code, reason=reason, error_code=error_code
+        )
+        self.counters["sms_failed"] += 1
+        self._log.warning("sms_failed", sms_id=job.id, code=code, reason=reason)
+        await self._progress(job)
