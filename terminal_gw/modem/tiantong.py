@@ -314,6 +314,7 @@ class TiantongModem:
             self.counters["port_opens"] += 1
             reopen = await self._session(port)
             if not reopen:
+                await self._publish_status()  # "down", retained until the modem is back
                 await asyncio.sleep(self._cfg.reopen_backoff_s)
 
     # -- session --------------------------------------------------------------------------
@@ -790,6 +791,7 @@ class TiantongModem:
             self._level = min(self._fixed_by + 1, 4)  # what helped last time did not hold
         self._set_state(ModemState.RECOVERING, cause)
         self._log.warning("modem not answering", cause=cause, step=self._level)
+        await self._publish_status()
         while True:
             step = self._level
             if step == 0:

@@ -339,6 +339,8 @@ class ModemSimulator:
                 self._demo_message(n)
                 next_incoming = time.monotonic() + (incoming_every or 1.0)
             self._flush_held()
+            if self.faults.garbage and self._rng.random() < 0.3:
+                self._write(self._noise() + b"\r\n")  # noise on an idle line too
             data = await self.device.read(0.05)
             if data:
                 self.feed(data)
@@ -397,15 +399,15 @@ class ModemSimulator:
 
     def _reply(self, data: bytes) -> None:
         if self.faults.garbage:
-            noise = bytes(
-                self._rng.choice(b"\x00\xff#@!~?") for _ in range(self._rng.randint(3, 9))
-            )
-            data = noise + b"\r\n" + data
+            data = self._noise() + b"\r\n" + data
         if self.answer_delay_s > 0:
             loop = asyncio.get_running_loop()
             loop.call_later(self.answer_delay_s, self._write, data)
         else:
             self._write(data)
+
+    def _noise(self) -> bytes:
+        return bytes(self._rng.choice(b"\x00\xff#@!~?") for _ in range(self._rng.randint(3, 9)))
 
     def _error(self, cme: int, text: str, *, cms: bool = False) -> bytes:
         kind = "+CMS ERROR" if cms else "+CME ERROR"
@@ -426,7 +428,7 @@ class ModemSimulator:
             return  # rebooting
         if self.echo:
             self._write(line + b"\r")
-        if self.faults.error_storm:
+        if self.faults.error_storm and not resetting:
             self._reply(b"\r\nERROR\r\n")
             return
         m = _CMD.match(line)
