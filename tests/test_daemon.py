@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,8 +18,9 @@ from terminal_gw.config import Config, load_config_data
 from terminal_gw.daemon import Daemon
 from terminal_gw.outbox import Outbox
 from terminal_gw.sim.gnss import GnssSimulator
+from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
-from tests.broker import Broker
+from tests.broker import Broker, free_port
 
 
 def make_config(tmp_path: Path, gnss_port: str, mqtt_port: int, **extra: Any) -> Config:
@@ -157,3 +160,78 @@ async def test_pty_hangups_are_survived(
     assert max(delays) < 2.0, delays
     assert daemon.gnss_port is not None
     assert daemon.gnss_port.opens >= 21
+
+
+async def test_status_record_tap_metrics_and_reload(
+    tmp_path: Path, broker: Broker, receiver: tuple[PtyDevice, GnssSimulator]
+) -> None:
+    """While running: status file and `terminal-gw status`, the capture tap, /metrics, SIGHUP."""
+    device, sim = receiver
+    metrics_port = free_port()
+    config = make_config(
+        tmp_path,
+        device.path,
+        broker.port,
+        status={"metrics_port": metrics_port},
+        record={"dir": str(tmp_path / "captures")},
+    )
+    config = config.model_copy(update={"gnss": config.gnss.model_copy(update={"record": True})})
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(
+        f'[device]\nid = "vessel-t"\n[gnss.reporting]\nmin_interval_s = 42\n'
+        f"[mqtt]\nport = {broker.port + 1}\n"
+    )
+    daemon = Daemon(config, config_path=cfg_path)
+    events: list[Any] = []
+    real_emit = daemon.emit
+
+    def spy(event: Any) -> None:
+        events.append(event)
+        real_emit(event)
+
+    daemon.emit = spy  # type: ignore[method-assign]
+    async with asyncio.TaskGroup() as tg:
+        sim_task = tg.create_task(sim.run(), name="sim")
+        daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
+        async with asyncio.timeout(10):
+            while daemon.records_in["fix"] < 3:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # a status file write
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "terminal_gw",
+            "status",
+            "--file",
+            str(config.status.path),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        assert "healthy" in out.decode()
+        assert "gnss" in out.decode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", metrics_port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+        await writer.wait_closed()
+        assert 'tgw_sentences_total{outcome="good"}' in body
+        assert "tgw_outbox_depth" in body
+        # SIGHUP: the reporting policy changes at once; the broker port needs a restart.
+        daemon.supervisor.handle_signal(signal.SIGHUP)
+        async with asyncio.timeout(5):
+            while not any(e.kind == "config_reload" for e in events):
+                await asyncio.sleep(0.02)
+        assert daemon.policy.config.min_interval_s == 42
+        reload = next(e for e in events if e.kind == "config_reload")
+        assert "mqtt.port" in reload.data["needs_restart"]
+        assert "gnss.reporting" in reload.data["applied"]
+        daemon.supervisor.stop_requested.set()
+        await daemon_task
+        sim_task.cancel()
+    captures = list((tmp_path / "captures").iterdir())
+    assert len(captures) == 1
+    chunks = list(read_capture(captures[0]))
+    assert chunks
+    assert all(c.port == "gnss" and c.direction == "<" for c in chunks)
+    assert b"GGA," in b"".join(c.data for c in chunks)
