@@ -6,9 +6,18 @@ drains the outbox: records in the outbox's order, a window of QoS 1 publishes in
 token bucket on messages and bytes. A record leaves the outbox only after its PUBACK.
 
 Order within a class: publishes of one connection reach the broker in the order they were
-sent, so a subscriber sees each class in order. When a connection breaks, every record not yet
-acknowledged is sent again from the outbox's head on the next one; a subscriber may then see
-some records twice (same `id`), never a record before one that preceded it.
+sent, so a subscriber sees each class in the outbox's order even with many in flight. A
+publish that fails or gets no PUBACK in time ends the connection (it is never retried alone
+while later records go on), and each connection is a new MQTT session (paho retransmits
+nothing of an old one): every record not yet acknowledged is sent again, in order, from the
+outbox's head on the next connection. A subscriber may then see records twice (same `id`),
+never a record before one that preceded it. (With `outbox.live_window_s` the outbox itself
+sends the newest fix and sky ahead of their backlog.)
+
+A PUBACK carrying an MQTT 5 failure reason code is not a delivery: a final refusal (not
+authorized, invalid topic, too large, bad payload format) drops the record with an error event,
+so it cannot hold up the queue forever; any other ends the connection and the record is sent
+again. MQTT 3.1.1 has no such codes: there a broker that drops a message still acknowledges it.
 """
 
 from __future__ import annotations
@@ -704,7 +713,7 @@ class Uplink:
                 await self._abort(client)
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
-        budget = max(0.5, self._stop_budget_s / 2)
+        budget = max(0.2, self._stop_budget_s * 0.4)
         try:
             async with asyncio.timeout(budget):
                 await client.publish(
@@ -739,7 +748,7 @@ class Uplink:
                 # Take no more records; let those in flight get their PUBACK, for a while.
                 drain.cancel()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.2, self._stop_budget_s / 2)):
+                    async with asyncio.timeout(max(0.2, self._stop_budget_s * 0.4)):
                         await self._idle.wait()
                 raise _Closing
         except BaseExceptionGroup as group:
@@ -913,7 +922,7 @@ class Uplink:
             # counted by the outbox; on cancel the batch is kept and acked again (harmless).
             try:
                 if final:
-                    async with asyncio.timeout(max(0.5, self._stop_budget_s / 2)):
+                    async with asyncio.timeout(max(0.2, self._stop_budget_s * 0.2)):
                         await asyncio.shield(self._outbox.ack(batch))
                 else:
                     await asyncio.shield(self._outbox.ack(batch))
