@@ -161,11 +161,12 @@ class Requester:
         correlation: bytes | None = None,
         respond: bool = True,
         topic: str | None = None,
+        response_topic: str | None = None,
     ) -> None:
         """Publish cmd/<name> (QoS 1), with the response topic unless `respond` is off."""
         props = Properties(PacketTypes.PUBLISH)
         if respond:
-            props.ResponseTopic = self.reply_topic
+            props.ResponseTopic = response_topic or self.reply_topic
         if correlation is not None:
             props.CorrelationData = correlation
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -181,7 +182,8 @@ class Requester:
                 await asyncio.sleep(0.01)
 
 
-async def _collect(requester: Requester) -> None:
+async def collect_replies(requester: Requester) -> None:
+    """Record the answers arriving on the requester's response topic (a task)."""
     try:
         async for m in requester.client.messages:
             if m.topic.value != requester.reply_topic:
@@ -250,7 +252,7 @@ async def gateway(
         await client.subscribe(requester.reply_topic, qos=1)
         gw = Gateway(config, outbox, store, runner, uplink, modem, seen, requester)
         async with running(uplink, outbox), asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(_collect(requester), name="requester")]
+            tasks = [tg.create_task(collect_replies(requester), name="requester")]
             if run_runner:
                 tasks.append(tg.create_task(runner.run(), name="command-runner"))
             try:

@@ -12,7 +12,7 @@ import pytest
 
 from terminal_gw.modem.sms import SmsSubmit, decode_pdu, encode_submit
 from tests.broker import Broker
-from tests.commands_support import gateway
+from tests.commands_support import BASE, gateway
 
 SMS = {"id": "m-1", "to": "+8613800138000", "text": "position report 1"}
 
@@ -128,6 +128,21 @@ async def test_errors_reach_the_status_topic_without_a_response_topic(
     assert gw.requester.replies == []
     # The answers are not under cmd/#: the daemon did not hear (and answer) its own answers.
     assert gw.uplink.counters.commands == 2
+
+
+async def test_a_response_topic_under_cmd_is_not_answered_on(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with gateway(tmp_path, broker.port) as gw:
+        # Answering there would come back as a command, and so on forever.
+        await gw.requester.send("ping", {"id": "loop"}, response_topic=f"{BASE}/cmd/ping")
+        await gw.wait(lambda: len(gw.results("ping")) == 1)
+        await asyncio.sleep(0.3)
+        commands = gw.uplink.counters.commands
+        counters = dict(gw.runner.counters)
+    assert commands == 1
+    assert (counters["responses_sent"], counters["responses_dropped"]) == (0, 1)
+    assert gw.results("ping")[0]["ok"] is True
 
 
 async def test_ping_and_modem_status(tmp_path: Path, broker: Broker) -> None:

@@ -150,6 +150,31 @@ async def test_commands_arriving_before_the_runner_runs_are_kept(tmp_path: Path)
     assert texts == ["m0", "m1", "m2"]
 
 
+async def test_a_command_from_another_device_topic_is_refused(tmp_path: Path) -> None:
+    async with local(tmp_path) as rig:
+        meta = CommandMeta(topic="tgw/other-device/cmd/sms/send", qos=1)
+        body = b'{"id": "f1", "to": "+8613800138000", "text": "x"}'
+        await rig.runner.handle("sms/send", body, meta)
+        published = await rig.published()
+        job = await rig.store.get("f1")
+    assert job is None
+    ((topic, result),) = published
+    assert topic == f"{BASE}/cmd-result/sms/send"
+    assert (result["ok"], result["code"], result["command_id"]) == (False, "foreign_topic", "f1")
+
+
+async def test_a_store_that_fails_gets_an_error_answer(tmp_path: Path) -> None:
+    async with local(tmp_path, run=False) as rig:
+        await rig.store.close()
+        await rig.runner.handle("ping", b"{}", CommandMeta(topic=f"{BASE}/cmd/ping", qos=1))
+        await rig.send({"id": "s", "to": "+8613800138000", "text": "x"})
+        published = await rig.published()
+    assert [(p["command"], p["ok"], p["code"]) for _, p in published] == [
+        ("ping", False, "store"),
+        ("sms/send", False, "store"),
+    ]
+
+
 async def test_finished_sends_are_forgotten_after_history_days(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with CommandStore(config.commands.path) as store:
@@ -184,6 +209,12 @@ def _result_error(kind: Final, code: int | None, reason: str | None) -> ModemRes
         (ModemError("t", code=21, reason="rejected"), "cms_error", False, False),
         (ModemError("t", reason="no message reference"), "modem", True, True),
         (ModemError("t", reason="not running"), "modem", True, False),
+        (
+            ModemError("modem not ready: recovering", reason="modem recovering"),
+            "modem",
+            True,
+            False,
+        ),
         (TransportError("gone", reason="hangup"), "modem", True, True),
         (TimeoutError(), "timeout", True, True),
     ],

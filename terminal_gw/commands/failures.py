@@ -39,8 +39,20 @@ TRANSIENT_CME: dict[int, str] = {
 }
 
 #: A ModemError `reason` that says the part never reached the modem's radio: the prompt never
-#: came (the PDU was not written), the write itself failed, or the engine was not running.
-NOT_SENT_REASONS = frozenset({"no prompt", "write timeout", "not running", "stopped"})
+#: came (the PDU was not written), the write itself failed, the engine was not running, or
+#: the driver was not ready to send (`TiantongModem` says "modem <state>").
+NOT_SENT_REASONS = frozenset(
+    {
+        "no prompt",
+        "write timeout",
+        "not running",
+        "stopped",
+        "modem down",
+        "modem starting",
+        "modem recovering",
+        "modem backoff",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,6 +299,11 @@ class CommandRunner:
             self.counters["refused"] += 1
             self._log.info("command_refused", command=name[:64], code=exc.code, reason=str(exc))
             answer = Answer(ok=False, code=exc.code, reason=str(exc))
+        except StoreError as exc:
+            self._log.error("command_store_failed", command=name[:64], error=str(exc))
+            answer = Answer(
+                ok=False, code="store", reason=f"the command store failed: {exc.reason}"
+            )
         if answer is not None:
             await self._answer(request, answer)
 
