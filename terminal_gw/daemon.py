@@ -108,7 +108,7 @@ class Daemon:
 
     def topic_for(self, payload: Payload) -> str:
         """The full MQTT topic of a payload."""
-        return f"{self.base_topic}/{payload.topic_suffix}"
+        return f"{self.base_topic}/{payload.topic_path()}"
 
     async def store(self, payload: Payload, *, retain: bool = False) -> bool:
         """Put a record into the outbox; False (counted, logged) when it was refused."""
