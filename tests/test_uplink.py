@@ -140,10 +140,11 @@ async def _send_commands(client: aiomqtt.Client) -> None:
     await client.publish("tgw/other-device/cmd/ping", b"{}", qos=1)
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_drain_delivers_everything_in_priority_then_class_order(
-    tmp_path: Path, broker: Broker
+    tmp_path: Path, broker: Broker, protocol: str
 ) -> None:
-    config = make_config(tmp_path, broker.port, mqtt={"inflight": 8})
+    config = make_config(tmp_path, broker.port, mqtt={"inflight": 8, "protocol": protocol})
     async with Outbox(config.outbox) as outbox:
         fixes = [fix(i) for i in range(300)]
         events = [event(i) for i in range(20)]
