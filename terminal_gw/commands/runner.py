@@ -488,6 +488,8 @@ class CommandRunner:
                     await self._send(job)
                     continue
             except StoreError as exc:
+                # A job the store failed under mid-send stays "sending" and is not taken again:
+                # a restart settles it (in doubt: failed; between parts: resumed).
                 self._log.error("sms_store_failed", error=str(exc))
                 next_at = now + 5.0
             wait = 60.0 if next_at is None else min(60.0, max(0.0, next_at - now))
