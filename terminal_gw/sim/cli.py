@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from terminal_gw.sim.gnss import GnssSimulator
+    from terminal_gw.sim.modem import ModemSimulator
 
 Setup = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
@@ -169,12 +170,117 @@ async def _run_gnss(sim: GnssSimulator, args: argparse.Namespace) -> None:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
+# --- modem ----------------------------------------------------------------------------
+
+MODEM_FAULTS = ("hang", "errors", "garbage", "noreg", "unplug")
+
+
+def _modem_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--link",
+        type=Path,
+        default=None,
+        help=f"stable symlink to the pty (default {default_link('tiantong0')})",
+    )
+    p.add_argument(
+        "--incoming-every",
+        type=_positive,
+        metavar="S",
+        help="deliver an SMS every S seconds (single, Chinese UCS2, three-part, in turn)",
+    )
+    p.add_argument("--capacity", type=int, default=30, help="SIM SMS storage slots (default 30)")
+    p.add_argument("--rssi", type=int, default=18, help="AT+CSQ signal 0-31, 99 unknown")
+    p.add_argument("--imei", default="860123456789012", help="what AT+CGSN answers")
+    p.add_argument("--answer-delay", type=float, default=0.0, help="seconds before each answer")
+    p.add_argument(
+        "--fault",
+        choices=MODEM_FAULTS,
+        help="hang: stop answering; errors: ERROR to everything; garbage: line noise; "
+        "noreg: registration lost; unplug: hang up the pty, re-create it after --fault-for",
+    )
+    p.add_argument("--fault-at", type=float, default=10.0, help="seconds before the fault")
+    p.add_argument("--fault-for", type=_positive, default=10.0, help="seconds the fault lasts")
+    p.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated noise")
+
+
+def _modem_cli(args: argparse.Namespace) -> int:
+    from terminal_gw.sim.modem import ModemSimulator
+    from terminal_gw.transport.pty import PtyDevice
+
+    if not (0 <= args.rssi <= 31 or args.rssi == 99):
+        print("error: --rssi is 0-31 or 99", file=sys.stderr)
+        return 2
+    if args.capacity < 1:
+        print("error: --capacity must be at least 1", file=sys.stderr)
+        return 2
+    link: Path = args.link or default_link("tiantong0")
+    with PtyDevice(link) as device:
+        sim = ModemSimulator(
+            device,
+            imei=args.imei,
+            capacity=args.capacity,
+            rssi=args.rssi,
+            answer_delay_s=args.answer_delay,
+            seed=args.seed,
+            on_recreate=lambda path: print(f"pty re-created: {path}", flush=True),
+        )
+        print(f"modem simulator: {device.slave_path}", flush=True)
+        print(f"  stable link:   {device.path}  (use as [modem] port)", flush=True)
+        if args.incoming_every:
+            print(f"  an incoming SMS every {args.incoming_every:g}s", flush=True)
+        asyncio.run(_run_modem(sim, args))
+    return 0
+
+
+async def _run_modem(sim: ModemSimulator, args: argparse.Namespace) -> None:
+    async def faults() -> None:
+        if args.fault is None:
+            return
+        await asyncio.sleep(args.fault_at)
+        print(f"fault: {args.fault} for {args.fault_for:g}s", flush=True)
+        if args.fault == "hang":
+            sim.hang(seconds=args.fault_for)
+        elif args.fault == "unplug":
+            sim.unplug(args.fault_for)
+        elif args.fault == "noreg":
+            sim.set_registration(2)
+        else:
+            (sim.error_storm if args.fault == "errors" else sim.garbage)(True)
+        await asyncio.sleep(args.fault_for)
+        if args.fault == "noreg":
+            sim.set_registration(1)
+        elif args.fault in ("errors", "garbage"):
+            (sim.error_storm if args.fault == "errors" else sim.garbage)(False)
+        print("fault over", flush=True)
+
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            schedule = tg.create_task(faults(), name="faults")
+            await sim.run(args.duration, incoming_every=args.incoming_every)
+            schedule.cancel()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 #: name -> (help, add its arguments, run it). A new simulator is one more row.
 SIMULATORS: dict[str, tuple[str, Setup, Handler]] = {
     "gnss": (
         "a BeiDou/GPS receiver: a moving vessel's NMEA, or a capture, with faults on demand",
         _gnss_arguments,
         _gnss_cli,
+    ),
+    "modem": (
+        "a Tiantong satellite modem: AT commands, SIM SMS storage, incoming SMS, faults",
+        _modem_arguments,
+        _modem_cli,
     ),
 }
 
