@@ -89,6 +89,8 @@ RECOVERY_HOLD_S = 60.0
 WORK_QUEUE_MAX = 1000
 #: How long closing a port may take before it is given up.
 CLOSE_TIMEOUT_S = 5.0
+#: After the outbox refused the status, it is offered again this much later.
+STATUS_RETRY_S = 10.0
 #: Reassembly is checked this often while parts wait.
 EXPIRE_CHECK_S = 1.0
 
@@ -340,6 +342,9 @@ class TiantongModem:
         except* _Reopen:
             reopen = True
         except* TransportError as eg:
+            self._port_down(str(eg.exceptions[0]))
+        except* ModemError as eg:
+            # The command that was waiting when the reader stopped (the port failed with it).
             self._port_down(str(eg.exceptions[0]))
         finally:
             self._engine = None
@@ -605,6 +610,9 @@ class TiantongModem:
             await self._outbox.put(self.topic(payload), payload, retain=True)
         except StoreError as exc:
             self._log.warning("modem status not stored", error=str(exc))
+            # Try again on the next change, or after STATUS_RETRY_S: not on every loop turn.
+            self._last_status = None
+            self._last_status_at = now - self._cfg.status_interval_s + STATUS_RETRY_S
             return
         self._last_status = signature
         self._last_status_at = now

@@ -3,6 +3,7 @@ SMS in (single, multipart, UCS2, sweep, reassembly timeout, store failure), send
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -255,3 +256,15 @@ def test_answer_parsers() -> None:
     assert parse_creg("", answer=True) is None
     assert parse_cops('0,0,"CHINA TELECOM",7') == "CHINA TELECOM"
     assert parse_cops("0") is None
+
+
+async def test_refusing_outbox_does_not_spin_the_loop(tmp_path: Path) -> None:
+    sink = Sink(failing=True)
+    async with running(tmp_path, sink=sink, status_interval_s=0.5) as rig:
+        await wait_until(lambda: rig.modem.state is ModemState.OK)
+        before = (sink.puts, rig.modem.counters["polls"])
+        await asyncio.sleep(1.0)
+        puts = sink.puts - before[0]
+        polls = rig.modem.counters["polls"] - before[1]
+    # The status is offered again with the polls (every 0.2 s), not on every loop turn.
+    assert 1 <= puts <= polls + 2
