@@ -1,7 +1,9 @@
 """The daemon: stages wired into one supervisor (`terminal-gw run`).
 
-gnss (serial -> pipeline -> reporting policy) and the event queue feed the outbox; the uplink
-drains it; status writes the local status file and refreshes the retained status topic.
+gnss (serial -> pipeline -> reporting policy), modem (SMS in, signal, registration) and the
+event queue feed the outbox; the uplink drains it and hands downlink commands to the command
+runner, which sends SMS through the modem; status writes the local status file and refreshes
+the retained status topic.
 """
 
 from __future__ import annotations
@@ -11,19 +13,29 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.clock import ClockWatch
+from terminal_gw.commands import CommandRunner, CommandStore
 from terminal_gw.config import Config, load_config
-from terminal_gw.errors import ConfigError, OutboxFullError, StoreError, TerminalGwError
+from terminal_gw.errors import (
+    ConfigError,
+    ModemError,
+    OutboxFullError,
+    StoreError,
+    TerminalGwError,
+)
 from terminal_gw.gnss.framer import Framer
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.gnss.policy import ReportingPolicy
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
+from terminal_gw.modem.sms import SubmitPdu
+from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import Outbox
 from terminal_gw.sdnotify import Notifier
 from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
@@ -48,6 +60,46 @@ def _framer_validator(config: Config) -> Validator:
         return framer.counters.get("good", 0) > 0
 
     return valid
+
+
+#: +CMS ERROR 302, "operation not allowed": a permanent failure, so an SMS is not retried.
+_NOT_ALLOWED = 302
+
+
+class NoModem:
+    """Stands in for the modem when `[modem] port = "none"`: every send fails for good."""
+
+    async def send_sms(self, pdus: Sequence[SubmitPdu]) -> list[int]:
+        """Refuse: there is no modem to send with."""
+        raise ModemError(
+            "no modem configured ([modem] port = none)",
+            code=_NOT_ALLOWED,
+            reason="no modem configured",
+        )
+
+    async def poll_now(self) -> None:
+        """Refuse: there is no modem to poll."""
+        raise ModemError("no modem configured ([modem] port = none)", reason="no modem")
+
+
+class CountingSink:
+    """The outbox as the modem and the command runner see it: every record accepted is
+    counted by class (the health report's "records in"); refusals reach the caller."""
+
+    def __init__(self, outbox: Outbox, counts: Counter[str]) -> None:
+        self.outbox = outbox
+        self.counts = counts
+
+    async def put(
+        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        """Store through the outbox and count it."""
+        try:
+            await self.outbox.put(topic, payload, retain=retain, sync=sync)
+        except StoreError:
+            self.counts[f"refused_{payload.record_class}"] += 1
+            raise
+        self.counts[payload.record_class] += 1
 
 
 class Daemon:
@@ -82,17 +134,38 @@ class Daemon:
             allow_no_checksum=config.gnss.allow_no_checksum,
         )
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
+        self.records_in: Counter[str] = Counter()
+        self.sink = CountingSink(self.outbox, self.records_in)
+        self.modem: TiantongModem | None = None
+        if config.modem.port != "none":
+            self.modem = TiantongModem(
+                config.modem,
+                self.sink,
+                topic_base=self.base_topic,
+                events=self.emit,
+                on_progress=lambda: self.board.progress("modem"),
+                log=get_logger("modem"),
+            )
+        self.command_store = CommandStore(config.commands.path)
+        self.commands = CommandRunner(
+            config,
+            self.command_store,
+            self.sink,
+            self.modem if self.modem is not None else NoModem(),
+            log=get_logger("commands"),
+        )
         self.uplink = Uplink(
             config,
             self.outbox,
             events=self.emit,
             health=self.health_summary,
+            on_command=self.commands.handle,
             log=get_logger("uplink"),
         )
+        self.commands.responder = self.uplink
         self.gnss_port: ReconnectingPort | None = None
         self.recorder: CaptureWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
-        self.records_in: Counter[str] = Counter()
         self.last_fix_mono: float | None = None
         self.last_fix: Fix | None = None
         self._register_health()
@@ -113,16 +186,13 @@ class Daemon:
     async def store(self, payload: Payload, *, retain: bool = False) -> bool:
         """Put a record into the outbox; False (counted, logged) when it was refused."""
         try:
-            await self.outbox.put(self.topic_for(payload), payload, retain=retain)
+            await self.sink.put(self.topic_for(payload), payload, retain=retain)
         except OutboxFullError as exc:
-            self.records_in[f"refused_{payload.record_class}"] += 1
             self.log.warning("outbox refused a record", cls=payload.record_class, reason=str(exc))
             return False
         except StoreError as exc:
-            self.records_in[f"store_failed_{payload.record_class}"] += 1
             self.log.error("outbox cannot store", cls=payload.record_class, reason=str(exc))
             return False
-        self.records_in[payload.record_class] += 1
         return True
 
     async def accept_gnss(self, payload: Payload, now: float) -> None:
@@ -184,6 +254,15 @@ class Daemon:
         """The outbox's timed commits, retries, age limits and reports."""
         await self.outbox.run()
 
+    async def modem_stage(self) -> None:
+        """The Tiantong modem: init, polls, SMS in, recovery ladder."""
+        assert self.modem is not None
+        await self.modem.run()
+
+    async def commands_stage(self) -> None:
+        """Downlink commands' SMS send queue."""
+        await self.commands.run()
+
     async def uplink_stage(self) -> None:
         """The MQTT session."""
         await self.uplink.run()
@@ -212,7 +291,7 @@ class Daemon:
         port = self.gnss_port
         if port is not None and port.state is not PortState.OPEN:
             self.board.progress("gnss")
-        for name in ("uplink", "outbox", "events", "metrics"):
+        for name in ("uplink", "outbox", "events", "metrics", "commands"):
             info = self.board.stages.get(name)
             if info is not None and info.state == "running":
                 self.board.progress(name)
@@ -229,6 +308,13 @@ class Daemon:
         b.add_counters("sentences", lambda: self.pipeline.counters)
         b.add_counters("records_in", lambda: self.records_in)
         b.add_counters("uplink", self.uplink.counters.as_dict)
+        b.add_counters("commands", lambda: self.commands.counters)
+        if self.modem is not None:
+            modem = self.modem
+            b.add_counters("modem", lambda: modem.counters)
+            b.add_gauge("modem", lambda: f"{modem.state}: {modem.reason}")
+            b.add_gauge("modem_rssi", lambda: modem.rssi)
+            b.add_gauge("modem_registration", lambda: modem.reg)
         b.add_gauge("outbox_depth", lambda: self.outbox.depth)
         b.add_gauge("outbox_oldest_age_s", self._outbox_age)
         b.add_gauge("outbox_error", lambda: self.outbox.store_error)
@@ -285,6 +371,9 @@ class Daemon:
         ]
         if self.config.gnss.port != "none":
             stages.insert(0, Stage("gnss", self.gnss_stage, input=True))
+        if self.modem is not None:
+            stages.insert(0, Stage("modem", self.modem_stage, input=True))
+        stages.append(Stage("commands", self.commands_stage, input=True))
         if self.config.status.metrics_port:
             stages.append(Stage("metrics", self.metrics_stage))
         return stages + self.extra_stages
@@ -350,13 +439,23 @@ class Daemon:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Open the outbox, run every stage until stopped, close cleanly."""
-        for path in (self.config.outbox.path.parent, self.config.status.path.parent):
+        for path in (
+            self.config.outbox.path.parent,
+            self.config.status.path.parent,
+            self.config.commands.path.parent,
+        ):
             path.mkdir(parents=True, exist_ok=True)
         await self.outbox.open()
+        try:
+            await self.command_store.open()
+        except StoreError:
+            await self.outbox.close()
+            raise
         self.log.info(
             "terminal-gw starting",
             device=self.config.device.id,
             gnss=self.config.gnss.port,
+            modem=self.config.modem.port,
             broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}",
         )
         try:
@@ -368,6 +467,7 @@ class Daemon:
                 handle_signals=handle_signals,
             )
         finally:
+            await self.command_store.close()
             await self.outbox.close()
             self.clock.close()
             if self.recorder is not None:

@@ -1,4 +1,5 @@
-"""`terminal-gw demo`: a simulated BeiDou receiver on a pty, the daemon, a broker, a live view.
+"""`terminal-gw demo`: a simulated BeiDou receiver and Tiantong modem on ptys, the daemon, a
+broker, a live view.
 
 Broker: the one on localhost:1883 when it answers, else a mosquitto started on a free port
 when the binary exists, else none (records then pile up in the outbox, as on a vessel
@@ -26,6 +27,7 @@ from terminal_gw.config import Config, load_config_data
 from terminal_gw.daemon import Daemon
 from terminal_gw.logs import configure_logging
 from terminal_gw.sim.gnss import GnssSimulator
+from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.transport.pty import PtyDevice
 
 DEVICE_ID = "demo-vessel"
@@ -98,7 +100,7 @@ def choose_broker(spec: str, workdir: Path) -> BrokerChoice:
     return BrokerChoice("127.0.0.1", _free_port(), "none")
 
 
-def demo_config(workdir: Path, gnss_path: str, broker: BrokerChoice) -> Config:
+def demo_config(workdir: Path, gnss_path: str, modem_path: str, broker: BrokerChoice) -> Config:
     """The daemon's config for the demo: everything under `workdir`."""
     return load_config_data(
         {
@@ -114,6 +116,7 @@ def demo_config(workdir: Path, gnss_path: str, broker: BrokerChoice) -> Config:
                     "sky_interval_s": 10.0,
                 },
             },
+            "modem": {"port": modem_path, "baud": 115200},
             "mqtt": {
                 "host": broker.host,
                 "port": broker.port,
@@ -121,6 +124,7 @@ def demo_config(workdir: Path, gnss_path: str, broker: BrokerChoice) -> Config:
                 "backoff_max_s": 5.0,
             },
             "outbox": {"path": str(workdir / "outbox.db")},
+            "commands": {"path": str(workdir / "commands.db")},
             "status": {"path": str(workdir / "status.json"), "interval_s": 1.0},
         },
         environ={},
@@ -147,11 +151,13 @@ class LiveView:
             speed = "" if fix.speed is None else f" {fix.speed * 1.943844:4.1f} kn"
             where = f"fix {fix.lat:9.5f} {fix.lon:10.5f} mode {fix.mode}{speed} [{sats}]"
         stored = sum(v for k, v in d.records_in.items() if k.isalpha())
+        sms = d.records_in.get("sms", 0)
+        modem = "" if d.modem is None else f"  | modem {d.modem.state} sms {sms}"
         sent = d.uplink.counters.records
         link = str(d.uplink.state)
         return (
             f"{time.strftime('%H:%M:%S')}  {where}  | outbox {d.outbox.depth:5d} waiting"
-            f"  | in {stored} out {sent}  | link {link}"
+            f"  | in {stored} out {sent}  | link {link}{modem}"
         )
 
     async def run(self) -> None:
@@ -183,8 +189,10 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     """Simulator, broker, daemon and live view until Ctrl-C or --duration."""
     device = PtyDevice(workdir / "dev" / "beidou0")
     sim = GnssSimulator(device, rate_hz=args.rate)
+    modem_device = PtyDevice(workdir / "dev" / "tiantong0")
+    modem_sim = ModemSimulator(modem_device)
     broker = choose_broker(args.broker, workdir)
-    config = demo_config(workdir, device.path, broker)
+    config = demo_config(workdir, device.path, modem_device.path, broker)
     daemon = Daemon(config)
     say = {
         "local": f"using the broker on {broker.host}:{broker.port}",
@@ -194,11 +202,23 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     }[broker.how]
     print(f"terminal-gw demo: {say}", file=out)
     print(f"  simulated BeiDou/GPS receiver on {device.path} -> {device.slave_path}", file=out)
+    print(
+        f"  simulated Tiantong modem on {modem_device.path} -> {modem_device.slave_path}"
+        f" (an SMS every {args.sms_every:g} s)",
+        file=out,
+    )
     print(f"  state, outbox and logs in {workdir}", file=out)
     if broker.how != "none":
+        base = f"{config.mqtt.prefix}/{DEVICE_ID}"
         print(
             f"  watch the topics:  mosquitto_sub -h {broker.host} -p {broker.port}"
-            f" -t '{config.mqtt.prefix}/{DEVICE_ID}/#' -v",
+            f" -t '{base}/#' -v",
+            file=out,
+        )
+        print(
+            f"  send an SMS:       mosquitto_pub -h {broker.host} -p {broker.port}"
+            f" -t '{base}/cmd/sms/send' -q 1"
+            """ -m '{"id": "demo-1", "to": "+8613800138000", "text": "hello"}'""",
             file=out,
         )
     print("  Ctrl-C stops it cleanly.\n", file=out)
@@ -206,6 +226,9 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     try:
         async with asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(sim.run(), name="demo-sim")
+            modem_task = tg.create_task(
+                modem_sim.run(incoming_every=args.sms_every), name="demo-modem-sim"
+            )
             view_task = tg.create_task(LiveView(daemon, out).run(), name="demo-view")
             daemon_task = tg.create_task(daemon.run(), name="demo-daemon")
             if args.duration:
@@ -215,9 +238,11 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
                 daemon.supervisor.stop_requested.set()
             await daemon_task
             sim_task.cancel()
+            modem_task.cancel()
             view_task.cancel()
     finally:
         device.close()
+        modem_device.close()
         if broker.proc is not None:
             broker.proc.terminate()
             try:
@@ -249,6 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto (localhost:1883, else a mosquitto on a free port, else none), none, HOST:PORT",
     )
     parser.add_argument("--rate", type=float, default=1.0, help="receiver rate in Hz (1-10)")
+    parser.add_argument(
+        "--sms-every", type=float, default=20.0, help="an incoming SMS every S seconds"
+    )
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="keep state here (default: a temp dir)"
     )

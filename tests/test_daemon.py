@@ -39,6 +39,7 @@ def make_config(tmp_path: Path, gnss_port: str, mqtt_port: int, **extra: Any) ->
             "backoff_max_s": 0.5,
         },
         "outbox": {"path": str(tmp_path / "state" / "outbox.db"), "commit_interval_s": 0.2},
+        "commands": {"path": str(tmp_path / "state" / "commands.db")},
         "status": {"path": str(tmp_path / "state" / "status.json"), "interval_s": 0.5},
         "daemon": {"restart_backoff_min_s": 0.1, "restart_backoff_max_s": 0.5},
     }

@@ -35,6 +35,8 @@ host = "127.0.0.1"
 port = {free_port()}
 [outbox]
 path = "{state}/outbox.db"
+[commands]
+path = "{state}/commands.db"
 [status]
 path = "{state}/status.json"
 interval_s = 0.5
