@@ -108,8 +108,9 @@ async def measure(
             next_at = time.monotonic()
             end = next_at + seconds
             while time.monotonic() < end:
+                # The fix's time as the receiver states it: NMEA carries hundredths.
                 stamp = sim.vessel.time.strftime("%Y-%m-%dT%H:%M:%S.") + (
-                    f"{sim.vessel.time.microsecond // 1000:03d}Z"
+                    f"{sim.vessel.time.microsecond // 10_000 * 10:03d}Z"
                 )
                 data = b"".join(sim.next_epoch())
                 device.write(data)
