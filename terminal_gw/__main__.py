@@ -51,17 +51,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print the JSON Schema of every payload."""
+    """Print the JSON Schema of every payload (or write one file each with --out)."""
     from terminal_gw.models import payload_schemas
 
     schemas = payload_schemas()
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            text = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            (args.out / f"{name}.schema.json").write_text(text, encoding="utf-8")
+        print(f"wrote {len(schemas)} schemas to {args.out}")
+        return EXIT_OK
     if args.name:
         if args.name not in schemas:
             print(f"error: no payload named {args.name!r}; known: {', '.join(schemas)}")
             return EXIT_USAGE
-        print(json.dumps(schemas[args.name], indent=2, sort_keys=True))
+        print(json.dumps(schemas[args.name], indent=2, sort_keys=True, ensure_ascii=False))
     else:
-        print(json.dumps(schemas, indent=2, sort_keys=True))
+        print(json.dumps(schemas, indent=2, sort_keys=True, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -90,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of the payloads")
     p.add_argument("name", nargs="?", help="one payload (fix, sky, event, ...)")
+    p.add_argument("--out", type=Path, default=None, help="write NAME.schema.json files here")
     p.set_defaults(handler=cmd_schema)
 
     from terminal_gw import cli_commands
