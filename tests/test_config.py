@@ -44,6 +44,7 @@ def test_example_config_is_valid_and_complete() -> None:
         ("log", config.log),
         ("status", config.status),
         ("record", config.record),
+        ("commands", config.commands),
         ("clock", config.clock),
         ("daemon", config.daemon),
     ]:
