@@ -150,6 +150,7 @@ class ModemConfig(_Section):
     max_resets_per_hour: int = Field(default=3, ge=0, le=60)
     recovery_backoff_s: float = Field(default=600.0, gt=0)
     reopen_backoff_s: float = Field(default=5.0, gt=0)
+    record: bool = False
 
     @model_validator(mode="after")
     def _init_commands(self) -> ModemConfig:

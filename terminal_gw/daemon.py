@@ -34,6 +34,7 @@ from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.gnss.policy import ReportingPolicy
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
+from terminal_gw.modem.at import AtPort
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import Outbox
@@ -41,7 +42,8 @@ from terminal_gw.sdnotify import Notifier
 from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
 from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter
-from terminal_gw.transport.serial import PortState, ReconnectingPort, Validator
+from terminal_gw.transport.playback import RecordingPort
+from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
 from terminal_gw.uplink import Uplink
 
 #: Events waiting for the outbox; beyond this they are counted and dropped (a flood guard).
@@ -144,6 +146,7 @@ class Daemon:
                 topic_base=self.base_topic,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("modem"),
+                port_factory=self._open_modem_port if config.modem.record else None,
                 log=get_logger("modem"),
             )
         self.command_store = CommandStore(config.commands.path)
@@ -224,17 +227,13 @@ class Daemon:
             log=get_logger("serial", port="gnss"),
         )
         self.gnss_port = port
-        if cfg.record and self.recorder is None:
-            rec = self.config.record
-            rec.dir.mkdir(parents=True, exist_ok=True)
-            name = time.strftime("gnss-%Y%m%dT%H%M%SZ.cap", time.gmtime())
-            self.recorder = CaptureWriter(rec.dir / name, max_bytes=rec.max_bytes, keep=rec.keep)
+        recorder = self.capture_writer() if cfg.record else None
         async with port:
             while True:
                 chunk = await port.read()
                 now = time.time()
-                if self.recorder is not None:
-                    self.recorder.write("gnss", "<", chunk, now)
+                if recorder is not None:
+                    recorder.write("gnss", "<", chunk, now)
                 before = self.pipeline.last_valid_sentence
                 records = self.pipeline.feed(chunk, now)
                 if self.pipeline.last_valid_sentence != before:
@@ -242,6 +241,20 @@ class Daemon:
                 for payload in records:
                     await self.accept_gnss(payload, now)
                 self.board.progress("gnss")
+
+    def capture_writer(self) -> CaptureWriter:
+        """The daemon's capture file: every port with `record = true` writes into this one
+        file, so a GNSS and modem session replays together."""
+        if self.recorder is None:
+            rec = self.config.record
+            rec.dir.mkdir(parents=True, exist_ok=True)
+            name = time.strftime("session-%Y%m%dT%H%M%SZ.cap", time.gmtime())
+            self.recorder = CaptureWriter(rec.dir / name, max_bytes=rec.max_bytes, keep=rec.keep)
+        return self.recorder
+
+    async def _open_modem_port(self) -> AtPort:
+        port = await SerialPort.open(self.config.modem.port, self.config.modem.baud)
+        return RecordingPort(port, self.capture_writer(), name="modem")
 
     async def events_stage(self) -> None:
         """Move queued events into the outbox."""

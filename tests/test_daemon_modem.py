@@ -11,6 +11,7 @@ import aiomqtt
 from terminal_gw.daemon import Daemon
 from terminal_gw.modem.sms import decode_pdu
 from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
 from tests.broker import Broker
 from tests.test_daemon import Subscriber, make_config
@@ -58,3 +59,12 @@ async def test_sms_in_and_out_through_the_daemon(tmp_path: Path, broker: Broker)
     states = [m[1]["state"] for m in sub.messages if m[0] == "tgw/vessel-t/sms/tx/m-1"]
     assert states[0] == "queued"
     assert states[-1] == "sent"
+    # The modem tap recorded the session, both directions, in the capture format.
+    (capture,) = (tmp_path / "captures").iterdir()
+    chunks = list(read_capture(capture))
+    written = b"".join(c.data for c in chunks if c.direction == ">")
+    read = b"".join(c.data for c in chunks if c.direction == "<")
+    assert {c.port for c in chunks} == {"modem"}
+    assert b"AT+CMGS=" in written
+    assert b"AT+CMGR=" in written
+    assert b"+CMTI:" in read
