@@ -20,7 +20,13 @@ from tests.test_daemon import Subscriber, make_config
 async def test_sms_in_and_out_through_the_daemon(tmp_path: Path, broker: Broker) -> None:
     device = PtyDevice(tmp_path / "dev" / "tiantong0")
     sim = ModemSimulator(device)
-    config = make_config(tmp_path, "none", broker.port, modem={"port": device.path, "baud": 115200})
+    config = make_config(
+        tmp_path,
+        "none",
+        broker.port,
+        modem={"port": device.path, "baud": 115200, "record": True},
+        record={"dir": str(tmp_path / "captures")},
+    )
     daemon = Daemon(config)
     sub = Subscriber(broker.port, "tgw/vessel-t/#")
     ready = asyncio.Event()
