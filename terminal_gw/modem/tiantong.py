@@ -89,6 +89,8 @@ RECOVERY_HOLD_S = 60.0
 WORK_QUEUE_MAX = 1000
 #: How long closing a port may take before it is given up.
 CLOSE_TIMEOUT_S = 5.0
+#: The loop reports progress (for the stall watchdog) at least this often, waits included.
+PROGRESS_S = 5.0
 #: After the outbox refused the status, it is offered again this much later.
 STATUS_RETRY_S = 10.0
 #: Reassembly is checked this often while parts wait.
@@ -308,7 +310,7 @@ class TiantongModem:
             except (TransportError, TimeoutError, OSError) as exc:
                 self.counters["port_open_failures"] += 1
                 self._port_down(f"cannot open {self._cfg.port}: {exc}")
-                await asyncio.sleep(self._cfg.reopen_backoff_s)
+                await self._sleep(self._cfg.reopen_backoff_s)
                 continue
             if self._port_down_reported:
                 self._port_down_reported = False
@@ -317,7 +319,7 @@ class TiantongModem:
             reopen = await self._session(port)
             if not reopen:
                 await self._publish_status()  # "down", retained until the modem is back
-                await asyncio.sleep(self._cfg.reopen_backoff_s)
+                await self._sleep(self._cfg.reopen_backoff_s)
 
     # -- session --------------------------------------------------------------------------
 
@@ -439,7 +441,8 @@ class TiantongModem:
         due["status"] = status_due
         if self._reasm.pending:
             due["expire"] = time.monotonic() + EXPIRE_CHECK_S
-        wait = max(0.0, min(due.values()) - time.monotonic())
+        wait = min(PROGRESS_S, max(0.0, min(due.values()) - time.monotonic()))
+        self._progress()
         item: _Work | None = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -483,8 +486,18 @@ class TiantongModem:
 
     def _alive(self) -> None:
         self.last_answer = self._clock()
+        self._progress()
+
+    def _progress(self) -> None:
         if self._on_progress is not None:
             self._on_progress()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait, reporting progress meanwhile: waiting out a backoff is not a stall."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._progress()
+            await asyncio.sleep(min(left, PROGRESS_S))
 
     def _queue(self, item: _Work) -> None:
         try:
@@ -831,7 +844,7 @@ class TiantongModem:
                 self._step("backoff", cause, wait_s=self._cfg.recovery_backoff_s)
                 self._set_state(ModemState.BACKOFF, cause)
                 await self._publish_status()
-                await asyncio.sleep(self._cfg.recovery_backoff_s)
+                await self._sleep(self._cfg.recovery_backoff_s)
                 self._set_state(ModemState.RECOVERING, cause)
                 self._level = 0
                 continue
@@ -869,7 +882,7 @@ class TiantongModem:
         for command in commands:
             with contextlib.suppress(ModemError):
                 await engine.command(command, timeout=self._cfg.command_timeout_s)
-        await asyncio.sleep(self._cfg.reset_wait_s)
+        await self._sleep(self._cfg.reset_wait_s)
 
     def _drain_stale_work(self) -> None:
         # Restart notices queued while recovering are answered by the start that follows.

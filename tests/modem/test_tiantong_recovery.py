@@ -3,8 +3,13 @@ at its hourly cap, ERROR storms and line noise, a modem that restarts by itself.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
+import pytest
+
+from terminal_gw.modem import tiantong
 from terminal_gw.modem.tiantong import ModemState
 from tests.modem.test_tiantong_rig import running, wait_until
 
@@ -115,3 +120,21 @@ async def test_modem_restarting_by_itself_is_initialised_again(tmp_path: Path) -
         await wait_until(lambda: rig.sim.cnmi[:2] == (2, 1))
         assert "AT+CNMI=2,1,0,1,0" in rig.sim.commands[n:]
     assert any(e.kind == "modem_restart" for e in rig.events)
+
+
+async def test_progress_reported_while_backing_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiantong, "PROGRESS_S", 0.1)
+    async with running(tmp_path, max_resets_per_hour=0, recovery_backoff_s=1.0, **QUICK) as rig:
+        await wait_until(lambda: rig.modem.state is ModemState.OK)
+        rig.sim.hang()
+        await wait_until(lambda: rig.modem.state is ModemState.BACKOFF)
+        start = time.monotonic()
+        await asyncio.sleep(0.8)
+        during = [t for t in rig.progress if t >= start]
+        assert rig.modem.state is ModemState.BACKOFF
+    # A long backoff is not a stall: the watchdog hears from the stage all along.
+    gaps = [b - a for a, b in zip([start, *during], during, strict=False)]
+    assert len(during) >= 5
+    assert max(gaps) < 0.3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ class Rig:
     modem: TiantongModem
     sink: Sink
     events: list[Event]
+    progress: list[float]  # monotonic times the driver reported progress
 
     def steps(self) -> list[str]:
         """The recovery steps reported, in order."""
@@ -104,12 +106,19 @@ async def running(
         config = ModemConfig(port=device.path, **{**FAST, **options})
         events: list[Event] = []
         sink = sink or Sink()
-        modem = TiantongModem(config, sink, topic_base=BASE, events=events.append)
+        progress: list[float] = []
+        modem = TiantongModem(
+            config,
+            sink,
+            topic_base=BASE,
+            events=events.append,
+            on_progress=lambda: progress.append(time.monotonic()),
+        )
         async with asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(simulator.run(), name="sim")
             modem_task = tg.create_task(modem.run(), name="modem")
             try:
-                yield Rig(simulator, device, modem, sink, events)
+                yield Rig(simulator, device, modem, sink, events, progress)
             finally:
                 modem_task.cancel()
                 sim_task.cancel()
