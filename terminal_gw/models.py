@@ -231,6 +231,10 @@ class ModemStatus(Payload):
     imei: str | None = None
     imsi: str | None = None
     firmware: str | None = None
+    sim: str | None = Field(
+        default=None,
+        description="AT+CPIN? state (READY, SIM PIN, ...) or the error, e.g. SIM not inserted",
+    )
     clock: Clock = "system"
 
 

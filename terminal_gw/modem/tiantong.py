@@ -236,6 +236,7 @@ class TiantongModem:
         self.imei: str | None = None
         self.imsi: str | None = None
         self.firmware: str | None = None
+        self.sim: str | None = None
         self.last_answer: float | None = None  # unix time of the last good final result
         self.counters: Counter[str] = Counter()
 
@@ -258,6 +259,7 @@ class TiantongModem:
             "reg_text": None if self.reg is None else REG_TEXT.get(self.reg, "unknown"),
             "operator": self.operator,
             "imei": self.imei,
+            "sim": self.sim,
             "last_answer": None if self.last_answer is None else iso_utc(self.last_answer),
             "sms_parts_waiting": self._reasm.pending,
             "resets_last_hour": len(self._recent_disruptions()),
@@ -433,6 +435,29 @@ class TiantongModem:
             value = parse(resp.lines)
             if value is not None:
                 setattr(self, attr, value)
+        await self._read_sim(engine)
+
+    async def _read_sim(self, engine: AtEngine) -> None:
+        """The SIM state: without a ready SIM no SMS comes in, whatever the signal says."""
+        try:
+            resp = await engine.command(
+                "AT+CPIN?", timeout=self._cfg.command_timeout_s, expect="+CPIN"
+            )
+        except ModemResultError as exc:
+            state = exc.reason or "error"
+        else:
+            values = resp.values("+CPIN")
+            state = values[0] if values else "unknown"
+        if state != self.sim:
+            was, self.sim = self.sim, state
+            if state != "READY":
+                self._event(
+                    "modem_sim",
+                    f"modem SIM: {state}",
+                    severity="error",
+                    state=state,
+                    previous=was,
+                )
 
     async def _tick(self, engine: AtEngine) -> None:
         """Handle one work item, or whatever is due."""
@@ -608,6 +633,7 @@ class TiantongModem:
             imei=self.imei,
             imsi=self.imsi,
             firmware=self.firmware,
+            sim=self.sim,
         )
 
     async def _publish_status(self) -> None:

@@ -194,6 +194,7 @@ class ModemSimulator:
     rssi: int = 18
     ber: int = 0
     reg: int = 1
+    pin: str = "READY"  # AT+CPIN? state; "NOT INSERTED" answers +CME ERROR 10
     answer_delay_s: float = 0.0
     reset_s: float = 0.2  # time a CFUN reset keeps the terminal silent
     seed: int = 1
@@ -475,7 +476,9 @@ class ModemSimulator:
                 return f'\r\n+COPS: 0,0,"{self.operator}"\r\n'.encode() + ok
             return b"\r\n+COPS: 0\r\n" + ok
         if cmd == "+CPIN?":
-            return b"\r\n+CPIN: READY\r\n" + ok
+            if self.pin == "NOT INSERTED":
+                return self._error(10, "SIM not inserted")
+            return f"\r\n+CPIN: {self.pin}\r\n".encode() + ok
         if cmd == "+CGSN":
             return f"\r\n{self.imei}\r\n".encode() + ok
         if cmd == "+CIMI":

@@ -268,3 +268,21 @@ async def test_refusing_outbox_does_not_spin_the_loop(tmp_path: Path) -> None:
         polls = rig.modem.counters["polls"] - before[1]
     # The status is offered again with the polls (every 0.2 s), not on every loop turn.
     assert 1 <= puts <= polls + 2
+
+
+async def test_missing_sim_reported_in_status_and_event(tmp_path: Path) -> None:
+    def no_sim(sim: ModemSimulator) -> None:
+        sim.pin = "NOT INSERTED"
+
+    async with running(tmp_path, before=no_sim) as rig:
+        await wait_until(lambda: bool(rig.sink.statuses()))
+    assert rig.sink.statuses()[-1].sim == "SIM not inserted"
+    [event] = [e for e in rig.events if e.kind == "modem_sim"]
+    assert event.severity == "error"
+
+
+async def test_sim_ready_in_status(tmp_path: Path) -> None:
+    async with running(tmp_path) as rig:
+        await wait_until(lambda: bool(rig.sink.statuses()))
+    assert rig.sink.statuses()[-1].sim == "READY"
+    assert not [e for e in rig.events if e.kind == "modem_sim"]
