@@ -138,3 +138,15 @@ async def test_progress_reported_while_backing_off(
     gaps = [b - a for a, b in zip([start, *during], during, strict=False)]
     assert len(during) >= 5
     assert max(gaps) < 0.3
+
+
+async def test_off_on_reset_mode(tmp_path: Path) -> None:
+    async with running(tmp_path, reset_mode="off_on", **QUICK) as rig:
+        await wait_until(lambda: rig.modem.state is ModemState.OK)
+        n = len(rig.sim.commands)
+        rig.sim.hang(until_reset=True)
+        await wait_until(lambda: "recovered" in rig.steps())
+        sent = rig.sim.commands[n:]
+        assert "AT+CFUN=1,1" not in sent
+        assert sent.index("AT+CFUN=0") + 1 == sent.index("AT+CFUN=1")
+        assert rig.sim.resets == 1
