@@ -21,22 +21,11 @@ import gsm0338  # noqa: F401 - registers the "gsm03.38" codec
 from terminal_gw.transport.pty import PtyDevice
 
 __all__ = [
-    "REG_TEXT",
     "ModemSimulator",
     "SentSms",
     "StoredSms",
     "deliver_pdus",
 ]
-
-#: AT+CREG stat values (TS 27.007 §7.2).
-REG_TEXT = {
-    0: "not registered",
-    1: "registered, home",
-    2: "searching",
-    3: "registration denied",
-    4: "unknown",
-    5: "registered, roaming",
-}
 
 # ---------------------------------------------------------------------------
 # SMS-DELIVER encoder (TS 23.040 §9.2.2.1).
@@ -436,11 +425,11 @@ class ModemSimulator:
         if m is None:
             self._reply(b"\r\nERROR\r\n")
             return
-        answer = self._answer(upper[2:], text[2:])
+        answer = self._answer(upper[2:])
         if answer is not None:
             self._reply(answer)
 
-    def _answer(self, cmd: str, raw: str) -> bytes | None:
+    def _answer(self, cmd: str) -> bytes | None:
         ok = b"\r\nOK\r\n"
         if cmd == "":
             return ok
@@ -502,7 +491,6 @@ class ModemSimulator:
         if cmd.startswith("+CPMS"):
             used = len(self.storage)
             return f'\r\n+CPMS: "SM",{used},{self.capacity}\r\n'.encode() + ok
-        del raw
         return b"\r\nERROR\r\n"
 
     def _cfun(self, arg: str) -> bytes:
