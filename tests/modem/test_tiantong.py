@@ -286,3 +286,14 @@ async def test_sim_ready_in_status(tmp_path: Path) -> None:
         await wait_until(lambda: bool(rig.sink.statuses()))
     assert rig.sink.statuses()[-1].sim == "READY"
     assert not [e for e in rig.events if e.kind == "modem_sim"]
+
+
+async def test_registration_urc_read_at_once(tmp_path: Path) -> None:
+    init = ["ATE0", "AT+CMEE=2", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0", "AT+CREG=1"]
+    async with running(tmp_path, init=init, poll_registration_s=60.0) as rig:
+        await wait_until(lambda: rig.modem.reg == 1)
+        rig.sim.set_registration(3)
+        await wait_until(lambda: rig.modem.reg == 3, within=1.0)
+    assert [e.data["text"] for e in rig.events if e.kind == "registration"][-1] == (
+        "registration denied"
+    )
