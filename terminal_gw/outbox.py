@@ -7,11 +7,24 @@ Choices (each tested):
 - Batching: non-sync records wait in a small in-memory batch and are inserted and committed
   together (`synchronous=NORMAL`) every `commit_interval_s` or `commit_records` records. A
   sync record (sms, bds, command by default) is committed with everything queued before it,
-  with `synchronous=FULL`, before `put` returns. `next_batch` reads only committed rows, so a
-  record is never published and then lost by a crash before its commit; a crash can lose at
-  most the uncommitted batch of non-sync records (at most `commit_interval_s` old).
-  On power loss (not a crash) SQLite's NORMAL mode may also lose the last batches' commits;
-  sync records are fsynced and survive it.
+  with `synchronous=FULL`, before `put` returns. A crash can lose at most the uncommitted
+  batch of non-sync records (at most `commit_interval_s` old). On power loss (not a crash)
+  SQLite's NORMAL mode may also lose the last batches' commits; sync records are fsynced and
+  survive it.
+- Live path: `next_batch` also hands out the records of the batch at once, each after the
+  committed records of its class, under a temporary seq (negative, growing with arrival)
+  that `ack` and `exclude` take like a row's. A record acked before its batch is committed
+  is dropped from the batch and never written: while the link keeps up, live records cost
+  no SD-card write at all (batching still spares the card while it does not). A record
+  committed while in flight maps its temporary seq to its row: its ack deletes the row (an
+  ack that lands during the commit, with the next write) and an `exclude` of the temporary
+  seq keeps the row back, so it is not handed out twice. `next_batch` reads under the write
+  lock: no record is a row and pending within one read. A record published and then lost by
+  a crash before its PUBACK and its commit is the loss above (the subscriber may have it);
+  a crash after its commit sends it again. Sync records are committed before `put` returns,
+  as before. `put` wakes `wait_for_records` at once; it reports records that the last
+  `next_batch` did not hand out (new ones, or more than its limit), so a caller with records
+  in flight can wait on it too.
 - Size bound: the byte count is an estimate kept incrementally, payload + topic + id plus
   `ROW_OVERHEAD` bytes a row (row header, index entry, page slack; within 3% of the file size
   measured by bench/outbox.py), not the file sizes: SQLite files do not shrink when rows go,
@@ -27,7 +40,8 @@ Choices (each tested):
 - Disk full or read-only: the failing batch stays in memory, bounded by
   `memory_buffer_bytes` (least important dropped first, counted); sync puts raise
   `StoreError` so the source copy is kept; writes are retried every `retry_interval_s` on a
-  reopened connection; draining goes on (acks that cannot be written are remembered and
+  reopened connection; draining goes on, of the rows and of the records held in memory
+  (acked, those leave memory; acks of rows that cannot be written are remembered and
   retried). A filesystem already read-only at start is opened read-only for draining.
 - Start: `PRAGMA quick_check`; a corrupt file is moved aside and its readable rows are
   copied into a fresh database. Age limits are applied.
@@ -77,6 +91,12 @@ SCHEMA_VERSION = 1
 _DROP_CHUNK = 1000
 _THIN_SPAN = 2000
 _MAX_UNSAVED_ACKS = 20000
+#: Seqs of records not yet committed: negative, growing with arrival (never reach 0).
+_TMP_BASE = -(2**62)
+#: Records remembered as handed out under a temporary seq and not yet acknowledged. Past it
+#: the oldest are forgotten (a link that dropped them): a late ack for one of those cannot
+#: spare it its write, and once committed it is sent again.
+_MAX_HANDED = 4096
 _COLUMNS = "seq, id, cls, topic, payload, created, priority, retain"
 _SELECT_OLDEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?"  # noqa: S608 - constant columns
 _SELECT_NEWEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq DESC LIMIT 1"  # noqa: S608 - constant columns
@@ -137,6 +157,12 @@ class _Pending:
     retain: bool
     sync: bool
     size: int
+    #: Its seq while not committed (negative, growing with arrival); set when accepted.
+    tmp: int = 0
+    #: Monotonic time it was accepted (the commit timer runs from the oldest one waiting).
+    since: float = 0.0
+    #: Delivered while its batch was being committed: deleted as soon as the commit lands.
+    acked: bool = False
 
 
 def id_to_db(record_id: str) -> str | bytes:
@@ -277,6 +303,20 @@ def _valid_row(row: tuple[Any, ...]) -> _Pending | None:
         retain=bool(retain),
         sync=False,
         size=record_size(topic, payload, rid),
+    )
+
+
+def _as_record(rec: _Pending) -> Record:
+    """A pending record as handed out: its temporary (negative) seq."""
+    return Record(
+        seq=rec.tmp,
+        id=rec.id,
+        cls=rec.cls,
+        topic=rec.topic,
+        payload=rec.payload,
+        created=rec.created,
+        priority=rec.priority,
+        retain=rec.retain,
     )
 
 
@@ -448,8 +488,9 @@ class _Db:
 
     def insert(
         self, batch: list[_Pending], sync: bool, acks: Collection[int]
-    ) -> tuple[Counter[str], Counter[str], dict[str, float], Counter[str], Counter[str]]:
-        """Insert and commit `batch` (and delete remembered acks); raise sqlite3 errors."""
+    ) -> tuple[Counter[str], Counter[str], dict[str, float], Counter[str], Counter[str], list[int]]:
+        """Insert and commit `batch` (and delete remembered acks); return, among the counts,
+        the seqs the batch got, in its order. Raise sqlite3 errors."""
         with self.lock:
             conn = self._w()
             if sync:
@@ -474,6 +515,8 @@ class _Db:
                             for r in batch
                         ],
                     )
+                    # One statement by one writer: the batch got consecutive seqs ending here.
+                    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
                     gone_n, gone_b = self._delete(acks)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -490,7 +533,8 @@ class _Db:
             for r in batch:
                 n[r.cls] += 1
                 b[r.cls] += r.size
-            return n, b, self._oldest(), gone_n, gone_b
+            seqs = list(range(last - len(batch) + 1, last + 1)) if batch else []
+            return n, b, self._oldest(), gone_n, gone_b, seqs
 
     def _delete(self, seqs: Collection[int]) -> tuple[Counter[str], Counter[str]]:
         conn = self._c()
@@ -582,9 +626,16 @@ class _Db:
         return self._boundary(cls, (found[1] // interval) * interval)
 
     def next_batch(
-        self, limit: int, skip: Collection[int], marks: dict[str, int], live_after: float
+        self,
+        limit: int,
+        skip: Collection[int],
+        marks: dict[str, int],
+        live_after: float,
+        newest_pending: Collection[str] = (),
     ) -> tuple[list[Record], set[int]]:
-        """The next `limit` records in drain order, and the seqs that went ahead as live."""
+        """The next `limit` committed records in drain order, and the seqs that went ahead as
+        live. Classes in `newest_pending` have a newer record not yet committed: none of
+        their committed records goes ahead."""
         with self.lock:
             conn = self._c()
             picked: list[tuple[Any, ...]] = []
@@ -596,7 +647,7 @@ class _Db:
                 for cls in (c for c, p in CLASS_PRIORITY.items() if p == prio):
                     rows = conn.execute(_SELECT_OLDEST, (cls, limit + len(skip))).fetchall()
                     level += [r for r in rows if r[0] not in skip]
-                    if cls in LIVE_CLASSES:
+                    if cls in LIVE_CLASSES and cls not in newest_pending:
                         row = conn.execute(_SELECT_NEWEST, (cls,)).fetchone()
                         if (
                             row is not None
@@ -770,13 +821,23 @@ class Outbox:
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._pending_since: float | None = None  # monotonic time of the oldest pending
-        self._inflight: set[int] = set()  # id() of the pending records being committed
+        self._committing: set[int] = set()  # id() of the pending records being committed
+        self._next_tmp = _TMP_BASE
+        # Handed out under a temporary seq, not yet acknowledged: the record while pending,
+        # its row's seq once committed (so that its ack deletes the row and an `exclude` of
+        # the temporary seq keeps the row back).
+        self._handed: dict[int, _Pending | int] = {}
         self._write_lock = asyncio.Lock()
-        self._committed = asyncio.Event()
+        # Records arrived that no next_batch has handed out yet (wakes wait_for_records).
+        self._fresh = True
+        self._arrived = asyncio.Event()
         self._wake = asyncio.Event()
         # Delivered but not yet deleted (the disk refused the delete); retried with the next write.
         self._acked: set[int] = set()
         self._live_marks: dict[str, int] = {}
+        self._live_tmp_marks: dict[str, int] = {}  # the same for records sent before commit
+        #: Records delivered before their batch was committed: never written to disk.
+        self.delivered_unwritten = 0
         # Disk trouble: the reason, since when, and when to try again.
         self._store_error: str | None = None
         self._retry_at = 0.0
@@ -936,10 +997,26 @@ class Outbox:
                 raise
 
     def _append(self, rec: _Pending) -> None:
+        now = time.monotonic()
         if not self._pending:
-            self._pending_since = time.monotonic()
+            self._pending_since = now
+        rec.tmp = self._next_tmp
+        self._next_tmp += 1
+        rec.since = now
         self._pending.append(rec)
         self._pending_bytes += rec.size
+        self._fresh = True
+        self._arrived.set()
+
+    def _forget_pending(self, rec: _Pending) -> None:
+        """A pending record was delivered before its commit: it never needs writing."""
+        try:
+            self._pending.remove(rec)
+        except ValueError:
+            return  # dropped from the memory buffer meanwhile
+        self._pending_bytes -= rec.size
+        self._pending_since = self._pending[0].since if self._pending else None
+        self.delivered_unwritten += 1
 
     async def flush(self) -> None:
         """Commit the pending batch now; raise StoreError when the disk refuses."""
@@ -951,22 +1028,31 @@ class Outbox:
             return
         batch = list(self._pending)
         acks = set(self._acked)
-        self._inflight = {id(r) for r in batch}
+        self._committing = {id(r) for r in batch}
         try:
-            n, b, oldest, gone_n, gone_b = await asyncio.to_thread(
+            n, b, oldest, gone_n, gone_b, seqs = await asyncio.to_thread(
                 self._db.insert, batch, sync, acks
             )
         except (sqlite3.Error, OSError) as exc:
-            self._inflight = set()
+            self._committing = set()
+            # Delivered while the write was tried: nothing left to write for them.
+            for r in batch:
+                if r.acked:
+                    self._forget_pending(r)
             self._store_failed(exc)
             raise StoreError(f"the outbox cannot write: {exc}", reason=str(exc)) from exc
         # Puts may have appended meanwhile: remove exactly the committed ones.
-        written = self._inflight
-        self._inflight = set()
+        written = self._committing
+        self._committing = set()
         self._pending = [r for r in self._pending if id(r) not in written]
         self._pending_bytes = sum(r.size for r in self._pending)
-        self._pending_since = time.monotonic() if self._pending else None
+        self._pending_since = self._pending[0].since if self._pending else None
         self._acked -= acks
+        self._rows_for_handed(batch, seqs)
+        if len(acks) > _MAX_UNSAVED_ACKS:
+            # Draining was paused on these: it may go on.
+            self._fresh = True
+            self._arrived.set()
         self._count.update(n)
         self._bytes.update(b)
         self._count.subtract(gone_n)
@@ -974,8 +1060,24 @@ class Outbox:
         self._oldest = oldest
         if self._store_error is not None:
             self._store_recovered(len(batch))
-        if batch:
-            self._committed.set()
+
+    def _rows_for_handed(self, batch: list[_Pending], seqs: list[int]) -> None:
+        """Committed records that were handed out before: keep their rows' seqs for their
+        acks, and their live marks in the rows' seq space."""
+        late_acks = False
+        for r, seq in zip(batch, seqs, strict=True):
+            if r.acked:
+                # Delivered while being committed: the row goes with the next write.
+                self._acked.add(seq)
+                late_acks = True
+            elif r.tmp in self._handed:
+                self._handed[r.tmp] = seq
+            mark = self._live_tmp_marks.get(r.cls)
+            if mark is not None and r.tmp <= mark:
+                # Not newer than a record already sent ahead as live: must not go ahead again.
+                self._live_marks[r.cls] = max(self._live_marks.get(r.cls, 0), seq)
+        if late_acks:
+            self._wake.set()
 
     def _store_failed(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self._config.retry_interval_s
@@ -1022,7 +1124,7 @@ class Outbox:
             victims = [
                 r
                 for r in self._pending
-                if r.cls not in MESSAGE_CLASSES and id(r) not in self._inflight
+                if r.cls not in MESSAGE_CLASSES and id(r) not in self._committing
             ]
             if not victims:
                 return
@@ -1102,41 +1204,117 @@ class Outbox:
     # ---- reading and acknowledging ------------------------------------------------------
 
     async def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[Record]:
-        """The next committed records in drain order, skipping seqs in `exclude`."""
+        """The next records in drain order, skipping seqs in `exclude`.
+
+        Within a priority level the committed records come first, then those not yet committed
+        (the batch), each with a negative seq that `ack` and `exclude` take like any other.
+        """
         if not self._open or limit <= 0:
             return []
         if len(self._acked) > _MAX_UNSAVED_ACKS:
             # The disk refuses deletes and many acks wait in memory: pause draining until it
             # recovers rather than let that set grow without bound.
             return []
-        skip = set(exclude) | self._acked
+        excluded = set(exclude)
         now = self._clock()
         live_after = now - self._config.live_window_s if self._config.live_window_s > 0 else now + 1
-        try:
-            records, live = await asyncio.to_thread(
-                self._db.next_batch, limit, skip, self._live_marks, live_after
-            )
-        except sqlite3.Error as exc:
-            self._log.error("outbox cannot read", reason=str(exc))
-            return []
-        for r in records:
-            if r.seq in live:
-                self._live_marks[r.cls] = max(self._live_marks.get(r.cls, 0), r.seq)
-        return records
+        # Commits wait while the rows are read: a record is a row or pending, never both.
+        async with self._write_lock:
+            self._fresh = False
+            skip = excluded | self._acked
+            for seq in excluded:
+                row_seq = self._handed.get(seq) if seq < 0 else None
+                if isinstance(row_seq, int):
+                    skip.add(row_seq)  # committed while in flight
+            waiting = list(self._pending)
+            newest = {r.cls: r for r in waiting if r.cls in LIVE_CLASSES}
+            rows: list[Record] = []
+            live: set[int] = set()
+            if sum(self._count.values()) > 0:  # no read (no thread hop) when no row waits
+                try:
+                    rows, live = await asyncio.to_thread(
+                        self._db.next_batch, limit, skip, self._live_marks, live_after, set(newest)
+                    )
+                except sqlite3.Error as exc:
+                    self._log.error("outbox cannot read", reason=str(exc))
+                    self._fresh = True
+                    return []
+            # Acks and the memory bound may have taken pending records meanwhile.
+            still = {id(r) for r in self._pending}
+        live_tmp = {
+            r.tmp
+            for cls, r in newest.items()
+            if id(r) in still
+            and r.tmp not in excluded
+            and r.created >= live_after
+            and r.tmp > self._live_tmp_marks.get(cls, _TMP_BASE - 1)
+        }
+        pending: dict[int, list[_Pending]] = {}
+        for r in waiting:
+            if id(r) in still and r.tmp not in excluded and not r.acked:
+                pending.setdefault(r.priority, []).append(r)
+        committed: dict[int, list[Record]] = {}
+        for rec in rows:
+            committed.setdefault(rec.priority, []).append(rec)
+        out: list[Record] = []
+        handed: dict[int, _Pending] = {}
+        for prio in sorted(set(CLASS_PRIORITY.values())):
+            if len(out) >= limit:
+                break
+            level = pending.get(prio, [])
+            out += [_as_record(r) for r in level if r.tmp in live_tmp]
+            out += committed.get(prio, [])
+            out += [_as_record(r) for r in level if r.tmp not in live_tmp]
+            handed.update((r.tmp, r) for r in level)
+        out = out[:limit]
+        for rec in out:
+            if rec.seq >= 0:
+                if rec.seq in live:
+                    self._live_marks[rec.cls] = max(self._live_marks.get(rec.cls, 0), rec.seq)
+                continue
+            if rec.seq in live_tmp:
+                self._live_tmp_marks[rec.cls] = rec.seq
+            # Latest hand-out last, so that the oldest are forgotten first.
+            self._handed.pop(rec.seq, None)
+            self._handed[rec.seq] = handed[rec.seq]
+        while len(self._handed) > _MAX_HANDED:
+            del self._handed[next(iter(self._handed))]
+        if len(out) >= limit:
+            self._fresh = True  # more may wait beyond the limit
+        return out
 
     async def ack(self, seqs: Iterable[int]) -> None:
-        """Records delivered (PUBACK): delete them."""
+        """Records delivered (PUBACK): delete them; a record not yet committed is never written."""
         wanted = set(seqs)
         if not wanted or not self._open:
             return
+        stored: set[int] = set()
+        for seq in wanted:
+            if seq >= 0:
+                stored.add(seq)
+                continue
+            held = self._handed.pop(seq, None)
+            if held is None:
+                # Not handed out by this process, or forgotten: look for it in the batch.
+                held = next((r for r in self._pending if r.tmp == seq), None)
+            if isinstance(held, int):
+                stored.add(held)  # committed while in flight: its row goes
+            elif held is None:
+                continue
+            elif id(held) in self._committing:
+                held.acked = True  # its row is deleted once the commit lands
+            else:
+                self._forget_pending(held)
+        if not stored:
+            return
         if self._store_error is not None:
-            self._acked |= wanted
+            self._acked |= stored
             return
         try:
-            n, b, oldest = await asyncio.to_thread(self._db.ack, wanted)
+            n, b, oldest = await asyncio.to_thread(self._db.ack, stored)
         except (sqlite3.Error, OSError) as exc:
             # Deleting needs disk too; remember the acks and keep them out of next_batch.
-            self._acked |= wanted
+            self._acked |= stored
             self._store_failed(exc)
             return
         self._count.subtract(n)
@@ -1144,25 +1322,15 @@ class Outbox:
         self._oldest = oldest
 
     async def wait_for_records(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed interface; used with asyncio.timeout inside
-        """True as soon as committed records may be waiting; False after `timeout` without."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._committed_count() > 0:
+        """True as soon as records wait that the last `next_batch` did not hand out (new ones,
+        or more than its limit); False after `timeout` without."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, timeout)):
+                while not (self._fresh and self.depth > 0):
+                    self._arrived.clear()
+                    await self._arrived.wait()
                 return True
-            self._committed.clear()
-            now = time.monotonic()
-            if self._pending and self._flush_due(now):
-                with contextlib.suppress(StoreError):
-                    await self.flush()
-                continue
-            wait = deadline - now
-            if self._pending_since is not None and self._store_error is None:
-                wait = min(wait, self._pending_since + self._config.commit_interval_s - now)
-            if deadline - now <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wait)):
-                    await self._committed.wait()
+        return False
 
     def _committed_count(self) -> int:
         return sum(self._count.values()) - len(self._acked)

@@ -3,7 +3,8 @@
 One MQTT session at a time (aiomqtt 2). Each connection announces the device online with a
 retained status (the offline one is the last will), subscribes to `{prefix}/{device}/cmd/#` and
 drains the outbox: records in the outbox's order, a window of QoS 1 publishes in flight and a
-token bucket on messages and bytes. A record leaves the outbox only after its PUBACK.
+token bucket on messages and bytes. A record leaves the outbox only after its PUBACK. New
+records go out as they arrive, before the outbox commits them and while others are in flight.
 
 Order within a class: publishes of one connection reach the broker in the order they were
 sent, so a subscriber sees each class in the outbox's order even with many in flight. A
@@ -110,7 +111,12 @@ class OutboxRecord(Protocol):
 
 
 class DrainSource(Protocol):
-    """The part of the outbox the uplink drains (`terminal_gw.outbox.Outbox`)."""
+    """The part of the outbox the uplink drains (`terminal_gw.outbox.Outbox`).
+
+    `wait_for_records` returns True as soon as records wait that the last `next_batch` did
+    not hand out (the uplink also waits on it while records are in flight), and seqs may be
+    negative (records handed out before their commit).
+    """
 
     async def next_batch(
         self, limit: int, exclude: Collection[int] = ()
@@ -805,6 +811,7 @@ class Uplink:
     ) -> None:
         cfg = self._cfg
         limit = max(cfg.inflight, cfg.batch_max) if cfg.batch_backlog else cfg.inflight
+        woke = False  # the outbox said new records wait
         while True:
             try:
                 records = await self._outbox.next_batch(limit, exclude=self._inflight)
@@ -813,17 +820,16 @@ class Uplink:
                 await asyncio.sleep(1.0)
                 continue
             if not records:
-                if self._inflight:
-                    # The outbox counts records in flight as waiting: wait for their acks
-                    # (or a short while, for new records) rather than ask again at once.
-                    self._progress.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.25):
-                            await self._progress.wait()
-                elif await self._outbox.wait_for_records(1.0):
-                    # Records said to wait but none came: do not spin on a stale count.
+                if woke:
+                    # Records said to wait but none came: do not spin on a stale signal.
+                    woke = False
                     await asyncio.sleep(0.05)
+                elif self._inflight:
+                    woke = await self._wait_for_work(0.25)
+                else:
+                    woke = await self._outbox.wait_for_records(1.0)
                 continue
+            woke = False
             messages = plan_messages(
                 records,
                 now=self._clock(),
@@ -843,6 +849,25 @@ class Uplink:
                 self._publishing += 1
                 self._idle.clear()
                 tg.create_task(self._publish(client, msg, window), name="uplink-publish")
+
+    async def _wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
+        """Until acks come or new records wait (True), `timeout` at most.
+
+        New records go out at once, not after the PUBACKs of those in flight (a round trip
+        on a slow link).
+        """
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
+                acks = tg.create_task(self._progress.wait(), name="uplink-wait-acks")
+                new = tg.create_task(
+                    self._outbox.wait_for_records(timeout), name="uplink-wait-records"
+                )
+                await asyncio.wait({acks, new}, return_when=asyncio.FIRST_COMPLETED)
+                acks.cancel()
+                new.cancel()
+                return new.done() and not new.cancelled() and new.result()
+        return False
 
     async def _publish(
         self, client: aiomqtt.Client, msg: Outgoing, window: asyncio.Semaphore

@@ -96,10 +96,14 @@ async def workload(path: Path, ops: list[tuple[str, int | str, int | bool]]) -> 
                 prios = [r.priority for r in batch]
                 assert prios == sorted(prios)
                 for level in set(prios):
-                    seqs = [
-                        r.seq for r in batch if r.priority == level and r.cls not in {"fix", "sky"}
+                    # Committed records (seq > 0) first, then those not yet committed (seq < 0,
+                    # growing with arrival): FIFO where no live record goes first.
+                    keys = [
+                        (r.seq < 0, r.seq)
+                        for r in batch
+                        if r.priority == level and r.cls not in {"fix", "sky"}
                     ]
-                    assert seqs == sorted(seqs)  # FIFO where no live record goes first
+                    assert keys == sorted(keys)
                 if b:
                     await outbox.ack(r.seq for r in batch)
                     delivered.update(r.cls for r in batch)
