@@ -158,6 +158,7 @@ async def test_pty_hangups_are_survived(
         daemon.supervisor.stop_requested.set()
         await daemon_task
         sim_task.cancel()
+    print(f"hang-ups: {len(delays)}, reading again after max {max(delays):.3f}s")
     assert max(delays) < 2.0, delays
     assert daemon.gnss_port is not None
     assert daemon.gnss_port.opens >= 21
