@@ -1,4 +1,5 @@
-"""`terminal-gw replay`: run captures through the GNSS pipeline of `run`, offline.
+"""`terminal-gw replay`: run captures through the GNSS pipeline and the modem driver of `run`,
+offline.
 
 The same framer, decoder and epoch assembler as `run`, with the reporting policy off: every
 epoch becomes a record. With `--jsonl` each record that `run` would publish is printed as one
@@ -18,12 +19,33 @@ the timestamps of an own-format capture; a raw capture has none, so it is paced 
 sending one epoch a second (each fix waits 1/N s). The `now` handed to the pipeline is the
 chunk's recorded time for own captures; for raw ones it starts at the wall-clock time of the
 replay and advances one second per fix, the same 1 Hz assumption.
+
+The modem side (`--port modem`): the Tiantong driver of `run` talks to a `PlaybackPort` over
+the `modem` chunks of the captures, which answers each command the driver writes with the
+reply recorded after it. What the driver stores (SMS received, the modem status, events) is
+printed like the GNSS records. A recorded command the driver does not send, or one it sends that
+was not recorded, is a mismatch: a `playback_mismatch` event says which; the playback looks for
+the command a few steps further on, else answers `ERROR`, and the replay goes on. The driver's
+settings come from `--config`'s `[modem]` (the init sequence and the poll intervals the session
+was recorded with), with short timeouts (a recorded reply is played at once) and its timers
+(polls, sweeps, backoffs) compressed: `--speed N` runs them N times faster, `--fast` so that the
+shortest periodic one comes every FAST_SHORTEST_S. A replay of the modem side ends when every
+recorded step was played and the driver has gone quiet or writes past the recording's end,
+or when no step could be played for a while (a stall, reported).
+
+Without `--port`, own-format captures are replayed on both sides: the `gnss` port through the
+pipeline, then the `modem` port through the driver, when its recording begins with the driver's
+start (its first command is the first init command; a stray fragment is counted, not played).
+The GNSS records come first, then the modem's. Captures continuing one another (rotation)
+are one modem session; any other capture starts a fresh driver.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -32,25 +54,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+import structlog
+from structlog.typing import FilteringBoundLogger
+
 from terminal_gw.errors import ConfigError, TerminalGwError
 from terminal_gw.transport.capture import FROM_DEVICE, CaptureReader, Chunk
 
 if TYPE_CHECKING:
+    from terminal_gw.config import ModemConfig
     from terminal_gw.gnss.pipeline import GnssPipeline
-    from terminal_gw.models import Payload
+    from terminal_gw.models import Event, Payload
+    from terminal_gw.transport.playback import PlaybackPort
 
 EXIT_OK = 0
+EXIT_NOTHING_PLAYED = 1
 EXIT_USAGE = 2
 
 DEFAULT_PREFIX = "tgw"
 DEFAULT_DEVICE = "replay"
 DEFAULT_PORT = "gnss"
+MODEM_PORT = "modem"
 
 #: Most seconds between one own-format capture's last chunk and the next one's start for the
 #: next to count as its continuation (rotation), replayed through the same pipeline.
 CONTINUE_GAP_S = 10.0
 #: Least time between two progress updates on a terminal.
 PROGRESS_EVERY_S = 0.2
+
+#: With --fast, the driver's timers are compressed so that its shortest periodic one (a poll,
+#: the sweep) comes this often: short, yet long against the few milliseconds a played exchange
+#: takes, so the driver makes its periodic commands in the order it made them when recorded.
+FAST_SHORTEST_S = 0.25
+#: Longest a command waits for its reply in a replay: a recorded reply is played at once, so
+#: only a command the modem never answered waits, as long as this instead of the real timeout.
+REPLAY_TIMEOUT_S = 0.5
+#: After the last recorded step, the replay ends once the driver has been quiet this long.
+QUIET_S = 0.3
+#: How often a modem replay looks whether it is done.
+CHECK_EVERY_S = 0.01
+#: Driver settings that are waits, compressed with the timers.
+_SCALED = (
+    "poll_signal_s",
+    "poll_registration_s",
+    "poll_operator_s",
+    "status_interval_s",
+    "sweep_interval_s",
+    "sms_reassembly_timeout_s",
+    "reset_wait_s",
+    "recovery_backoff_s",
+    "reopen_backoff_s",
+)
+#: The timers that make the driver write a command.
+_COMMAND_TIMERS = ("poll_signal_s", "poll_registration_s", "poll_operator_s", "sweep_interval_s")
 
 
 def _positive(text: str) -> float:
@@ -83,8 +138,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        default=DEFAULT_PORT,
-        help=f"port of own-format captures whose data is replayed (default: {DEFAULT_PORT})",
+        default=None,
+        help=f"port of own-format captures to replay: {MODEM_PORT!r} plays the modem side to "
+        f"the modem driver, any other port goes through the GNSS pipeline (default: "
+        f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session)",
     )
     # Its own dest: without --config, replay uses fixed names instead of the default config.
     parser.add_argument(
@@ -93,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         default=None,
-        help=f"take topic prefix, device id and GNSS settings from this config "
+        help=f"take topic prefix, device id, GNSS and modem settings from this config "
         f"(default: prefix {DEFAULT_PREFIX!r}, device {DEFAULT_DEVICE!r})",
     )
 
@@ -150,6 +207,17 @@ class Progress:
         )
         self.stream.flush()
 
+    def steps(self, played: int, total: int, records: int) -> None:
+        """Redraw the modem side's progress, at most every PROGRESS_EVERY_S."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + PROGRESS_EVERY_S
+        self.stream.write(f"\r\x1b[Kreplay modem: {played}/{total} steps {records} records")
+        self.stream.flush()
+
     def clear(self) -> None:
         """Remove the indicator line."""
         if self.enabled:
@@ -171,8 +239,10 @@ class Replayer:
         device: str = DEFAULT_DEVICE,
         port: str = DEFAULT_PORT,
         progress: Progress | None = None,
+        tap: ModemChunks | None = None,
     ) -> None:
         self._new_pipeline = new_pipeline
+        self.tap = tap  # gathers the modem side while the GNSS side is read
         self.pipeline = new_pipeline()
         self._used = False  # whether self.pipeline has been fed
         self._done_counters: Counter[str] = Counter()
@@ -204,6 +274,8 @@ class Replayer:
                 self.pipeline = self._new_pipeline()
             self._used = True
             self.stats.files[reader.kind] += 1
+            if self.tap is not None:
+                self.tap.begin(reader)
             if reader.kind == "raw":
                 self._replay_raw(index, reader)
             else:
@@ -251,7 +323,10 @@ class Replayer:
         start_wall = time.monotonic()
         first_ts: float | None = None
         self._file_last_ts = None
+        tap = self.tap
         for chunk in reader:
+            if tap is not None:
+                tap.see(chunk)
             if chunk.port != self.port or chunk.direction != FROM_DEVICE:
                 self.stats.chunks_skipped += 1
                 continue
@@ -300,6 +375,338 @@ class Replayer:
         return fixes
 
 
+# -- the modem side ---------------------------------------------------------------------------
+
+
+@dataclass
+class _ModemFile:
+    kind: str
+    start: float | None
+    last_ts: float | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+
+
+class ModemChunks:
+    """The modem port's chunks of each capture, gathered while the captures are read."""
+
+    def __init__(self, port: str = MODEM_PORT) -> None:
+        self.port = port
+        self.files: list[_ModemFile] = []
+
+    def begin(self, reader: CaptureReader) -> None:
+        """A capture starts."""
+        self.files.append(_ModemFile(reader.kind, reader.start))
+
+    def see(self, chunk: Chunk) -> None:
+        """One chunk of the current capture, of any port (all of them date the file's end)."""
+        current = self.files[-1]
+        if chunk.ts is not None:
+            current.last_ts = chunk.ts
+        if chunk.port == self.port and chunk.data:
+            current.chunks.append(chunk)
+
+    def read(self, reader: CaptureReader) -> None:
+        """Gather one capture on its own (no GNSS side replayed)."""
+        self.begin(reader)
+        for chunk in reader:
+            self.see(chunk)
+
+    @property
+    def total(self) -> int:
+        """Modem chunks gathered."""
+        return sum(len(f.chunks) for f in self.files)
+
+    def sessions(self) -> list[list[Chunk]]:
+        """The chunks per recorded session: a capture that continues the one before it (its
+        start within CONTINUE_GAP_S of that one's last chunk: rotation) joins its session."""
+        sessions: list[list[Chunk]] = []
+        previous: _ModemFile | None = None
+        for f in self.files:
+            continues = (
+                previous is not None
+                and previous.kind == f.kind == "capture"
+                and f.start is not None
+                and previous.last_ts is not None
+                and -1.0 <= f.start - previous.last_ts <= CONTINUE_GAP_S
+            )
+            if continues and sessions:
+                sessions[-1].extend(f.chunks)
+            else:
+                sessions.append(list(f.chunks))
+            previous = f
+        return [s for s in sessions if s]
+
+
+def time_scale(config: ModemConfig, speed: float | None) -> float:
+    """How many times faster than recorded the driver's timers run in a replay."""
+    if speed is not None:
+        return speed
+    shortest = min(float(getattr(config, name)) for name in _COMMAND_TIMERS)
+    return max(1.0, shortest / FAST_SHORTEST_S)
+
+
+def replay_modem_config(config: ModemConfig, scale: float) -> ModemConfig:
+    """The driver's settings for a replay: waits `scale` times shorter, short timeouts."""
+    timeout = min(config.command_timeout_s, REPLAY_TIMEOUT_S)
+    update: dict[str, object] = {name: float(getattr(config, name)) / scale for name in _SCALED}
+    update.update(
+        command_timeout_s=timeout,
+        ping_timeout_s=min(config.ping_timeout_s, timeout),
+        send_timeout_s=min(config.send_timeout_s, timeout),
+    )
+    return config.model_copy(update=update)
+
+
+def starts_session(chunks: Iterable[Chunk], config: ModemConfig, port: str = MODEM_PORT) -> bool:
+    """Whether a modem recording begins with the driver's start (its first init command)."""
+    from terminal_gw.transport.playback import steps_from_chunks
+
+    _, steps = steps_from_chunks(chunks, port)
+    first = config.init[0] if config.init else "AT+CGSN"
+    return bool(steps) and steps[0].written == first.encode("ascii") + b"\r"
+
+
+class _ReplayPort:
+    """The driver's port in a replay. Opening it again after the driver closed it goes on in
+    the same recording (a recorded reopen did too). A write past the recording's end gets no
+    answer and is counted, not reported as a mismatch: it is where the replay ends."""
+
+    def __init__(self, playback: PlaybackPort) -> None:
+        self.playback = playback
+        self.past_end = 0
+        self.last_activity = time.monotonic()
+
+    async def read(self) -> bytes:
+        """The next recorded chunk due."""
+        data = await self.playback.read()
+        self.last_activity = time.monotonic()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Hand the bytes to the playback, unless the recording is over."""
+        self.last_activity = time.monotonic()
+        if self.playback.remaining == 0:
+            self.past_end += 1
+            return
+        await self.playback.write(data)
+
+    async def close(self) -> None:
+        """Nothing to release: the playback stays for the next open."""
+
+
+@dataclass
+class ModemStats:
+    """What the modem side of a replay saw and produced."""
+
+    sessions: int = 0
+    sessions_not_played: int = 0
+    chunks_not_played: int = 0
+    steps: int = 0
+    playback: Counter[str] = field(default_factory=Counter)
+    remaining: int = 0
+    past_end: int = 0
+    stalled: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    driver: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def played(self) -> int:
+        """Recorded steps played (in order or after a resynchronisation)."""
+        return self.playback["matched"]
+
+    @property
+    def mismatches(self) -> int:
+        """Writes that were not the recorded next command."""
+        return self.playback["mismatched"]
+
+
+class ModemReplayer:
+    """Plays recorded modem sessions to the Tiantong driver and prints or counts what it
+    stores: SMS received, the modem status, events (`playback_mismatch` ones included)."""
+
+    def __init__(
+        self,
+        config: ModemConfig,
+        *,
+        out: TextIO,
+        jsonl: bool,
+        speed: float | None,
+        prefix: str = DEFAULT_PREFIX,
+        device: str = DEFAULT_DEVICE,
+        port: str = MODEM_PORT,
+        log: FilteringBoundLogger | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.scale = time_scale(config, speed)
+        self.driver_config = replay_modem_config(config, self.scale)
+        self.out = out
+        self.jsonl = jsonl
+        self.paced = speed is not None
+        self.base = f"{prefix}/{device}"
+        self.port = port
+        self.log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.replay")
+        self.progress = progress
+        self.stats = ModemStats()
+        self.record_stats = Stats()
+        self._last_record = time.monotonic()
+        cfg = self.driver_config
+        waits = [float(getattr(cfg, name)) for name in _COMMAND_TIMERS]
+        # No step played for this long while some remain: the driver will not ask for them.
+        self.stall_s = max(waits) + 4 * cfg.command_timeout_s + 1.0
+
+    def replay(self, sessions: list[list[Chunk]], *, only_sessions: bool = False) -> None:
+        """Play each session to a fresh driver; with `only_sessions`, skip (and count) those
+        that do not begin with the driver's start."""
+        asyncio.run(self._replay(sessions, only_sessions=only_sessions))
+        if self.progress is not None:
+            self.progress.clear()
+
+    async def _replay(self, sessions: list[list[Chunk]], *, only_sessions: bool) -> None:
+        for chunks in sessions:
+            if only_sessions and not starts_session(chunks, self.config, self.port):
+                self.stats.sessions_not_played += 1
+                self.stats.chunks_not_played += len(chunks)
+                continue
+            await self._play(chunks)
+
+    async def _play(self, chunks: list[Chunk]) -> None:
+        from terminal_gw.modem.at import AtPort
+        from terminal_gw.modem.tiantong import TiantongModem
+        from terminal_gw.transport.playback import PlaybackPort
+
+        self.stats.sessions += 1
+        first_ts = next((c.ts for c in chunks if c.ts is not None), None)
+        # "error_reply": a command that was not recorded fails like a refused one and the
+        # driver goes on, so the rest of the recording is still played.
+        playback = PlaybackPort(
+            chunks,
+            port=self.port,
+            on_mismatch="error_reply",
+            events=self._event,
+            log=self.log,
+        )
+        port = _ReplayPort(playback)
+
+        async def open_port() -> AtPort:
+            return port
+
+        def clock() -> float:
+            # The recorded time of the exchange: records carry the session's times.
+            recorded = playback.recorded_time
+            if recorded is not None:
+                return recorded
+            return first_ts if first_ts is not None else time.time()
+
+        modem = TiantongModem(
+            self.driver_config,
+            self,
+            topic_base=self.base,
+            events=self._event,
+            port_factory=open_port,
+            log=self.log,
+            clock=clock,
+        )
+        async with asyncio.TaskGroup() as tg:
+            driver = tg.create_task(modem.run(), name="modem-replay")
+            stalled = await self._until_done(playback, port)
+            driver.cancel()
+        await playback.close()
+        self.stats.steps += playback.steps
+        self.stats.playback.update(playback.counters)
+        self.stats.remaining += playback.remaining
+        self.stats.past_end += port.past_end
+        self.stats.stalled += stalled
+        self.stats.driver.update(modem.counters)
+
+    async def _until_done(self, playback: PlaybackPort, port: _ReplayPort) -> bool:
+        """Wait until the session is played out; True when it stalled instead."""
+        matched = -1
+        progress_at = time.monotonic()
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            now = time.monotonic()
+            if playback.counters["matched"] != matched:
+                matched = playback.counters["matched"]
+                progress_at = now
+                if self.progress is not None:
+                    self.progress.steps(matched, playback.steps, self.record_stats.records.total())
+            if playback.remaining == 0 and playback.unread == 0:
+                if port.past_end:
+                    return False
+                quiet = now - max(port.last_activity, self._last_record)
+                if quiet >= QUIET_S:
+                    return False
+            elif now - progress_at >= self.stall_s:
+                return True
+
+    # -- what the driver stores ---------------------------------------------------------------
+
+    async def put(
+        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        """The driver's outbox: print or count the record."""
+        self._emit(topic, payload)
+
+    def _event(self, event: Event) -> None:
+        self._emit(f"{self.base}/{event.topic_path()}", event)
+
+    def _emit(self, topic: str, payload: Payload) -> None:
+        self._last_record = time.monotonic()
+        self.record_stats.see(payload)
+        self.stats.records[payload.record_class] += 1
+        if self.jsonl:
+            self.out.write(
+                f'{{"topic":{json.dumps(topic, ensure_ascii=False)},'
+                f'"payload":{payload.to_json()}}}\n'
+            )
+            if self.paced:
+                self.out.flush()
+
+    def summary_lines(self) -> list[str]:
+        """The modem part of the summary printed without --jsonl."""
+        st = self.stats
+        pb = st.playback
+        lines = [
+            f"modem sessions: {st.sessions} played"
+            + (
+                f", {st.sessions_not_played} not played ({st.chunks_not_played} chunks without "
+                "the driver's start; --port modem plays them anyway)"
+                if st.sessions_not_played
+                else ""
+            ),
+            (
+                f"modem steps: {st.steps} recorded, {st.played} played, "
+                f"{st.remaining} remaining; {st.mismatches} mismatches "
+                f"({pb['resynced']} resynchronised skipping {pb['skipped']} steps, "
+                f"{pb['error_replies']} answered ERROR)"
+            ),
+            f"modem records: {st.records.total()}"
+            + (f" ({_format_counts(sorted(st.records.items()))})" if st.records else ""),
+        ]
+        if st.past_end:
+            lines.append(f"modem writes past the recording's end: {st.past_end}")
+        if st.stalled:
+            lines.append(
+                f"modem stalled: {st.stalled} session(s) ended with steps the driver did not ask "
+                "for (recorded sends, or another config than the recording's)"
+            )
+        nonzero = {k: v for k, v in st.driver.items() if v}
+        if nonzero:
+            lines.append("driver counters:")
+            width = max(len(k) for k in nonzero)
+            lines.extend(f"  {k:<{width}}  {v:>9}" for k, v in sorted(nonzero.items()))
+        return lines
+
+    def status_line(self) -> str:
+        """The modem part of the line printed on stderr at the end."""
+        st = self.stats
+        return (
+            f"modem: played {st.played} of {st.steps} steps, {st.mismatches} mismatches, "
+            f"{st.remaining} remaining" + (f", stalled {st.stalled}" if st.stalled else "")
+        )
+
+
 def _format_counts(counts: Iterable[tuple[str, int]]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts)
 
@@ -328,13 +735,26 @@ def summary_lines(stats: Stats, counters: dict[str, int]) -> list[str]:
     return lines
 
 
+def _replay_log(level: str | None) -> FilteringBoundLogger:
+    """The driver's and the playback's logger: errors only unless --log-level says otherwise
+    (what they warn about is in the printed events already)."""
+    wrapper = structlog.make_filtering_bound_logger(
+        logging.getLevelNamesMapping()[(level or "error").upper()]
+    )
+    logger: FilteringBoundLogger = structlog.wrap_logger(None, wrapper_class=wrapper).bind(
+        stage="replay"
+    )
+    return logger
+
+
 def cli(args: argparse.Namespace) -> int:
     """Run `terminal-gw replay`."""
-    from terminal_gw.config import GnssConfig, load_config
+    from terminal_gw.config import GnssConfig, ModemConfig, load_config
     from terminal_gw.gnss.pipeline import GnssPipeline
 
     prefix, device = DEFAULT_PREFIX, DEFAULT_DEVICE
     gnss = GnssConfig()
+    modem = ModemConfig()
     if args.replay_config is not None:
         try:
             config = load_config(args.replay_config)
@@ -344,6 +764,7 @@ def cli(args: argparse.Namespace) -> int:
                 print(f"  {loc}: {msg}", file=sys.stderr)
             return EXIT_USAGE
         prefix, device, gnss = config.mqtt.prefix, config.device.id, config.gnss
+        modem = config.modem
 
     # Open every capture first: a typo in the last name should not cost a long replay.
     readers: list[CaptureReader] = []
@@ -353,6 +774,13 @@ def cli(args: argparse.Namespace) -> int:
         except TerminalGwError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+
+    port: str | None = args.port
+    gnss_side = port != MODEM_PORT
+    # Without --port the modem side comes along, but only sessions the driver can play.
+    modem_side = port is None or port == MODEM_PORT
+    progress = Progress(sys.stderr, len(readers))
+    tap = ModemChunks(MODEM_PORT) if modem_side else None
 
     def new_pipeline() -> GnssPipeline:
         return GnssPipeline(
@@ -366,28 +794,73 @@ def cli(args: argparse.Namespace) -> int:
         speed=args.speed,
         prefix=prefix,
         device=device,
-        port=args.port,
-        progress=Progress(sys.stderr, len(readers)),
+        port=port or DEFAULT_PORT,
+        progress=progress,
+        tap=tap,
+    )
+    modem_replayer = ModemReplayer(
+        modem,
+        out=sys.stdout,
+        jsonl=args.jsonl,
+        speed=args.speed,
+        prefix=prefix,
+        device=device,
+        log=_replay_log(getattr(args, "log_level", None)),
+        progress=progress,
     )
     try:
-        replayer.replay(readers)
+        if gnss_side:
+            replayer.replay(readers)
+        elif tap is not None:
+            for reader in readers:
+                replayer.stats.files[reader.kind] += 1
+                tap.read(reader)
+                replayer.stats.bad_capture_lines += reader.bad_lines
+        if port == MODEM_PORT and tap is not None and not tap.total:
+            names = ", ".join(str(r.path) for r in readers)
+            print(
+                f"error: no {MODEM_PORT!r} chunks in {names}: nothing to play to the modem "
+                "driver (the daemon records them with [modem] record = true)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if tap is not None and tap.total:
+            sys.stdout.flush()  # the GNSS records before the modem's
+            modem_replayer.replay(tap.sessions(), only_sessions=port is None)
     except TerminalGwError as exc:
-        if replayer.progress is not None:
-            replayer.progress.clear()
+        progress.clear()
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     stats = replayer.stats
     counters = replayer.counters
+    mstats = modem_replayer.stats
     if not args.jsonl:
-        print("\n".join(summary_lines(stats, counters)))
+        if gnss_side:
+            lines = summary_lines(stats, counters)
+        else:
+            files = _format_counts(sorted(stats.files.items()))
+            lines = [
+                f"captures: {stats.files.total()} ({files})",
+                f"bad capture lines: {stats.bad_capture_lines}",
+            ]
+        if mstats.sessions or mstats.sessions_not_played:
+            lines.extend(modem_replayer.summary_lines())
+        print("\n".join(lines))
     sys.stdout.flush()  # the summary before the counters line when both go to a terminal
-    nonzero = _format_counts((k, v) for k, v in sorted(counters.items()) if v)
-    print(
-        f"replay: {stats.files.total()} capture(s), {stats.records.total()} records"
-        + (f" ({_format_counts(sorted(stats.records.items()))})" if stats.records else "")
-        + f"; counters: {nonzero or 'all zero'}",
-        file=sys.stderr,
+    records = Counter(stats.records)
+    records.update(mstats.records)
+    line = f"replay: {stats.files.total()} capture(s), {records.total()} records" + (
+        f" ({_format_counts(sorted(records.items()))})" if records else ""
     )
+    if gnss_side:
+        nonzero = _format_counts((k, v) for k, v in sorted(counters.items()) if v)
+        line += f"; counters: {nonzero or 'all zero'}"
+    if mstats.sessions:
+        line += f"; {modem_replayer.status_line()}"
+    print(line, file=sys.stderr)
+    if mstats.sessions and not mstats.played:
+        print("error: no recorded modem step could be played", file=sys.stderr)
+        return EXIT_NOTHING_PLAYED
     return EXIT_OK

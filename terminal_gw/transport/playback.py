@@ -1,10 +1,12 @@
 """Modem capture playback: a port that plays a recorded modem, and a port that records one.
 
 `PlaybackPort` has the `AtPort` shape (read, write, close). It reads a capture (the project's
-format, one port of it) as steps: what the daemon wrote (`>` chunks, consecutive ones joined)
-and what the modem sent after it (`<` chunks up to the next `>`). Each write is matched against
-the next step; when the written bytes make up the step's command, its recorded reply becomes
-readable. What the modem sent before the first command is readable from the start.
+format, one port of it) as steps: what the daemon wrote (`>` chunks; consecutive ones joined
+unless the first ends a command with CR, Ctrl-Z or ESC: a command the modem never answered is
+a step of its own) and what the modem sent after it (`<` chunks up to the next `>`). Each write
+is matched against the next step; when the written bytes make up the step's command, its
+recorded reply becomes readable. What the modem sent before the first command is readable from
+the start.
 
 On a mismatch (the daemon wrote something else than was recorded next):
 
@@ -50,6 +52,9 @@ __all__ = ["PlaybackPort", "RecordingPort", "Step", "steps_from_chunks"]
 
 OnMismatch = Literal["fail", "error_reply"]
 _ERROR_REPLY = b"\r\nERROR\r\n"
+#: How a complete write ends (a command, a PDU, an abort): a write after one is the next step,
+#: even when the modem never answered the first.
+_ENDS = (b"\r", b"\x1a", b"\x1b")
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Step:
 
     written: bytes
     replies: list[bytes] = field(default_factory=list)
+    #: Unix time of the step's last recorded chunk (None when the chunks carry no time).
+    at: float | None = None
 
 
 def steps_from_chunks(chunks: Iterable[Chunk], port: str) -> tuple[list[bytes], list[Step]]:
@@ -69,7 +76,7 @@ def steps_from_chunks(chunks: Iterable[Chunk], port: str) -> tuple[list[bytes], 
             continue
         if chunk.direction == TO_DEVICE:
             last = steps[-1] if steps else None
-            if last is not None and not last.replies:
+            if last is not None and not last.replies and not last.written.endswith(_ENDS):
                 last.written += chunk.data  # one write recorded in pieces
             else:
                 steps.append(Step(chunk.data))
@@ -77,6 +84,8 @@ def steps_from_chunks(chunks: Iterable[Chunk], port: str) -> tuple[list[bytes], 
             steps[-1].replies.append(chunk.data)
         else:
             preamble.append(chunk.data)
+        if steps and chunk.ts is not None:
+            steps[-1].at = chunk.ts
     return preamble, steps
 
 
@@ -106,6 +115,8 @@ class PlaybackPort:
         self._failed: TransportError | None = None
         self._closed = False
         self.counters: Counter[str] = Counter()
+        #: Recorded time of the step played last (None before the first): a replay's clock.
+        self.recorded_time: float | None = None
 
     @classmethod
     def from_capture(
@@ -130,6 +141,16 @@ class PlaybackPort:
     def remaining(self) -> int:
         """Recorded steps not played yet."""
         return len(self._steps) - self._next
+
+    @property
+    def steps(self) -> int:
+        """Recorded steps in all."""
+        return len(self._steps)
+
+    @property
+    def unread(self) -> int:
+        """Chunks due (played) that no read has taken yet."""
+        return len(self._readable)
 
     async def read(self) -> bytes:
         """The next recorded chunk due; waits (like a silent modem) until a write makes one due."""
@@ -171,6 +192,8 @@ class PlaybackPort:
         self._next = index + 1
         self._written = b""
         self.counters["matched"] += 1
+        if step.at is not None:
+            self.recorded_time = step.at
         self._readable.extend(step.replies)
         self._wake.set()
 

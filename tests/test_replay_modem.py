@@ -1,0 +1,224 @@
+"""`terminal-gw replay` plays the modem: a session recorded against the simulator over a real
+pty (single, Chinese UCS2 and three-part SMS) replayed to the driver prints the same records;
+a capture that lost a reply shows a mismatch and still ends; no modem chunks exits 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from terminal_gw.config import ModemConfig
+from terminal_gw.models import ModemStatus, SmsReceived
+from terminal_gw.modem.at import AtPort
+from terminal_gw.modem.tiantong import ModemState, TiantongModem
+from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.transport.capture import CaptureReader, CaptureWriter
+from terminal_gw.transport.playback import RecordingPort
+from terminal_gw.transport.pty import PtyDevice
+from terminal_gw.transport.serial import SerialPort
+from tests.conftest import GNSS_CORPUS, REPO
+from tests.modem.test_tiantong_rig import Sink, wait_until
+
+T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=timezone(timedelta(hours=8)))
+SINGLE = "Position report request"
+CHINESE = "船舶状态正常，请回复当前位置。"
+LONG = " ".join(f"Weather bulletin line {n}: wind NE 5, sea moderate." for n in range(9))
+
+
+@dataclass
+class Recording:
+    """A recorded driver session and what the driver stored while it was recorded."""
+
+    capture: Path
+    sms: list[SmsReceived]
+    status: ModemStatus
+
+
+async def record(directory: Path) -> Recording:
+    """The driver against the simulator, tapped into a capture, while three messages arrive."""
+    capture = directory / "session.cap"
+    sink = Sink()
+    # The daemon's defaults, so that `replay` without --config runs the same driver settings.
+    config = ModemConfig(port="recorded", command_timeout_s=2.0)
+    with PtyDevice(directory / "tiantong0") as device, CaptureWriter(capture) as writer:
+        sim = ModemSimulator(device)
+
+        async def factory() -> AtPort:
+            return RecordingPort(await SerialPort.open(device.path, 115200), writer)
+
+        modem = TiantongModem(config, sink, topic_base="tgw/replay", port_factory=factory)
+        async with asyncio.TaskGroup() as tg:
+            sim_task = tg.create_task(sim.run(), name="sim")
+            modem_task = tg.create_task(modem.run(), name="modem")
+            try:
+                await wait_until(lambda: modem.state is ModemState.OK and bool(sink.statuses()))
+                await wait_until(lambda: modem.counters["sweeps"] == 1)
+                messages = ((SINGLE, None), (CHINESE, None), (LONG, 3))
+                for n, (text, parts) in enumerate(messages, start=1):
+                    sim.deliver("+8613912345678", text, timestamp=T0, force_parts=parts)
+                    await wait_until(lambda: len(sink.sms()) == n)  # noqa: B023 - awaited here
+                await wait_until(lambda: not sim.storage)
+                await asyncio.sleep(0.2)  # the last delete's answer is in the capture
+            finally:
+                modem_task.cancel()
+                sim_task.cancel()
+    return Recording(capture, sink.sms(), sink.statuses()[-1])
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
+    return asyncio.run(record(tmp_path_factory.mktemp("modem-session")))
+
+
+def run_replay(*args: str | Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "terminal_gw", "replay", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def of_topic(recs: list[dict[str, Any]], suffix: str) -> list[dict[str, Any]]:
+    return [r["payload"] for r in recs if r["topic"] == f"tgw/replay/{suffix}"]
+
+
+def without(payload: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k not in keys}
+
+
+def test_the_recording_holds_the_three_messages(recording: Recording) -> None:
+    assert [(s.text, s.parts, s.encoding) for s in recording.sms] == [
+        (SINGLE, 1, "gsm7"),
+        (CHINESE, 1, "ucs2"),
+        (LONG, 3, "gsm7"),
+    ]
+
+
+def test_replay_prints_the_same_sms_and_status(recording: Recording) -> None:
+    started = time.monotonic()
+    result = run_replay("--jsonl", "--port", "modem", recording.capture)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    recs = lines(result.stdout)
+    sms = of_topic(recs, "sms/rx")
+    expected = [s.to_json_dict() for s in recording.sms]
+    # Same ids (derived from the message), texts, senders and times; `received` is the
+    # recorded time of the read, not the time of the replay.
+    assert [without(s, "received") for s in sms] == [without(s, "received") for s in expected]
+    for played, recorded in zip(sms, expected, strict=True):
+        assert played["received"][:16] == recorded["received"][:16]
+    statuses = of_topic(recs, "modem/status")
+    assert statuses
+    assert without(statuses[-1], "id", "time") == without(
+        recording.status.to_json_dict(), "id", "time"
+    )
+    assert statuses[-1]["imei"] == "860123456789012"
+    assert statuses[-1]["operator"] == "CHINA TELECOM TIANTONG"
+    assert not [r for r in of_topic(recs, "event") if r["kind"] == "playback_mismatch"]
+    assert "mismatches" in result.stderr
+    assert ", 0 mismatches, 0 remaining" in result.stderr
+    assert elapsed < 8
+
+
+def test_summary_counts_records_and_steps(recording: Recording) -> None:
+    _, steps = _steps(recording.capture)
+    result = run_replay("--port", "modem", recording.capture)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"modem steps: {steps} recorded, {steps} played, 0 remaining; 0 mismatches" in out
+    assert "modem records: " in out
+    assert "sms 3" in out
+    assert "captures: 1 (capture 1)" in out
+    assert not out.lstrip().startswith("{")
+
+
+def _steps(capture: Path) -> tuple[int, int]:
+    from terminal_gw.transport.playback import steps_from_chunks
+
+    preamble, steps = steps_from_chunks(CaptureReader(capture), "modem")
+    return len(preamble), len(steps)
+
+
+def drop_reply(capture: Path, out: Path, command: bytes) -> None:
+    """A copy of the capture without the modem's reply to the first `command`."""
+    chunks = list(CaptureReader(capture))
+    reader = CaptureReader(capture)
+    assert reader.start is not None
+    at = next(i for i, c in enumerate(chunks) if c.direction == ">" and c.data == command)
+    end = next(i for i in range(at + 1, len(chunks)) if chunks[i].direction == ">")
+    kept = chunks[: at + 1] + chunks[end:]
+    with CaptureWriter(out, start=reader.start) as w:
+        for c in kept:
+            w.write(c.port, c.direction, c.data, c.ts)
+
+
+def test_a_lost_reply_shows_a_mismatch_and_still_ends(recording: Recording, tmp_path: Path) -> None:
+    edited = tmp_path / "edited.cap"
+    drop_reply(recording.capture, edited, b"AT+CSQ\r")
+    started = time.monotonic()
+    result = run_replay("--jsonl", "--port", "modem", edited)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 0, result.stderr
+    recs = lines(result.stdout)
+    mismatches = [e for e in of_topic(recs, "event") if e["kind"] == "playback_mismatch"]
+    assert mismatches
+    assert mismatches[0]["data"]["wrote"] == "AT\r"  # the driver's ping after the silence
+    assert mismatches[0]["data"]["expected"] == "AT+CREG?\r"
+    # The rest of the recording is still played: the messages come through.
+    assert [s["text"] for s in of_topic(recs, "sms/rx")] == [SINGLE, CHINESE, LONG]
+    assert "0 mismatches" not in result.stderr
+
+
+def test_without_modem_chunks_exits_2(tmp_path: Path) -> None:
+    capture = tmp_path / "gnss-only.cap"
+    with CaptureWriter(capture, start=1_700_000_000.0) as w:
+        w.write("gnss", "<", b"$GNGGA,074150.799,,,,,0,00,,,M,0.0,M,,0000,*64\r\n")
+    for path in (capture, GNSS_CORPUS / "beidou-bd.log"):
+        result = run_replay("--jsonl", "--port", "modem", path)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert "no 'modem' chunks" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_without_port_both_sides_are_replayed(recording: Recording, tmp_path: Path) -> None:
+    both = tmp_path / "both.cap"
+    chunks = list(CaptureReader(recording.capture))
+    start = CaptureReader(recording.capture).start
+    assert start is not None
+    gnss = [c.data for c in CaptureReader(GNSS_CORPUS / "beidou-bd.log")]
+    with CaptureWriter(both, start=start) as w:
+        for i, c in enumerate(chunks):
+            w.write(c.port, c.direction, c.data, c.ts)
+            if i < len(gnss):
+                w.write("gnss", "<", gnss[i], c.ts)
+        for data in gnss[len(chunks) :]:
+            w.write("gnss", "<", data, chunks[-1].ts)
+    result = run_replay("--jsonl", both)
+    assert result.returncode == 0, result.stderr
+    topics = [r["topic"] for r in lines(result.stdout)]
+    assert topics.count("tgw/replay/gnss/fix") == 10
+    assert topics.count("tgw/replay/sms/rx") == 3
+    # The GNSS records first, then the modem's.
+    assert topics.index("tgw/replay/sms/rx") > max(
+        i for i, t in enumerate(topics) if t.startswith("tgw/replay/gnss/")
+    )
+    summary = run_replay(both).stdout
+    assert "records: " in summary
+    assert "modem sessions: 1 played" in summary
