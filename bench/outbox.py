@@ -1,10 +1,13 @@
 """Outbox benchmark: enqueue rate, bytes written to disk per record, memory with an empty and
-with a full outbox. Prints figures; goals are checked by eye and recorded in bench/RESULTS.md.
+with a full outbox, bytes written per record on the live path. Prints figures; goals are
+checked by eye and recorded in bench/RESULTS.md.
 
-    python bench/outbox.py [--records N] [--waiting N] [--dir DIR]
+    python bench/outbox.py [--records N] [--waiting N] [--dir DIR] [--live-seconds S]
+    python bench/outbox.py --live-only    # only the live-path figures
 
 Goals: bytes written per 300-byte record under 1 KB (batched commits); resident memory with
-1,000,000 waiting records within 5 MB of an empty outbox.
+1,000,000 waiting records within 5 MB of an empty outbox; on the live path (a connected
+uplink keeping up with 10 records/s) near 0 bytes written per record.
 """
 
 from __future__ import annotations
@@ -324,6 +327,85 @@ DRAIN_CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+# --- live path: bytes written while a connected uplink keeps up ---------------------------
+# The daemon's set-up (the outbox's timer with the default batching, a commit a second; the
+# uplink connected to a local mosquitto) and 10 fixes a second: bytes this process wrote to
+# storage (/proc/self/io, after os.sync so that the WAL's writeback is counted) per record,
+# and apart from them what closing the outbox writes (its checkpoint of the WAL). For
+# comparison the same stream with the link down.
+
+
+async def _live(config: Any, seconds: float, rate: float, *, link: bool) -> dict[str, Any]:
+    from terminal_gw.uplink import LinkState, Uplink
+
+    n = int(seconds * rate)
+    fixes = [sample_fix(i) for i in range(n)]
+    async with Outbox(config.outbox, events=lambda e: None) as outbox:
+        uplink = Uplink(config, outbox, events=lambda e: None)
+        async with asyncio.TaskGroup() as tg:
+            duties = tg.create_task(outbox.run(), name="outbox")
+            run = tg.create_task(uplink.run(), name="uplink") if link else None
+            async with asyncio.timeout(10):
+                while link and uplink.state is not LinkState.CONNECTED:  # noqa: ASYNC110 - polls the link state
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(os.sync)
+            w0 = write_bytes()
+            next_at = time.monotonic()
+            for f in fixes:
+                await outbox.put(FIX_TOPIC, f)
+                next_at += 1.0 / rate
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            # Past the commit timer: what was not acked by then is written.
+            await asyncio.sleep(2 * config.outbox.commit_interval_s)
+            await asyncio.to_thread(os.sync)
+            w1 = write_bytes()
+            if run is not None:
+                await uplink.stop()
+                run.cancel()
+            duties.cancel()
+        unwritten = outbox.delivered_unwritten
+    os.sync()
+    return {
+        "records": n,
+        "delivered": uplink.counters.records,
+        "unwritten": unwritten,
+        "written_per_record": (w1 - w0) / n,
+        "close": write_bytes() - w1,  # the closing checkpoint: once per run, not per record
+    }
+
+
+def live_section(work: Path, seconds: float, rate: float = 10.0) -> None:
+    """Print bytes written per record with the link up (live path) and down (batched)."""
+    from terminal_gw.config import load_config_data
+
+    proc, port = start_mosquitto(work)
+    try:
+        print(f"live path: {rate:g} fixes/s for {seconds:g} s, default batching (commit 1 s),")
+        print(f"  loopback mosquitto on port {port}; bytes written per record (/proc/self/io)")
+        for link in (True, False):
+            path = work / f"live-{link}.db"
+            config = load_config_data(
+                {
+                    "device": {"id": DEVICE},
+                    "mqtt": {"host": "127.0.0.1", "port": port},
+                    "outbox": {"path": str(path)},
+                },
+                environ={},
+            )
+            asyncio.run(fill(path, 0))  # the schema's own writes are not the records'
+            r = asyncio.run(_live(config, seconds, rate, link=link))
+            name = "link up, uplink keeping up" if link else "link down, records wait"
+            print(
+                f"  {name:<28} {r['written_per_record']:>8,.1f} B/record, then"
+                f" {r['close']:>9,} B at close; {r['delivered']} delivered,"
+                f" {r['unwritten']} of them never written"
+            )
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 def drain_section(work: Path, n: int) -> None:
     """Print the drain figures for each case against a fresh local mosquitto."""
     proc, port = start_mosquitto(work)
@@ -361,9 +443,20 @@ def main() -> None:
     parser.add_argument(
         "--backlog", type=int, default=86_400, help="fixes in the drain backlog (24 h at 1 Hz)"
     )
+    parser.add_argument("--live-only", action="store_true", help="only the live-path figures")
+    parser.add_argument(
+        "--live-seconds", type=float, default=60.0, help="length of each live-path run"
+    )
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(asyncio.run(_probe(args.probe))))
+        return
+    if args.live_only:
+        work = Path(tempfile.mkdtemp(prefix="tgw-bench-", dir=args.dir))
+        try:
+            live_section(work, args.live_seconds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return
     if args.drain_only:
         work = Path(tempfile.mkdtemp(prefix="tgw-bench-", dir=args.dir))
@@ -411,6 +504,7 @@ def main() -> None:
         print(f"  difference               {(b['rss_kib'] - a['rss_kib']) / 1024:>10.1f} MiB")
         print(f"open (quick_check) with {b['depth']:,} waiting: {b['open_s']:.2f} s")
         print(f"next_batch(16) with {b['depth']:,} waiting: {b['next_batch_ms']:.2f} ms")
+        live_section(work, args.live_seconds)
         drain_section(work, args.backlog)
     finally:
         shutil.rmtree(work, ignore_errors=True)
