@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from terminal_gw.config import ModemConfig
     from terminal_gw.gnss.pipeline import GnssPipeline
     from terminal_gw.models import Event, Payload
+    from terminal_gw.modem.tiantong import TiantongModem
     from terminal_gw.transport.playback import PlaybackPort
 
 EXIT_OK = 0
@@ -92,6 +94,16 @@ REPLAY_TIMEOUT_S = 0.5
 QUIET_S = 0.3
 #: How often a modem replay looks whether it is done.
 CHECK_EVERY_S = 0.01
+#: A recorded send is made again once the driver has been quiet this long (so that it comes
+#: between the driver's own commands, as the command stage's send did when recorded).
+SEND_QUIET_S = 0.05
+#: How far ahead the playback looks for a command that was not the recorded next one: far
+#: enough for two polls made in another order than recorded, or a send not made again; not so
+#: far that a poll made early jumps over recorded messages (their replies would be lost).
+RESYNC_WINDOW = 4
+#: A recorded send: `AT+CMGS=<length>` then the PDU and Ctrl-Z, as the AT engine writes them.
+_CMGS = re.compile(rb"AT\+CMGS=(\d{1,3})\r")
+_PDU = re.compile(rb"([0-9A-F]{4,400})\x1a")
 #: Driver settings that are waits, compressed with the timers.
 _SCALED = (
     "poll_signal_s",
@@ -506,6 +518,9 @@ class ModemStats:
     remaining: int = 0
     past_end: int = 0
     stalled: int = 0
+    sends: int = 0
+    sends_failed: int = 0
+    mismatches_folded: int = 0
     records: Counter[str] = field(default_factory=Counter)
     driver: Counter[str] = field(default_factory=Counter)
 
@@ -550,6 +565,8 @@ class ModemReplayer:
         self.stats = ModemStats()
         self.record_stats = Stats()
         self._last_record = time.monotonic()
+        self._playback: PlaybackPort | None = None
+        self._last_mismatch: tuple[int, object] | None = None
         cfg = self.driver_config
         waits = [float(getattr(cfg, name)) for name in _COMMAND_TIMERS]
         # No step played for this long while some remain: the driver will not ask for them.
@@ -582,11 +599,14 @@ class ModemReplayer:
         playback = PlaybackPort(
             chunks,
             port=self.port,
+            resync_window=RESYNC_WINDOW,
             on_mismatch="error_reply",
             events=self._event,
             log=self.log,
         )
         port = _ReplayPort(playback)
+        self._playback = playback
+        self._last_mismatch = None
 
         async def open_port() -> AtPort:
             return port
@@ -609,7 +629,7 @@ class ModemReplayer:
         )
         async with asyncio.TaskGroup() as tg:
             driver = tg.create_task(modem.run(), name="modem-replay")
-            stalled = await self._until_done(playback, port)
+            stalled = await self._until_done(modem, playback, port)
             driver.cancel()
         await playback.close()
         self.stats.steps += playback.steps
@@ -619,13 +639,24 @@ class ModemReplayer:
         self.stats.stalled += stalled
         self.stats.driver.update(modem.counters)
 
-    async def _until_done(self, playback: PlaybackPort, port: _ReplayPort) -> bool:
+    async def _until_done(
+        self, modem: TiantongModem, playback: PlaybackPort, port: _ReplayPort
+    ) -> bool:
         """Wait until the session is played out; True when it stalled instead."""
         matched = -1
         progress_at = time.monotonic()
+        send_tried_at: int | None = None
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
             now = time.monotonic()
+            if (
+                playback.remaining != send_tried_at
+                and playback.unread == 0
+                and now - port.last_activity >= SEND_QUIET_S
+                and await self._send_recorded(modem, playback)
+            ):
+                send_tried_at = playback.remaining
+                continue
             if playback.counters["matched"] != matched:
                 matched = playback.counters["matched"]
                 progress_at = now
@@ -640,6 +671,30 @@ class ModemReplayer:
             elif now - progress_at >= self.stall_s:
                 return True
 
+    async def _send_recorded(self, modem: TiantongModem, playback: PlaybackPort) -> bool:
+        """When the next recorded step is a send (made by the command stage, which a replay
+        has not got), make it again through the driver; False when it is not a send."""
+        from terminal_gw.modem.sms import SubmitPdu
+        from terminal_gw.modem.tiantong import ModemState
+
+        upcoming = playback.upcoming(2)
+        if len(upcoming) < 2 or modem.state is not ModemState.OK:
+            return False
+        command, body = _CMGS.fullmatch(upcoming[0]), _PDU.fullmatch(upcoming[1])
+        if command is None or body is None:
+            return False
+        pdu = SubmitPdu(
+            hex=body.group(1).decode("ascii"), tpdu_length=int(command.group(1)), part=1, total=1
+        )
+        try:
+            await modem.send_sms([pdu])
+        except TerminalGwError as exc:
+            self.stats.sends_failed += 1
+            self.log.warning("recorded send failed in the replay", error=str(exc))
+        else:
+            self.stats.sends += 1
+        return True
+
     # -- what the driver stores ---------------------------------------------------------------
 
     async def put(
@@ -649,6 +704,14 @@ class ModemReplayer:
         self._emit(topic, payload)
 
     def _event(self, event: Event) -> None:
+        if event.kind == "playback_mismatch" and self._playback is not None:
+            # While the driver writes command after command the recording has not got (its
+            # recovery ladder), one event says where; the summary counts them all.
+            key = (self._playback.counters["matched"], event.data.get("expected"))
+            if key == self._last_mismatch:
+                self.stats.mismatches_folded += 1
+                return
+            self._last_mismatch = key
         self._emit(f"{self.base}/{event.topic_path()}", event)
 
     def _emit(self, topic: str, payload: Payload) -> None:
@@ -684,6 +747,13 @@ class ModemReplayer:
             f"modem records: {st.records.total()}"
             + (f" ({_format_counts(sorted(st.records.items()))})" if st.records else ""),
         ]
+        if st.mismatches_folded:
+            lines.append(
+                f"modem mismatch events left out: {st.mismatches_folded} (the same recorded "
+                "step expected again)"
+            )
+        if st.sends or st.sends_failed:
+            lines.append(f"recorded sends made again: {st.sends}, failed: {st.sends_failed}")
         if st.past_end:
             lines.append(f"modem writes past the recording's end: {st.past_end}")
         if st.stalled:

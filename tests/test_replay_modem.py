@@ -19,6 +19,7 @@ import pytest
 from terminal_gw.config import ModemConfig
 from terminal_gw.models import ModemStatus, SmsReceived
 from terminal_gw.modem.at import AtPort
+from terminal_gw.modem.sms import encode_submit
 from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.transport.capture import CaptureReader, CaptureWriter
@@ -31,6 +32,7 @@ from tests.modem.test_tiantong_rig import Sink, wait_until
 T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=timezone(timedelta(hours=8)))
 SINGLE = "Position report request"
 CHINESE = "船舶状态正常，请回复当前位置。"
+REPLY_TO, REPLY = "+8613800138000", "All well on board"
 LONG = " ".join(f"Weather bulletin line {n}: wind NE 5, sea moderate." for n in range(9))
 
 
@@ -66,6 +68,11 @@ async def record(directory: Path) -> Recording:
                 for n, (text, parts) in enumerate(messages, start=1):
                     sim.deliver("+8613912345678", text, timestamp=T0, force_parts=parts)
                     await wait_until(lambda: len(sink.sms()) == n)  # noqa: B023 - awaited here
+                    if n == 1:  # a downlink command's send between the messages
+                        await modem.send_sms(encode_submit(REPLY_TO, REPLY, max_parts=1, ref=7))
+                assert [s.pdu for s in sim.sent] == [
+                    p.hex for p in encode_submit(REPLY_TO, REPLY, max_parts=1, ref=7)
+                ]
                 await wait_until(lambda: not sim.storage)
                 await asyncio.sleep(0.2)  # the last delete's answer is in the capture
             finally:
@@ -145,6 +152,8 @@ def test_summary_counts_records_and_steps(recording: Recording) -> None:
     assert "modem records: " in out
     assert "sms 3" in out
     assert "captures: 1 (capture 1)" in out
+    # The send a downlink command made is made again, so the messages after it are played.
+    assert "recorded sends made again: 1, failed: 0" in out
     assert not out.lstrip().startswith("{")
 
 

@@ -152,6 +152,10 @@ class PlaybackPort:
         """Chunks due (played) that no read has taken yet."""
         return len(self._readable)
 
+    def upcoming(self, count: int = 1) -> list[bytes]:
+        """What was written in the next `count` recorded steps (fewer near the end)."""
+        return [step.written for step in self._steps[self._next : self._next + count]]
+
     async def read(self) -> bytes:
         """The next recorded chunk due; waits (like a silent modem) until a write makes one due."""
         while True:
