@@ -231,3 +231,56 @@ def test_without_port_both_sides_are_replayed(recording: Recording, tmp_path: Pa
     summary = run_replay(both).stdout
     assert "records: " in summary
     assert "modem sessions: 1 played" in summary
+
+
+POLLS = {"poll_signal_s": 0.3, "poll_registration_s": 0.3, "poll_operator_s": 0.7}
+
+
+async def record_polls(directory: Path) -> tuple[Path, list[ModemStatus]]:
+    """A session with periodic polls; the signal changes halfway."""
+    capture = directory / "polls.cap"
+    sink = Sink()
+    config = ModemConfig(port="recorded", command_timeout_s=2.0, **POLLS)
+    with PtyDevice(directory / "tiantong0") as device, CaptureWriter(capture) as writer:
+        sim = ModemSimulator(device)
+
+        async def factory() -> AtPort:
+            return RecordingPort(await SerialPort.open(device.path, 115200), writer)
+
+        modem = TiantongModem(config, sink, topic_base="tgw/replay", port_factory=factory)
+        async with asyncio.TaskGroup() as tg:
+            sim_task = tg.create_task(sim.run(), name="sim")
+            modem_task = tg.create_task(modem.run(), name="modem")
+            try:
+                await wait_until(lambda: modem.state is ModemState.OK)
+                await asyncio.sleep(0.8)
+                sim.set_signal(25)
+                await wait_until(lambda: modem.rssi == 25)
+                await asyncio.sleep(0.8)
+            finally:
+                modem_task.cancel()
+                sim_task.cancel()
+    return capture, sink.statuses()
+
+
+def test_periodic_polls_replay_in_order_with_the_recording_config(tmp_path: Path) -> None:
+    capture, statuses = asyncio.run(record_polls(tmp_path))
+    assert [s.rssi for s in statuses] == [18, 25]
+    config = tmp_path / "tgw.toml"
+    config.write_text(
+        '[device]\nid = "replay"\n\n[modem]\n' + "".join(f"{k} = {v}\n" for k, v in POLLS.items())
+    )
+    result = run_replay("--jsonl", "--port", "modem", "--config", config, capture)
+    assert result.returncode == 0, result.stderr
+    assert ", 0 mismatches, 0 remaining" in result.stderr
+    played = of_topic(lines(result.stdout), "modem/status")
+    assert [s["rssi"] for s in played] == [18, 25]
+    assert [s["time"] for s in played] == [s.time for s in statuses]  # the recorded times
+
+    chunks = list(CaptureReader(capture))
+    span = (chunks[-1].ts or 0) - (chunks[0].ts or 0)
+    started = time.monotonic()
+    paced = run_replay("--speed", "1", "--port", "modem", "--config", config, capture)
+    assert paced.returncode == 0, paced.stderr
+    assert time.monotonic() - started >= 0.7 * span  # the driver's polls come at their pace
+    assert ", 0 mismatches, 0 remaining" in paced.stderr
