@@ -284,3 +284,20 @@ def test_periodic_polls_replay_in_order_with_the_recording_config(tmp_path: Path
     assert paced.returncode == 0, paced.stderr
     assert time.monotonic() - started >= 0.7 * span  # the driver's polls come at their pace
     assert ", 0 mismatches, 0 remaining" in paced.stderr
+
+
+def test_a_recording_the_driver_never_matches_exits_1(tmp_path: Path) -> None:
+    capture = tmp_path / "other.cap"
+    with CaptureWriter(capture, start=1_700_000_000.0) as w:
+        for i in range(3):
+            w.write("modem", ">", b"AT+QGPS=1\r", w.start + i)
+            w.write("modem", "<", b"\r\nOK\r\n", w.start + i + 0.1)
+    config = tmp_path / "tgw.toml"
+    config.write_text('[device]\nid = "replay"\n\n[modem]\nsweep_interval_s = 60\n')
+    started = time.monotonic()
+    result = run_replay("--port", "modem", "--config", config, capture)
+    assert time.monotonic() - started < 8  # a stall ends it
+    assert result.returncode == 1, result.stderr
+    assert "no recorded modem step could be played" in result.stderr
+    assert "modem steps: 3 recorded, 0 played, 3 remaining" in result.stdout
+    assert "modem stalled: 1 session(s)" in result.stdout
