@@ -140,7 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speed",
         type=_positive,
         metavar="N",
-        help="replay at N times real time (raw captures: one epoch per 1/N s)",
+        help="replay at N times real time (raw captures: one epoch per 1/N s; the modem "
+        "driver's timers run N times faster)",
     )
     pace.add_argument("--fast", action="store_true", help="as fast as possible (the default)")
     parser.add_argument(
@@ -568,8 +569,9 @@ class ModemReplayer:
         self._playback: PlaybackPort | None = None
         self._last_mismatch: tuple[int, object] | None = None
         cfg = self.driver_config
-        waits = [float(getattr(cfg, name)) for name in _COMMAND_TIMERS]
-        # No step played for this long while some remain: the driver will not ask for them.
+        waits = [float(getattr(cfg, name)) for name in (*_COMMAND_TIMERS, "recovery_backoff_s")]
+        # No step played for this long while some remain: the driver will not ask for them
+        # (its longest timer has come round, with a few timeouts on top).
         self.stall_s = max(waits) + 4 * cfg.command_timeout_s + 1.0
 
     def replay(self, sessions: list[list[Chunk]], *, only_sessions: bool = False) -> None:
