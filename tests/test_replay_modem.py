@@ -293,7 +293,9 @@ def test_a_recording_the_driver_never_matches_exits_1(tmp_path: Path) -> None:
             w.write("modem", ">", b"AT+QGPS=1\r", w.start + i)
             w.write("modem", "<", b"\r\nOK\r\n", w.start + i + 0.1)
     config = tmp_path / "tgw.toml"
-    config.write_text('[device]\nid = "replay"\n\n[modem]\nsweep_interval_s = 60\n')
+    config.write_text(
+        '[device]\nid = "replay"\n\n[modem]\nsweep_interval_s = 60\nrecovery_backoff_s = 60\n'
+    )
     started = time.monotonic()
     result = run_replay("--port", "modem", "--config", config, capture)
     assert time.monotonic() - started < 8  # a stall ends it
@@ -301,3 +303,19 @@ def test_a_recording_the_driver_never_matches_exits_1(tmp_path: Path) -> None:
     assert "no recorded modem step could be played" in result.stderr
     assert "modem steps: 3 recorded, 0 played, 3 remaining" in result.stdout
     assert "modem stalled: 1 session(s)" in result.stdout
+
+
+def test_without_port_a_modem_fragment_is_counted_not_played(tmp_path: Path) -> None:
+    capture = tmp_path / "fragment.cap"
+    with CaptureWriter(capture, start=1_700_000_000.0) as w:
+        w.write("modem", ">", b"AT+CSQ\r", w.start)
+        w.write("modem", "<", b"\r\n+CSQ: 17,99\r\n\r\nOK\r\n", w.start + 0.1)
+    assert run_replay("--jsonl", capture).stdout == ""
+    summary = run_replay(capture)
+    assert summary.returncode == 0, summary.stderr
+    assert "modem sessions: 0 played, 1 not played (2 chunks without the driver's start" in (
+        summary.stdout
+    )
+    played = run_replay("--jsonl", "--port", "modem", capture)
+    assert played.returncode == 0, played.stderr
+    assert of_topic(lines(played.stdout), "event")[0]["kind"] == "playback_mismatch"
