@@ -28,6 +28,7 @@ from terminal_gw.errors import (
     OutboxFullError,
     StoreError,
     TerminalGwError,
+    TransportError,
 )
 from terminal_gw.gnss.framer import Framer
 from terminal_gw.gnss.pipeline import GnssPipeline
@@ -41,7 +42,7 @@ from terminal_gw.outbox import Outbox
 from terminal_gw.sdnotify import Notifier
 from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
 from terminal_gw.supervisor import Stage, Supervisor
-from terminal_gw.transport.capture import CaptureWriter
+from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
 from terminal_gw.uplink import Uplink
@@ -82,6 +83,21 @@ class NoModem:
     async def poll_now(self) -> None:
         """Refuse: there is no modem to poll."""
         raise ModemError("no modem configured ([modem] port = none)", reason="no modem")
+
+
+class TapWriter(CaptureWriter):
+    """The daemon's capture tap: a capture that cannot be written (full disk) is counted and
+    logged, and never stops the port it records."""
+
+    errors = 0
+
+    def write(self, port: str, direction: Direction, data: bytes, ts: float | None = None) -> None:
+        """Append one chunk, or count the failure."""
+        try:
+            super().write(port, direction, data, ts)
+        except (TransportError, OSError) as exc:
+            self.errors += 1
+            get_logger("record").warning("capture write failed", error=str(exc))
 
 
 class CountingSink:
@@ -167,7 +183,7 @@ class Daemon:
         )
         self.commands.responder = self.uplink
         self.gnss_port: ReconnectingPort | None = None
-        self.recorder: CaptureWriter | None = None
+        self.recorder: TapWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
         self.last_fix_mono: float | None = None
         self.last_fix: Fix | None = None
@@ -227,7 +243,7 @@ class Daemon:
             log=get_logger("serial", port="gnss"),
         )
         self.gnss_port = port
-        recorder = self.capture_writer() if cfg.record else None
+        recorder = self.capture_writer("gnss") if cfg.record else None
         async with port:
             while True:
                 chunk = await port.read()
@@ -242,19 +258,34 @@ class Daemon:
                     await self.accept_gnss(payload, now)
                 self.board.progress("gnss")
 
-    def capture_writer(self) -> CaptureWriter:
+    def capture_writer(self, port: str) -> TapWriter | None:
         """The daemon's capture file: every port with `record = true` writes into this one
-        file, so a GNSS and modem session replays together."""
+        file, so a GNSS and modem session replays together. None (with an event) when it
+        cannot be created: recording never stops a port."""
         if self.recorder is None:
             rec = self.config.record
-            rec.dir.mkdir(parents=True, exist_ok=True)
             name = time.strftime("session-%Y%m%dT%H%M%SZ.cap", time.gmtime())
-            self.recorder = CaptureWriter(rec.dir / name, max_bytes=rec.max_bytes, keep=rec.keep)
+            try:
+                rec.dir.mkdir(parents=True, exist_ok=True)
+                self.recorder = TapWriter(rec.dir / name, max_bytes=rec.max_bytes, keep=rec.keep)
+            except (TransportError, OSError) as exc:
+                self.emit(
+                    make_event(
+                        "record",
+                        f"cannot record {port}: {exc}",
+                        now=time.time(),
+                        severity="warning",
+                        port=port,
+                        dir=str(rec.dir),
+                    )
+                )
+                return None
         return self.recorder
 
     async def _open_modem_port(self) -> AtPort:
         port = await SerialPort.open(self.config.modem.port, self.config.modem.baud)
-        return RecordingPort(port, self.capture_writer(), name="modem")
+        writer = self.capture_writer("modem")
+        return port if writer is None else RecordingPort(port, writer, name="modem")
 
     async def events_stage(self) -> None:
         """Move queued events into the outbox."""
@@ -337,6 +368,9 @@ class Daemon:
         b.add_gauge("last_fix_mode", lambda: None if self.last_fix is None else self.last_fix.mode)
         b.add_gauge("clock_offset_s", self._clock_offset)
         b.add_gauge("gnss_port", self._port_state)
+        b.add_gauge(
+            "capture_errors", lambda: None if self.recorder is None else self.recorder.errors
+        )
 
     def _outbox_age(self) -> float | None:
         age = self.outbox.oldest_age_s()

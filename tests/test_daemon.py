@@ -237,3 +237,35 @@ async def test_status_record_tap_metrics_and_reload(
     assert chunks
     assert all(c.port == "gnss" and c.direction == "<" for c in chunks)
     assert b"GGA," in b"".join(c.data for c in chunks)
+
+
+async def test_recording_that_cannot_be_written_never_stops_ingest(
+    tmp_path: Path, broker: Broker, receiver: tuple[PtyDevice, GnssSimulator]
+) -> None:
+    device, sim = receiver
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the capture directory should be")
+    config = make_config(tmp_path, device.path, broker.port, record={"dir": str(blocker)})
+    config = config.model_copy(update={"gnss": config.gnss.model_copy(update={"record": True})})
+    daemon = Daemon(config)
+    events: list[Any] = []
+    real_emit = daemon.emit
+
+    def spy(event: Any) -> None:
+        events.append(event)
+        real_emit(event)
+
+    daemon.emit = spy  # type: ignore[method-assign]
+    async with asyncio.TaskGroup() as tg:
+        sim_task = tg.create_task(sim.run(), name="sim")
+        daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
+        async with asyncio.timeout(10):
+            while daemon.records_in["fix"] < 5:
+                await asyncio.sleep(0.05)
+        daemon.supervisor.stop_requested.set()
+        await daemon_task
+        sim_task.cancel()
+    assert daemon.board.stages["gnss"].restarts == 0
+    (record_event,) = [e for e in events if e.kind == "record"]
+    assert record_event.severity == "warning"
+    assert "cannot record gnss" in record_event.message
