@@ -24,6 +24,9 @@ async def test_sms_send_answer_progress_and_the_pdu_on_the_port(
         await gw.requester.send("sms/send", SMS, correlation=b"\x00req-1\xff")
         reply = await gw.requester.reply(b"\x00req-1\xff")
         sent = await gw.wait_state("m-1", "sent")
+        # The durable copy of the answer is stored after the handler returns, so the sender
+        # may report "sent" before it: wait for it too.
+        await gw.wait(lambda: bool(gw.results("sms/send")))
         modem = gw.modem
 
     # The answer on the response topic, with the request's correlation data.
