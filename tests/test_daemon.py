@@ -76,6 +76,20 @@ class Subscriber:
                 await self.changed.wait()
 
 
+def watch_events(daemon: Daemon) -> list[Any]:
+    """Events the daemon raises itself from now on (reload, record), in order; they still
+    reach the outbox. Stages given `daemon.emit` at construction are not watched."""
+    events: list[Any] = []
+    real_emit = daemon.emit
+
+    def spy(event: Any) -> None:
+        events.append(event)
+        real_emit(event)
+
+    daemon.emit = spy  # type: ignore[method-assign]
+    return events
+
+
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[tuple[PtyDevice, GnssSimulator]]:
     device = PtyDevice(tmp_path / "dev" / "by-id" / "usb-beidou-if00")
@@ -184,14 +198,7 @@ async def test_status_record_tap_metrics_and_reload(
         f"[mqtt]\nport = {broker.port + 1}\n"
     )
     daemon = Daemon(config, config_path=cfg_path)
-    events: list[Any] = []
-    real_emit = daemon.emit
-
-    def spy(event: Any) -> None:
-        events.append(event)
-        real_emit(event)
-
-    daemon.emit = spy  # type: ignore[method-assign]
+    events = watch_events(daemon)
     async with asyncio.TaskGroup() as tg:
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
@@ -248,14 +255,7 @@ async def test_recording_that_cannot_be_written_never_stops_ingest(
     config = make_config(tmp_path, device.path, broker.port, record={"dir": str(blocker)})
     config = config.model_copy(update={"gnss": config.gnss.model_copy(update={"record": True})})
     daemon = Daemon(config)
-    events: list[Any] = []
-    real_emit = daemon.emit
-
-    def spy(event: Any) -> None:
-        events.append(event)
-        real_emit(event)
-
-    daemon.emit = spy  # type: ignore[method-assign]
+    events = watch_events(daemon)
     async with asyncio.TaskGroup() as tg:
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
