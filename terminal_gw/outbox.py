@@ -1310,6 +1310,11 @@ class Outbox:
         if self._store_error is not None:
             self._acked |= stored
             return
+        # Shielded: a caller cancelled mid-delete (a link dropping during shutdown) must not
+        # leave the rows deleted on disk but still counted in depth and quotas.
+        await asyncio.shield(self._delete(stored))
+
+    async def _delete(self, stored: set[int]) -> None:
         try:
             n, b, oldest = await asyncio.to_thread(self._db.ack, stored)
         except (sqlite3.Error, OSError) as exc:

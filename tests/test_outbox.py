@@ -76,6 +76,26 @@ async def test_records_round_trip_and_ack_removes(tmp_path: Path) -> None:
         assert [r.seq for r in await outbox.next_batch(10)] == [status.seq]
 
 
+async def test_ack_cancelled_mid_delete_still_updates_depth(tmp_path: Path) -> None:
+    async with Outbox(config(tmp_path)) as outbox:
+        for _ in range(50):
+            await outbox.put("tgw/d/gnss/fix", fix())
+        await outbox.flush()
+        batch = await outbox.next_batch(50)
+        ack = asyncio.ensure_future(outbox.ack([r.seq for r in batch]))
+        await asyncio.sleep(0)  # the delete is under way in its thread
+        ack.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ack
+        for _ in range(100):
+            if outbox.depth == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert outbox.depth == 0
+        assert not await outbox.wait_for_records(0.05)
+    assert stored_ids(tmp_path / "outbox.db") == []
+
+
 async def test_drain_order_priority_then_fifo(tmp_path: Path) -> None:
     clock = Clock()
     async with Outbox(config(tmp_path, live_window_s=0), clock=clock) as outbox:
