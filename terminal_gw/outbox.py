@@ -420,12 +420,22 @@ class _Db:
             self.conn = conn
             return
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE; when even that fails, reopen before the next write."""
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; on any failure roll back, and reopen the connection
+        before the next write."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
             self.writable = False
+            raise
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            self.writable = False
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
 
     def _move_aside(self) -> Path:
@@ -496,8 +506,7 @@ class _Db:
             if sync:
                 conn.execute("PRAGMA synchronous = FULL")
             try:
-                self._begin(conn)
-                try:
+                with self._transaction(conn):
                     conn.executemany(
                         "INSERT INTO outbox (id, cls, topic, payload, created, priority, retain,"
                         " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -518,12 +527,6 @@ class _Db:
                     # One statement by one writer: the batch got consecutive seqs ending here.
                     last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
                     gone_n, gone_b = self._delete(acks)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self.writable = False
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
             finally:
                 if sync:
                     with contextlib.suppress(sqlite3.Error):
@@ -556,15 +559,8 @@ class _Db:
         """Delete delivered records; raise sqlite3 errors."""
         with self.lock:
             conn = self._w()
-            self._begin(conn)
-            try:
+            with self._transaction(conn):
                 n, b = self._delete(seqs)
-                conn.execute("COMMIT")
-            except BaseException:
-                self.writable = False
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
             return n, b, self._oldest()
 
     def _oldest(self) -> dict[str, float]:
@@ -682,8 +678,7 @@ class _Db:
             conn = self._w()
             n: Counter[str] = Counter()
             b: Counter[str] = Counter()
-            self._begin(conn)
-            try:
+            with self._transaction(conn):
                 for cls, max_age in limits.items():
                     end = self._boundary(cls, now - max_age)
                     if end == 0:
@@ -695,12 +690,6 @@ class _Db:
                     conn.execute("DELETE FROM outbox WHERE cls = ? AND seq < ?", (cls, end))
                     n[cls] += int(count)
                     b[cls] += int(size or 0)
-                conn.execute("COMMIT")
-            except BaseException:
-                self.writable = False
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
             return n, b, self._oldest()
 
     def make_room(
@@ -722,8 +711,7 @@ class _Db:
                     b[cls] += size
                     freed += size
 
-            self._begin(conn)
-            try:
+            with self._transaction(conn):
                 positions = [c for c in POSITION_CLASSES if c in classes]
                 for age, interval in THIN_TIERS:
                     for cls in positions:
@@ -784,12 +772,6 @@ class _Db:
                         for c, size in gone_b.items():
                             b[c] += size
                             freed += size
-                conn.execute("COMMIT")
-            except BaseException:
-                self.writable = False
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
             return why, n, b, self._oldest()
 
 
