@@ -711,6 +711,8 @@ class _Db:
                     b[cls] += size
                     freed += size
 
+            # Thinning progress counts only once its deletes are committed.
+            progress = dict(self.thinned_upto)
             with self._transaction(conn):
                 positions = [c for c in POSITION_CLASSES if c in classes]
                 for age, interval in THIN_TIERS:
@@ -720,7 +722,7 @@ class _Db:
                         seq = 0 if start is None else start[0]
                         # What an earlier round thinned at this interval needs no second pass
                         # (from the start of the interval it stopped in, so that one keeps one).
-                        done = self.thinned_upto.get((cls, interval), 0)
+                        done = progress.get((cls, interval), 0)
                         if done > seq:
                             seq = max(seq, self._bucket_start(cls, done, interval))
                         # In spans of _THIN_SPAN rows (cut where an interval starts), oldest
@@ -747,7 +749,7 @@ class _Db:
                                 "thinned",
                             )
                             seq = stop
-                            self.thinned_upto[(cls, interval)] = stop
+                            progress[(cls, interval)] = stop
                 droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
                 for cls in droppable:
                     while freed < need:
@@ -772,6 +774,7 @@ class _Db:
                         for c, size in gone_b.items():
                             b[c] += size
                             freed += size
+            self.thinned_upto = progress
             return why, n, b, self._oldest()
 
 

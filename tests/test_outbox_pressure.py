@@ -259,3 +259,41 @@ async def test_own_events_are_queued_without_a_sink(tmp_path: Path, max_bytes: i
         assert got
         assert all(r.topic == "tgw/d/event" for r in got)
         assert {Event.model_validate_json(r.payload).kind for r in got} == {"evicted"}
+
+
+async def test_thinning_rolled_back_is_done_again_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A make-room transaction that fails after thinning rolls its deletes back; the next one
+    must thin those rows again, exactly as on an untouched database."""
+    clock = Clock()
+    start = clock.now
+    cfg = config(tmp_path)
+    async with Outbox(cfg, clock=clock) as outbox:
+        for i in range(3000):
+            clock.now = start + 10 * i
+            await outbox.put("tgw/d/gnss/fix", Fix(mode=3, lat=1.0, lon=2.0))
+    pristine = tmp_path / "pristine.db"
+    pristine.write_bytes(cfg.path.read_bytes())
+    need = 10**9  # more than thinning frees: the drop phase runs too
+
+    reference = outbox_module._Db(pristine)
+    reference.open()
+    why_ref, *_ = reference.make_room(need // 10**6, ("fix",), clock.now)
+    reference.close()
+
+    db = outbox_module._Db(cfg.path)
+    db.open()
+
+    def disk_error(seqs: object) -> object:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(db, "_delete", disk_error)
+    with pytest.raises(sqlite3.OperationalError):
+        db.make_room(need, ("fix",), clock.now)
+    monkeypatch.undo()
+    assert db.thinned_upto == {}
+    why, *_ = db.make_room(need // 10**6, ("fix",), clock.now)
+    db.close()
+    assert why[("fix", "thinned")] > 0
+    assert why == why_ref
