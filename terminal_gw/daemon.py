@@ -38,7 +38,7 @@ from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
 from terminal_gw.modem.at import AtPort
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
-from terminal_gw.outbox import Outbox
+from terminal_gw.outbox import CLASS_PRIORITY, Outbox
 from terminal_gw.sdnotify import Notifier
 from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
 from terminal_gw.supervisor import Stage, Supervisor
@@ -190,6 +190,10 @@ class Daemon:
         self._register_health()
 
     # --- records --------------------------------------------------------------------------
+
+    def records_stored(self) -> int:
+        """Records accepted into the outbox since start, all classes."""
+        return sum(n for cls, n in self.records_in.items() if cls in CLASS_PRIORITY)
 
     def emit(self, event: Event) -> None:
         """Queue an event for the outbox; never blocks (a flood past the queue is counted)."""

@@ -150,7 +150,7 @@ class LiveView:
             sats = " ".join(f"{k}:{v}" for k, v in sorted(used.items()))
             speed = "" if fix.speed is None else f" {fix.speed * 1.943844:4.1f} kn"
             where = f"fix {fix.lat:9.5f} {fix.lon:10.5f} mode {fix.mode}{speed} [{sats}]"
-        stored = sum(v for k, v in d.records_in.items() if k.isalpha())
+        stored = d.records_stored()
         sms = d.records_in.get("sms", 0)
         modem = "" if d.modem is None else f"  | modem {d.modem.state} sms {sms}"
         sent = d.uplink.counters.records
@@ -258,7 +258,7 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     if out.isatty():
         out.write("\n")
     print(
-        f"\nstopped: {sum(v for k, v in daemon.records_in.items() if k.isalpha())} records"
+        f"\nstopped: {daemon.records_stored()} records"
         f" stored, {summary['delivered']} delivered, {summary['waiting']} waiting in the outbox",
         file=out,
     )
