@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -112,11 +113,13 @@ class StatusBoard:
             },
             "counters": counters,
             "gauges": gauges,
-            "versions": _versions(),
+            "versions": dict(_versions()),
         }
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
+    # Read once: package metadata is files on disk, and the snapshot is taken every few seconds.
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"terminal-gw": __version__, "python": sys.version.split()[0]}
