@@ -272,6 +272,7 @@ class CommandsConfig(_Section):
     retry_count: int = Field(default=5, ge=0, le=100)
     retry_backoff_s: float = Field(default=30.0, gt=0)
     retry_backoff_max_s: float = Field(default=900.0, gt=0)
+    resend_unconfirmed: bool = False
     send_timeout_s: float = Field(default=300.0, gt=0)
     poll_timeout_s: float = Field(default=60.0, gt=0)
     history_days: float = Field(default=30.0, gt=0)

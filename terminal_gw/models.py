@@ -262,7 +262,7 @@ class SmsSendProgress(Payload):
     code: str | None = Field(
         default=None,
         description="why it failed or waits: cms_error, cme_error, error, timeout, modem,"
-        " rate_limited, interrupted, invalid, resumed",
+        " rate_limited, interrupted, unconfirmed, invalid, resumed",
     )
     reason: str | None = Field(default=None, description="in words, the 3GPP meaning if any")
     error_code: int | None = Field(default=None, description="the +CMS/+CME ERROR number")

@@ -233,8 +233,9 @@ async def test_long_text_is_sent_in_parts_with_one_reference_each(
 async def test_transient_error_is_retried_and_permanent_fails_with_the_3gpp_reason(
     tmp_path: Path, broker: Broker
 ) -> None:
-    async with gateway(tmp_path, broker.port) as gw:
-        # 332 network timeout, then a silent modem (send timeout), then success.
+    async with gateway(tmp_path, broker.port, resend_unconfirmed=True) as gw:
+        # 332 network timeout, then a silent modem (send timeout: with resend_unconfirmed it is
+        # retried), then success.
         gw.modem.replies = [b"\r\n+CMS ERROR: 332\r\n", None]
         await gw.requester.send("sms/send", {**SMS, "id": "tr"})
         sent = await gw.wait_state("tr", "sent")
@@ -271,6 +272,32 @@ async def test_transient_error_is_retried_and_permanent_fails_with_the_3gpp_reas
     assert gw.states("perm") == ["queued", "sending", "failed"]
     assert sends == 4
     assert counters["sms_retries"] == 2
+
+
+async def test_a_part_with_no_answer_after_the_pdu_is_not_sent_again_by_default(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with gateway(tmp_path, broker.port) as gw:
+        # The prompt comes and the PDU is written, then nothing: it may have gone out.
+        gw.modem.replies = [None]
+        await gw.requester.send("sms/send", {**SMS, "id": "silent"})
+        failed = await gw.wait_state("silent", "failed")
+        await asyncio.sleep(0.5)  # a wrong retry would come after 0.05 s
+        sends = gw.modem.sends()
+        pdus = gw.modem.pdus()
+        counters = dict(gw.runner.counters)
+        # The next message goes out as usual: the modem is not left blocked.
+        await gw.requester.send("sms/send", {**SMS, "id": "after"})
+        await gw.wait_state("after", "sent")
+
+    assert gw.states("silent") == ["queued", "sending", "failed"]
+    assert sends == 1
+    assert len(pdus) == 1
+    assert failed["code"] == "unconfirmed"
+    assert "part 1 of 1 may have been sent" in failed["reason"]
+    assert failed["mr"] == []
+    assert counters["sms_unconfirmed"] == 1
+    assert counters["sms_retries"] == 0
 
 
 async def test_transient_errors_give_up_after_retry_count(tmp_path: Path, broker: Broker) -> None:
@@ -345,7 +372,7 @@ async def test_a_queued_command_survives_a_restart(tmp_path: Path, broker: Broke
 async def test_progress_waits_in_the_outbox_while_the_link_is_down(
     tmp_path: Path, broker: Broker
 ) -> None:
-    async with gateway(tmp_path, broker.port) as gw:
+    async with gateway(tmp_path, broker.port, resend_unconfirmed=True) as gw:
         gw.modem.replies = [None]  # the first send times out; the retry succeeds
         await gw.requester.send("sms/send", SMS)
         await gw.wait_state("m-1", "sending")

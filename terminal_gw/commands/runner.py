@@ -259,6 +259,7 @@ class CommandRunner:
             "sms_retries": 0,
             "sms_rate_limited": 0,
             "sms_interrupted": 0,
+            "sms_unconfirmed": 0,  # failed: no answer after a part went to the modem
         }
 
     # ---- life -------------------------------------------------------------------------
@@ -540,7 +541,18 @@ class CommandRunner:
                     reason=failure.reason,
                     transient=failure.transient,
                 )
-                if failure.transient and job.attempts <= cfg.retry_count:
+                if failure.maybe_sent and not cfg.resend_unconfirmed:
+                    # The part may be on its way: sending it again could deliver (and bill) it
+                    # twice. The sender decides, as after a crash with a part in doubt.
+                    self.counters["sms_unconfirmed"] += 1
+                    await self._fail(
+                        job,
+                        "unconfirmed",
+                        f"{failure.reason}: part {pdu.part} of {pdu.total} may have been sent,"
+                        " so it is not sent again (commands.resend_unconfirmed = false)",
+                        failure.error_code,
+                    )
+                elif failure.transient and job.attempts <= cfg.retry_count:
                     delay = backoff_s(job.attempts, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
                     self.counters["sms_retries"] += 1
                     job = await self._store.retry(
