@@ -62,7 +62,9 @@ class SendFailure:
     code: str  # cms_error, cme_error, error, timeout, modem: the kind, for consumers
     reason: str  # in words, the 3GPP meaning when there is one
     transient: bool  # worth a retry with backoff
-    maybe_sent: bool  # the modem may have sent it: it counts against the cost guard
+    # The modem may have sent it: it counts against the cost guard, and is not sent again
+    # unless commands.resend_unconfirmed says so.
+    maybe_sent: bool
     error_code: int | None = None  # the +CMS/+CME ERROR number
 
 
