@@ -5,10 +5,10 @@ a capture that lost a reply shows a mismatch and still ends; no modem chunks exi
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
+import contextlib
+import functools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,8 +26,10 @@ from terminal_gw.transport.capture import CaptureReader, CaptureWriter
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.transport.serial import SerialPort
-from tests.conftest import GNSS_CORPUS, REPO
+from tests.conftest import GNSS_CORPUS
 from tests.modem.test_tiantong_rig import Sink, wait_until
+from tests.test_replay import records
+from tests.test_replay import run_replay as replay_process
 
 T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=timezone(timedelta(hours=8)))
 SINGLE = "Position report request"
@@ -45,12 +47,13 @@ class Recording:
     status: ModemStatus
 
 
-async def record(directory: Path) -> Recording:
-    """The driver against the simulator, tapped into a capture, while three messages arrive."""
-    capture = directory / "session.cap"
+@contextlib.asynccontextmanager
+async def recorded_driver(
+    directory: Path, capture: Path, config: ModemConfig
+) -> AsyncIterator[tuple[ModemSimulator, TiantongModem, Sink]]:
+    """The driver against the simulator on a pty, its port tapped into `capture`; both run
+    until the block ends."""
     sink = Sink()
-    # The daemon's defaults, so that `replay` without --config runs the same driver settings.
-    config = ModemConfig(port="recorded", command_timeout_s=2.0)
     with PtyDevice(directory / "tiantong0") as device, CaptureWriter(capture) as writer:
         sim = ModemSimulator(device)
 
@@ -62,22 +65,31 @@ async def record(directory: Path) -> Recording:
             sim_task = tg.create_task(sim.run(), name="sim")
             modem_task = tg.create_task(modem.run(), name="modem")
             try:
-                await wait_until(lambda: modem.state is ModemState.OK and bool(sink.statuses()))
-                await wait_until(lambda: modem.counters["sweeps"] == 1)
-                messages = ((SINGLE, None), (CHINESE, None), (LONG, 3))
-                for n, (text, parts) in enumerate(messages, start=1):
-                    sim.deliver("+8613912345678", text, timestamp=T0, force_parts=parts)
-                    await wait_until(lambda: len(sink.sms()) == n)  # noqa: B023 - awaited here
-                    if n == 1:  # a downlink command's send between the messages
-                        await modem.send_sms(encode_submit(REPLY_TO, REPLY, max_parts=1, ref=7))
-                assert [s.pdu for s in sim.sent] == [
-                    p.hex for p in encode_submit(REPLY_TO, REPLY, max_parts=1, ref=7)
-                ]
-                await wait_until(lambda: not sim.storage)
-                await asyncio.sleep(0.2)  # the last delete's answer is in the capture
+                yield sim, modem, sink
             finally:
                 modem_task.cancel()
                 sim_task.cancel()
+
+
+async def record(directory: Path) -> Recording:
+    """The driver against the simulator, tapped into a capture, while three messages arrive."""
+    capture = directory / "session.cap"
+    # The daemon's defaults, so that `replay` without --config runs the same driver settings.
+    config = ModemConfig(port="recorded", command_timeout_s=2.0)
+    async with recorded_driver(directory, capture, config) as (sim, modem, sink):
+        await wait_until(lambda: modem.state is ModemState.OK and bool(sink.statuses()))
+        await wait_until(lambda: modem.counters["sweeps"] == 1)
+        messages = ((SINGLE, None), (CHINESE, None), (LONG, 3))
+        for n, (text, parts) in enumerate(messages, start=1):
+            sim.deliver("+8613912345678", text, timestamp=T0, force_parts=parts)
+            await wait_until(lambda: len(sink.sms()) == n)  # noqa: B023 - awaited here
+            if n == 1:  # a downlink command's send between the messages
+                await modem.send_sms(encode_submit(REPLY_TO, REPLY, max_parts=1, ref=7))
+        assert [s.pdu for s in sim.sent] == [
+            p.hex for p in encode_submit(REPLY_TO, REPLY, max_parts=1, ref=7)
+        ]
+        await wait_until(lambda: not sim.storage)
+        await asyncio.sleep(0.2)  # the last delete's answer is in the capture
     return Recording(capture, sink.sms(), sink.statuses()[-1])
 
 
@@ -86,19 +98,8 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     return asyncio.run(record(tmp_path_factory.mktemp("modem-session")))
 
 
-def run_replay(*args: str | Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "terminal_gw", "replay", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def lines(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stdout.splitlines()]
+#: `terminal-gw replay` as a process, with a shorter guard than GNSS replays need.
+run_replay = functools.partial(replay_process, timeout=30)
 
 
 def of_topic(recs: list[dict[str, Any]], suffix: str) -> list[dict[str, Any]]:
@@ -133,7 +134,7 @@ def test_replay_prints_the_same_sms_and_status(recording: Recording) -> None:
     result = run_replay("--jsonl", "--port", "modem", recording.capture)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    recs = lines(result.stdout)
+    recs = records(result.stdout)
     sms = of_topic(recs, "sms/rx")
     expected = [s.to_json_dict() for s in recording.sms]
     # Same ids (derived from the message), texts, senders and times; `received` is the
@@ -195,7 +196,7 @@ def test_a_lost_reply_shows_a_mismatch_and_still_ends(recording: Recording, tmp_
     result = run_replay("--jsonl", "--port", "modem", edited)
     assert time.monotonic() - started < 10
     assert result.returncode == 0, result.stderr
-    recs = lines(result.stdout)
+    recs = records(result.stdout)
     mismatches = [e for e in of_topic(recs, "event") if e["kind"] == "playback_mismatch"]
     assert mismatches
     assert mismatches[0]["data"]["wrote"] == "AT\r"  # the driver's ping after the silence
@@ -232,7 +233,7 @@ def test_without_port_both_sides_are_replayed(recording: Recording, tmp_path: Pa
             w.write("gnss", "<", data, chunks[-1].ts)
     result = run_replay("--jsonl", both)
     assert result.returncode == 0, result.stderr
-    topics = [r["topic"] for r in lines(result.stdout)]
+    topics = [r["topic"] for r in records(result.stdout)]
     assert topics.count("tgw/replay/gnss/fix") == 10
     assert topics.count("tgw/replay/sms/rx") == 3
     # The GNSS records first, then the modem's.
@@ -250,27 +251,13 @@ POLLS = {"poll_signal_s": 0.3, "poll_registration_s": 0.3, "poll_operator_s": 0.
 async def record_polls(directory: Path) -> tuple[Path, list[ModemStatus]]:
     """A session with periodic polls; the signal changes halfway."""
     capture = directory / "polls.cap"
-    sink = Sink()
     config = ModemConfig(port="recorded", command_timeout_s=2.0, **POLLS)
-    with PtyDevice(directory / "tiantong0") as device, CaptureWriter(capture) as writer:
-        sim = ModemSimulator(device)
-
-        async def factory() -> AtPort:
-            return RecordingPort(await SerialPort.open(device.path, 115200), writer)
-
-        modem = TiantongModem(config, sink, topic_base="tgw/replay", port_factory=factory)
-        async with asyncio.TaskGroup() as tg:
-            sim_task = tg.create_task(sim.run(), name="sim")
-            modem_task = tg.create_task(modem.run(), name="modem")
-            try:
-                await wait_until(lambda: modem.state is ModemState.OK)
-                await asyncio.sleep(0.8)
-                sim.set_signal(25)
-                await wait_until(lambda: modem.rssi == 25)
-                await asyncio.sleep(0.8)
-            finally:
-                modem_task.cancel()
-                sim_task.cancel()
+    async with recorded_driver(directory, capture, config) as (sim, modem, sink):
+        await wait_until(lambda: modem.state is ModemState.OK)
+        await asyncio.sleep(0.8)
+        sim.set_signal(25)
+        await wait_until(lambda: modem.rssi == 25)
+        await asyncio.sleep(0.8)
     return capture, sink.statuses()
 
 
@@ -284,7 +271,7 @@ def test_periodic_polls_replay_in_order_with_the_recording_config(tmp_path: Path
     result = run_replay("--jsonl", "--port", "modem", "--config", config, capture)
     assert result.returncode == 0, result.stderr
     assert ", 0 mismatches, 0 remaining" in result.stderr
-    played = of_topic(lines(result.stdout), "modem/status")
+    played = of_topic(records(result.stdout), "modem/status")
     assert [s["rssi"] for s in played] == [18, 25]
     for replayed, recorded in zip(played, statuses, strict=True):
         assert same_moment(replayed["time"], recorded.time)  # the recorded times
@@ -330,4 +317,4 @@ def test_without_port_a_modem_fragment_is_counted_not_played(tmp_path: Path) -> 
     )
     played = run_replay("--jsonl", "--port", "modem", capture)
     assert played.returncode == 0, played.stderr
-    assert of_topic(lines(played.stdout), "event")[0]["kind"] == "playback_mismatch"
+    assert of_topic(records(played.stdout), "event")[0]["kind"] == "playback_mismatch"

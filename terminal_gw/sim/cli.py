@@ -14,10 +14,10 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from terminal_gw.sim.gnss import GnssSimulator
@@ -142,6 +142,26 @@ def _gnss_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_with_faults(
+    run: Coroutine[Any, Any, None], faults: Coroutine[Any, Any, None]
+) -> None:
+    """Run a simulator beside its fault schedule until it ends, or SIGTERM or Ctrl-C stops it."""
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            schedule = tg.create_task(faults, name="faults")
+            await run
+            schedule.cancel()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 async def _run_gnss(sim: GnssSimulator, args: argparse.Namespace) -> None:
     async def faults() -> None:
         if args.fault is None:
@@ -154,20 +174,7 @@ async def _run_gnss(sim: GnssSimulator, args: argparse.Namespace) -> None:
             sim.set_fault(None)
             print("fault over", flush=True)
 
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            schedule = tg.create_task(faults(), name="faults")
-            await sim.run(args.duration)
-            schedule.cancel()
-    except asyncio.CancelledError:
-        pass
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+    await _run_with_faults(sim.run(args.duration), faults())
 
 
 # --- modem ----------------------------------------------------------------------------
@@ -254,20 +261,7 @@ async def _run_modem(sim: ModemSimulator, args: argparse.Namespace) -> None:
             (sim.error_storm if args.fault == "errors" else sim.garbage)(False)
         print("fault over", flush=True)
 
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            schedule = tg.create_task(faults(), name="faults")
-            await sim.run(args.duration, incoming_every=args.incoming_every)
-            schedule.cancel()
-    except asyncio.CancelledError:
-        pass
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+    await _run_with_faults(sim.run(args.duration, incoming_every=args.incoming_every), faults())
 
 
 #: name -> (help, add its arguments, run it). A new simulator is one more row.
