@@ -40,7 +40,7 @@ from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
 from terminal_gw.sdnotify import Notifier
-from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
+from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
@@ -137,6 +137,7 @@ class Daemon:
         self.log = log or get_logger("daemon")
         self.base_topic = f"{config.mqtt.prefix}/{config.device.id}"
         self.board = StatusBoard(config.device.id, stall_s=config.status.stall_s)
+        self.status_file = StatusFile(config.status.path)
         self.supervisor = Supervisor(
             self.board,
             events=self.emit,
@@ -322,8 +323,9 @@ class Daemon:
         while True:
             self._liveness()
             snapshot = self.board.snapshot()
+            number = self.status_file.take()
             try:
-                await asyncio.to_thread(write_status_file, cfg.path, snapshot)
+                await asyncio.to_thread(self.status_file.write, snapshot, number)
             except OSError as exc:
                 self.log.warning("cannot write status file", path=str(cfg.path), error=str(exc))
             if time.monotonic() >= next_publish:
@@ -527,7 +529,7 @@ class Daemon:
                 snapshot = self.board.snapshot()
                 snapshot["healthy"] = False
                 snapshot["stopped"] = True
-                write_status_file(self.config.status.path, snapshot)
+                self.status_file.write(snapshot, self.status_file.take())
             self.log.info("terminal-gw stopped")
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,6 +136,35 @@ def write_status_file(path: Path, snapshot: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(snapshot, indent=1, default=str), encoding="utf-8")
     tmp.replace(path)
+
+
+class StatusFile:
+    """The daemon's status file, written from a worker thread while it runs and once at stop.
+
+    Each snapshot takes a number when it is taken; a write holding an older number than the
+    one already on disk is dropped. A periodic write still in its thread when the daemon
+    stops therefore cannot overwrite the final snapshot with an older one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._written = 0
+
+    def take(self) -> int:
+        """The number for a snapshot taken now (call from the event loop's thread)."""
+        self._taken += 1
+        return self._taken
+
+    def write(self, snapshot: Mapping[str, Any], number: int) -> bool:
+        """Write `snapshot` unless a newer one is already on disk; True when written."""
+        with self._lock:
+            if number < self._written:
+                return False
+            write_status_file(self.path, snapshot)
+            self._written = number
+            return True
 
 
 # --- Prometheus ----------------------------------------------------------------------------

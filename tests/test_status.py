@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from terminal_gw.status import MetricsServer, StatusBoard, write_status_file
+from terminal_gw.status import MetricsServer, StatusBoard, StatusFile, write_status_file
 
 
 def status_cli(path: Path) -> subprocess.CompletedProcess[str]:
@@ -107,6 +107,28 @@ def test_status_json(tmp_path: Path) -> None:
     data = json.loads(res.stdout)
     assert data["pid"] == os.getpid()
     assert data["verdict"] == "healthy"
+
+
+async def test_a_periodic_write_that_finishes_late_does_not_undo_the_final_status(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "status.json"
+    status_file = StatusFile(path)
+    fixes = 1500
+    board = make_board()
+    board.add_counters("records_in", lambda: {"fix": fixes})
+    periodic = board.snapshot()
+    periodic_number = status_file.take()
+    # The daemon stops while that periodic write is still waiting for its thread.
+    fixes = 1771
+    final = board.snapshot()
+    final["stopped"] = True
+    assert status_file.write(final, status_file.take())
+    late = asyncio.create_task(asyncio.to_thread(status_file.write, periodic, periodic_number))
+    assert await late is False
+    on_disk = json.loads(path.read_text())
+    assert on_disk["stopped"] is True
+    assert on_disk["counters"]["records_in"] == {"fix": 1771}
 
 
 async def test_metrics_endpoint() -> None:
