@@ -31,8 +31,12 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
     return bool((os.environ if environ is None else environ).get("NOTIFY_SOCKET"))
 
 
-def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Send `state` (e.g. "READY=1\\nSTATUS=running") to systemd; True if it was sent."""
+def notify(state: str, environ: Mapping[str, str] | None = None, *, wait: bool = True) -> bool:
+    """Send `state` (e.g. "READY=1\\nSTATUS=running") to systemd; True if it was sent.
+
+    With `wait` False the send never blocks: when the socket's queue is full (systemd busy),
+    the state is not sent, which suits the periodic watchdog pings of the event loop (the
+    next ping follows soon); READY and STOPPING wait up to a second instead."""
     address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
     if not address:
         return False
@@ -43,7 +47,8 @@ def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(1.0)  # a datagram socket rarely blocks; never hang the watchdog
+            # A datagram socket blocks only when systemd's queue is full: briefly at most.
+            sock.settimeout(1.0 if wait else 0.0)
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
     except OSError as exc:
@@ -78,9 +83,9 @@ class Notifier:
         """True when there is a notify socket to send to."""
         return enabled(self.environ)
 
-    def notify(self, state: str) -> bool:
+    def notify(self, state: str, *, wait: bool = True) -> bool:
         """Send `state`; True if it was sent (see `notify`)."""
-        return notify(state, self.environ)
+        return notify(state, self.environ, wait=wait)
 
     def watchdog_interval(self) -> float | None:
         """WatchdogSec in seconds, if systemd expects pings from this process."""

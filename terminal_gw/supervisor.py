@@ -115,9 +115,9 @@ class Supervisor:
             stalled = self.board.stalled()
             if stalled:
                 self.log.error("stage stalled: watchdog pings stopped", stalled=stalled)
-                self.notifier.notify(f"STATUS=stalled: {', '.join(stalled)}")
+                self.notifier.notify(f"STATUS=stalled: {', '.join(stalled)}", wait=False)
             else:
-                self.notifier.notify("WATCHDOG=1")
+                self.notifier.notify("WATCHDOG=1", wait=False)
             await asyncio.sleep(period)
 
     def handle_signal(self, signum: int) -> None:

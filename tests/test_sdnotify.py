@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +102,25 @@ def test_notifier_binds_an_environment(notify_socket: tuple[socket.socket, str])
     assert not quiet.enabled
     assert quiet.notify("READY=1") is False
     assert quiet.watchdog_interval() is None
+
+
+def test_a_full_queue_never_blocks_a_watchdog_ping(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """Nobody reads the socket (systemd busy): once its queue is full, a ping that must not
+    wait returns at once, unsent and logged; a waiting send gives up after a second."""
+    _, address = notify_socket
+    env = {"NOTIFY_SOCKET": address}
+    sent = 0
+    while sdnotify.notify("WATCHDOG=1", env, wait=False):
+        sent += 1
+        assert sent < 100_000, "the queue never filled"
+    assert sent > 0
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        assert sdnotify.notify("WATCHDOG=1", env, wait=False) is False
+    assert time.monotonic() - started < 0.1
+    assert logs[0]["event"] == "sd_notify failed"
+    started = time.monotonic()
+    assert sdnotify.notify("STOPPING=1", env) is False
+    assert 0.8 < time.monotonic() - started < 3.0
