@@ -301,7 +301,7 @@ class Daemon:
 
     async def outbox_stage(self) -> None:
         """The outbox's timed commits, retries, age limits and reports."""
-        await self.outbox.run()
+        await self.outbox.run(on_progress=lambda: self.board.progress("outbox"))
 
     async def modem_stage(self) -> None:
         """The Tiantong modem: init, polls, SMS in, recovery ladder."""
@@ -337,11 +337,12 @@ class Daemon:
     def _liveness(self) -> None:
         # Stages that wait on the outside world are alive while they wait: the gnss stage
         # while its port is down or reopening (the port reports why), the others while their
-        # task runs (each wait inside them has its own timeout).
+        # task runs (each wait inside them has its own timeout). The outbox and the modem
+        # report their own progress, so a disk write or a modem that hangs is seen.
         port = self.gnss_port
         if port is not None and port.state is not PortState.OPEN:
             self.board.progress("gnss")
-        for name in ("uplink", "outbox", "events", "metrics", "commands"):
+        for name in ("uplink", "events", "metrics", "commands"):
             info = self.board.stages.get(name)
             if info is not None and info.state == "running":
                 self.board.progress(name)

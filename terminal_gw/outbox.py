@@ -888,8 +888,13 @@ class Outbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def run(self) -> None:
-        """Background duties (a long-lived stage): timed commits, retries, age limits, reports."""
+    async def run(self, on_progress: Callable[[], None] | None = None) -> None:
+        """Background duties (a long-lived stage): timed commits, retries, age limits, reports.
+
+        `on_progress` is called after each round of duties (at least once a second): a
+        round that never ends, such as a write stuck on a dying SD card, stops the calls,
+        and the supervisor's watchdog sees the stage stalled.
+        """
         while True:
             now = time.monotonic()
             due = self._next_due(now)
@@ -898,6 +903,8 @@ class Outbox:
                     await self._wake.wait()
             self._wake.clear()
             await self._duties()
+            if on_progress is not None:
+                on_progress()
 
     def _next_due(self, now: float) -> float:
         due = now + min(self._config.commit_interval_s, 1.0)

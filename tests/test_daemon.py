@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from terminal_gw.config import Config, load_config_data
 from terminal_gw.daemon import Daemon
 from terminal_gw.outbox import Outbox
+from terminal_gw.sdnotify import Notifier
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
@@ -269,3 +272,88 @@ async def test_recording_that_cannot_be_written_never_stops_ingest(
     (record_event,) = [e for e in events if e.kind == "record"]
     assert record_event.severity == "warning"
     assert "cannot record gnss" in record_event.message
+
+
+async def test_watchdog_stops_when_outbox_writes_hang(
+    tmp_path: Path,
+    receiver: tuple[PtyDevice, GnssSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk write that never returns (a dying SD card) stalls the outbox stage: the
+    watchdog pings stop and the status says which stage, while the receiver keeps reading."""
+    device, sim = receiver
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.setblocking(False)
+    env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "300000"}
+    # No broker answers: fixes wait in the outbox and must be written to disk.
+    config = make_config(tmp_path, device.path, free_port(), status={"stall_s": 1.0})
+    daemon = Daemon(config, notifier=Notifier(env))
+    stuck = threading.Event()
+    release = threading.Event()
+    real_insert = daemon.outbox._db.insert
+
+    def hanging_insert(*args: Any) -> Any:
+        if stuck.is_set():
+            release.wait(10)
+        return real_insert(*args)
+
+    monkeypatch.setattr(daemon.outbox._db, "insert", hanging_insert)
+
+    received: list[str] = []
+
+    async def listen() -> None:  # as systemd does, so the socket's queue never fills
+        loop = asyncio.get_running_loop()
+        while True:
+            received.append((await loop.sock_recv(notify, 4096)).decode())
+
+    def notices() -> list[str]:
+        out = received[:]
+        received.clear()
+        return out
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            listener = tg.create_task(listen(), name="notify-listener")
+            sim_task = tg.create_task(sim.run(), name="sim")
+            daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
+            async with asyncio.timeout(10):
+                while daemon.records_in["fix"] < 3:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)  # more than stall_s of healthy running
+            healthy = notices()
+            assert healthy.count("WATCHDOG=1") >= 3
+            assert daemon.board.stalled() == []
+            stuck.set()
+            async with asyncio.timeout(10):
+                while "outbox" not in daemon.board.stalled():
+                    await asyncio.sleep(0.05)
+            notices()
+            await asyncio.sleep(0.5)
+            hung = notices()
+            assert "WATCHDOG=1" not in hung
+            assert any("outbox" in m for m in hung if m.startswith("STATUS=stalled: ")), hung
+            # The receiver's stage waits on the outbox's commit, and is seen waiting too;
+            # the link and status stages are not.
+            assert "outbox" in daemon.board.stalled()
+            assert set(daemon.board.stalled()) <= {"outbox", "gnss"}
+            status = json.loads(config.status.path.read_text())
+            assert status["healthy"] is False
+            assert status["stages"]["outbox"]["idle_s"] >= 1.0
+            release.set()
+            async with asyncio.timeout(10):
+                while daemon.board.stalled():
+                    await asyncio.sleep(0.05)
+            assert "WATCHDOG=1" in notices()[-3:]
+            daemon.supervisor.stop_requested.set()
+            await daemon_task
+            sim_task.cancel()
+            listener.cancel()
+    finally:
+        release.set()
+        notify.close()
+    # Nothing accepted was lost to the hang: every fix waits in the outbox.
+    async with Outbox(config.outbox) as outbox:
+        waiting = await outbox.stats()
+    assert waiting["fix"].count == daemon.records_in["fix"]
