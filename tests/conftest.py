@@ -1,8 +1,10 @@
-"""Shared fixtures: a real mosquitto broker per test, corpus paths, leftover-task check."""
+"""Shared fixtures: a real mosquitto broker per test, a systemd notify socket, corpus paths,
+leftover-task check."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,6 +31,19 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.kill()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A non-blocking datagram socket standing in for systemd's, and its NOTIFY_SOCKET value."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
 
 
 @pytest.fixture(autouse=True)

@@ -277,15 +277,13 @@ async def test_recording_that_cannot_be_written_never_stops_ingest(
 async def test_watchdog_stops_when_outbox_writes_hang(
     tmp_path: Path,
     receiver: tuple[PtyDevice, GnssSimulator],
+    notify_socket: tuple[socket.socket, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A disk write that never returns (a dying SD card) stalls the outbox stage: the
     watchdog pings stop and the status says which stage, while the receiver keeps reading."""
     device, sim = receiver
-    notify_path = str(tmp_path / "notify.sock")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.setblocking(False)
+    notify, notify_path = notify_socket
     env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "300000"}
     # No broker answers: fixes wait in the outbox and must be written to disk.
     config = make_config(tmp_path, device.path, free_port(), status={"stall_s": 1.0})
@@ -352,7 +350,6 @@ async def test_watchdog_stops_when_outbox_writes_hang(
             listener.cancel()
     finally:
         release.set()
-        notify.close()
     # Nothing accepted was lost to the hang: every fix waits in the outbox.
     async with Outbox(config.outbox) as outbox:
         waiting = await outbox.stats()

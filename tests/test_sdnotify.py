@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,12 @@ from terminal_gw import sdnotify
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's, and its NOTIFY_SOCKET value."""
-    path = tmp_path / "notify"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(2)
-    try:
-        yield sock, str(path)
-    finally:
-        sock.close()
+def notify_socket(
+    notify_socket: tuple[socket.socket, str],
+) -> tuple[socket.socket, str]:
+    """The shared stand-in for systemd's socket, read here with a 2 s timeout."""
+    notify_socket[0].settimeout(2)
+    return notify_socket
 
 
 def test_ready_status_watchdog_stopping_arrive(notify_socket: tuple[socket.socket, str]) -> None:

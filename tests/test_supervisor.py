@@ -7,25 +7,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from terminal_gw.models import Event
 from terminal_gw.sdnotify import Notifier
 from terminal_gw.status import StatusBoard
 from terminal_gw.supervisor import Stage, Supervisor
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.setblocking(False)
-    yield sock, path
-    sock.close()
 
 
 def drain(sock: socket.socket) -> list[str]:
