@@ -18,13 +18,14 @@ Choices (each tested):
   no SD-card write at all (batching still spares the card while it does not). A record
   committed while in flight maps its temporary seq to its row: its ack deletes the row (an
   ack that lands during the commit, with the next write) and an `exclude` of the temporary
-  seq keeps the row back, so it is not handed out twice. `next_batch` reads under the write
-  lock: no record is a row and pending within one read. A record published and then lost by
-  a crash before its PUBACK and its commit is the loss above (the subscriber may have it);
-  a crash after its commit sends it again. Sync records are committed before `put` returns,
-  as before. `put` wakes `wait_for_records` at once; it reports records that the last
-  `next_batch` did not hand out (new ones, or more than its limit), so a caller with records
-  in flight can wait on it too.
+  seq keeps the row back, so it is not handed out twice; from its ack until its delete has
+  landed the row is kept back too (the temporary seq is gone from the map by then).
+  `next_batch` reads under the write lock: no record is a row and pending within one read.
+  A record published and then lost by a crash before its PUBACK and its commit is the loss
+  above (the subscriber may have it); a crash after its commit sends it again. Sync records
+  are committed before `put` returns, as before. `put` wakes `wait_for_records` at once; it
+  reports records that the last `next_batch` did not hand out (new ones, or more than its
+  limit), so a caller with records in flight can wait on it too.
 - Size bound: the byte count is an estimate kept incrementally, payload + topic + id plus
   `ROW_OVERHEAD` bytes a row (row header, index entry, page slack; within 3% of the file size
   measured by bench/outbox.py), not the file sizes: SQLite files do not shrink when rows go,
@@ -819,6 +820,9 @@ class Outbox:
         self._wake = asyncio.Event()
         # Delivered but not yet deleted (the disk refused the delete); retried with the next write.
         self._acked: set[int] = set()
+        # Rows whose delete (an ack) is under way in a thread: a read meanwhile must not hand
+        # them out again (their temporary seqs have already left `_handed`).
+        self._deleting: set[int] = set()
         self._live_marks: dict[str, int] = {}
         self._live_tmp_marks: dict[str, int] = {}  # the same for records sent before commit
         #: Records delivered before their batch was committed: never written to disk.
@@ -1213,7 +1217,7 @@ class Outbox:
         # Commits wait while the rows are read: a record is a row or pending, never both.
         async with self._write_lock:
             self._fresh = False
-            skip = excluded | self._acked
+            skip = excluded | self._acked | self._deleting
             for seq in excluded:
                 row_seq = self._handed.get(seq) if seq < 0 else None
                 if isinstance(row_seq, int):
@@ -1302,6 +1306,9 @@ class Outbox:
         if self._store_error is not None:
             self._acked |= stored
             return
+        # Kept out of reads from now on, before the delete's task even starts: their
+        # temporary seqs have just left `_handed`, so an `exclude` no longer covers them.
+        self._deleting |= stored
         # Shielded: a caller cancelled mid-delete (a link dropping during shutdown) must not
         # leave the rows deleted on disk but still counted in depth and quotas.
         await asyncio.shield(self._delete(stored))
@@ -1314,6 +1321,8 @@ class Outbox:
             self._acked |= stored
             self._store_failed(exc)
             return
+        finally:
+            self._deleting -= stored
         self._count.subtract(n)
         self._bytes.subtract(b)
         self._oldest = oldest

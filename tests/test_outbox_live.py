@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -120,6 +123,43 @@ async def test_an_ack_landing_during_the_commit_still_removes_the_record(
         assert outbox.depth == 0
         await outbox.flush()  # the next write removes it
         assert stored_ids(cfg.path) == []
+
+
+async def test_a_row_being_deleted_by_its_ack_is_not_handed_out_again(tmp_path: Path) -> None:
+    # The ack of a record committed while in flight maps its temporary seq to its row and
+    # deletes the row in a thread. A read while that delete is under way must not hand the
+    # row out again: the uplink still counts it in flight, under its temporary seq only.
+    cfg = config(tmp_path, commit_interval_s=60, commit_records=10_000, live_window_s=0)
+    async with Outbox(cfg) as outbox:
+        sent = [fix(lat=i) for i in range(3)]
+        for f in sent:
+            await outbox.put("fix", f)
+        first = await outbox.next_batch(10)
+        await outbox.flush()  # committed while in flight
+        in_flight = [r.seq for r in first]
+        # The delete's thread is slow to reach the database (a busy SD card, a busy core).
+        go = threading.Event()
+        real_ack = outbox._db.ack
+
+        def slow_ack(seqs: Any) -> Any:
+            go.wait(10)
+            return real_ack(seqs)
+
+        outbox._db.ack = slow_ack  # type: ignore[method-assign]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                acking = tg.create_task(outbox.ack(in_flight), name="ack")
+                # One step: the ack has handed its delete to a task that has not run yet.
+                await asyncio.sleep(0)
+                again = await outbox.next_batch(10, exclude=in_flight)
+                assert not acking.done()
+                go.set()
+        finally:
+            go.set()
+        assert again == []
+        assert outbox.depth == 0
+        assert await outbox.next_batch(10) == []
+    assert stored_ids(cfg.path) == []
 
 
 async def test_drain_order_holds_across_committed_and_pending_records(tmp_path: Path) -> None:
@@ -352,3 +392,38 @@ def test_random_drains_hand_out_each_record_once_in_order_and_lose_none(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(uplink_model(Path(tmp) / "outbox.db", ops))
+
+
+async def test_a_fast_stream_reaches_the_subscriber_once_without_a_reconnect(
+    tmp_path: Path, broker: Broker
+) -> None:
+    # Every epoch published at full speed, with commits landing while records are in flight
+    # and their acks deleting rows: with the link never dropping, no fix may arrive twice.
+    config_ = make_config(
+        tmp_path,
+        broker.port,
+        mqtt={"inflight": 64},
+        outbox={"commit_interval_s": 0.02, "commit_records": 50},
+    )
+    n = 3000
+    async with (
+        subscriber(broker.port, f"tgw/{config_.device.id}/gnss/#") as got,
+        Outbox(config_.outbox) as outbox,
+    ):
+        uplink = Uplink(config_, outbox, events=lambda e: None)
+        async with running(uplink, outbox):
+            await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+            sent = []
+            for i in range(n):
+                f = fix(lat=i / 1e4)
+                await outbox.put(topic_of(config_, f), f)
+                sent.append(f.id)
+                if i % 20 == 0:
+                    await asyncio.sleep(0)  # a receiver's bursts: let the uplink run
+            await got.wait_for(lambda g: len({rid for _, rid in g.record_ids()}) >= n, 60)
+            await wait_until(lambda: outbox.depth == 0, 30)
+            assert uplink.counters.reconnects == 0
+        ids = [rid for _, rid in got.record_ids()]
+        twice = [rid for rid, k in Counter(ids).items() if k > 1]
+        assert twice == [], f"{len(twice)} fixes delivered twice without a reconnect"
+        assert ids == sent
