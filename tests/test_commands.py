@@ -97,6 +97,11 @@ async def test_the_same_id_twice_is_not_sent_twice(tmp_path: Path, broker: Broke
         ("sms/send", b"[" * 3000, "invalid_json", "not JSON"),
         ("reboot", b"{}", "unknown_command", "unknown command 'reboot'"),
         ("ping", b'{"id": "p", "extra": true}', "invalid", "extra"),
+        # Lone surrogates are valid JSON escapes but not Unicode text: answered, not a crash.
+        ("ping", b'{"id": "p", "\\ud800": true}', "invalid", "unicode string"),
+        ("sms/send", b'{"id": "x", "to": "+86138", "text": "a\\udc00"}', "invalid",
+         "unicode string"),
+        ("ping", b'{"id": "p", "x": NaN}', "invalid_json", "NaN is not a JSON number"),
     ],
 )  # fmt: skip
 async def test_invalid_and_unknown_commands_get_error_answers(  # noqa: PLR0917 - pytest parameters
