@@ -297,6 +297,17 @@ class CommandsConfig(_Section):
     path: Path = Path("/var/lib/terminal-gw/commands.db")
     # Empty: any response topic outside {prefix}/ (no wildcards, no $); else only these.
     response_topics: list[TopicFilter] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_size_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_payload_bytes" in data:
+            # Config._moved_keys moves it to [mqtt] unless mqtt.max_command_bytes is set too.
+            raise ValueError(
+                "max_payload_bytes is replaced by mqtt.max_command_bytes: set only that"
+            )
+        return data
+
     sms_max_parts: int = Field(default=4, ge=1, le=255)
     max_sms_per_hour: int = Field(default=10, ge=0)
     max_sms_per_day: int = Field(default=50, ge=0)
@@ -337,9 +348,7 @@ class Config(_Section):
         if not isinstance(mqtt, dict):
             return data
         if "max_command_bytes" in mqtt:
-            raise ValueError(
-                "commands.max_payload_bytes is replaced by mqtt.max_command_bytes: set only that"
-            )
+            return data  # both set: [commands] refuses the old key
         return {**data, "commands": commands, "mqtt": {**mqtt, "max_command_bytes": old}}
 
 
