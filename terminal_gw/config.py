@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -192,6 +193,7 @@ class MqttConfig(_Section):
     batch_backlog: bool = False
     batch_max: int = Field(default=50, ge=1, le=10000)
     batch_min_age_s: float = Field(default=60.0, ge=0)
+    max_command_bytes: ByteSize = Field(default=ByteSize(64 * 1024), ge=1024, le=268_435_455)
 
     @model_validator(mode="after")
     def _tls_files(self) -> MqttConfig:
@@ -261,11 +263,51 @@ class DaemonConfig(_Section):
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
 
 
+#: Longest topic accepted from a command (a response topic) or the config, in UTF-8 bytes.
+MAX_TOPIC_BYTES = 1024
+
+
+def check_topic_filter(pattern: object) -> object:
+    """`pattern` if it is an MQTT topic filter that may name answer topics; ValueError if not."""
+    if not isinstance(pattern, str):
+        return pattern  # the str type check says what is wrong
+    if not pattern:
+        raise ValueError("an empty topic filter matches nothing")
+    if len(pattern.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        raise ValueError(f"longer than {MAX_TOPIC_BYTES} bytes")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in pattern):
+        raise ValueError("a NUL, control character or surrogate is not allowed in a topic")
+    if pattern.startswith("$"):
+        raise ValueError("topics starting with $ ($SYS/...) belong to the broker")
+    levels = pattern.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError("'#' must be a whole level, and the last one")
+        if "+" in level and level != "+":
+            raise ValueError("'+' must be a whole level")
+    return pattern
+
+
+TopicFilter = Annotated[str, BeforeValidator(check_topic_filter)]
+
+
 class CommandsConfig(_Section):
-    """Downlink commands: limits, the SMS send queue and its cost guard."""
+    """Downlink commands: limits, answer topics, the SMS send queue and its cost guard."""
 
     path: Path = Path("/var/lib/terminal-gw/commands.db")
-    max_payload_bytes: int = Field(default=4096, ge=64, le=256 * 1024)
+    # Empty: any response topic outside {prefix}/ (no wildcards, no $); else only these.
+    response_topics: list[TopicFilter] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_size_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_payload_bytes" in data:
+            # Config._moved_keys moves it to [mqtt] unless mqtt.max_command_bytes is set too.
+            raise ValueError(
+                "max_payload_bytes is replaced by mqtt.max_command_bytes: set only that"
+            )
+        return data
+
     sms_max_parts: int = Field(default=4, ge=1, le=255)
     max_sms_per_hour: int = Field(default=10, ge=0)
     max_sms_per_day: int = Field(default=50, ge=0)
@@ -291,6 +333,23 @@ class Config(_Section):
     clock: ClockConfig = ClockConfig()
     daemon: DaemonConfig = DaemonConfig()
     commands: CommandsConfig = CommandsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Older configs' `commands.max_payload_bytes` is read as `mqtt.max_command_bytes`."""
+        if not isinstance(data, dict) or not isinstance(data.get("commands"), dict):
+            return data
+        commands = dict(data["commands"])
+        if "max_payload_bytes" not in commands:
+            return data
+        old = commands.pop("max_payload_bytes")
+        mqtt = data.get("mqtt", {})
+        if not isinstance(mqtt, dict):
+            return data
+        if "max_command_bytes" in mqtt:
+            return data  # both set: [commands] refuses the old key
+        return {**data, "commands": commands, "mqtt": {**mqtt, "max_command_bytes": old}}
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

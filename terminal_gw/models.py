@@ -262,7 +262,9 @@ class SmsSendProgress(Payload):
     code: str | None = Field(
         default=None,
         description="why it failed or waits: cms_error, cme_error, error, timeout, modem,"
-        " rate_limited, interrupted, unconfirmed, invalid, resumed",
+        " rate_limited, interrupted, unconfirmed, invalid, resumed; for a send refused before"
+        " it was queued (parts 0) the refusal's code: invalid_number, too_long, invalid,"
+        " duplicate_key, response_topic_refused, store",
     )
     reason: str | None = Field(default=None, description="in words, the 3GPP meaning if any")
     error_code: int | None = Field(default=None, description="the +CMS/+CME ERROR number")
@@ -288,8 +290,9 @@ class CommandResult(Payload):
     ok: bool
     code: str | None = Field(
         default=None,
-        description="when not ok: too_large, invalid_json, invalid, unknown_command,"
-        " invalid_number, too_long, id_conflict, busy, timeout, modem",
+        description="when not ok: too_large, invalid_json, duplicate_key, invalid,"
+        " unknown_command, foreign_topic, response_topic_refused, invalid_number, too_long,"
+        " id_conflict, busy, timeout, modem, store",
     )
     reason: str | None = None
     result: dict[str, Any] = Field(default_factory=dict, description="what the command returns")

@@ -29,9 +29,13 @@ from tests.uplink_support import Received, running, subscriber, wait_until
 DEVICE = "dev1"
 BASE = f"tgw/{DEVICE}"
 OK = b"\r\nOK\r\n"
+#: A retained command the gateway leaves so that it knows when the daemon hears commands.
+READY_TOPIC = f"{BASE}/cmd/ready-probe"
 
 
-def make_config(tmp_path: Path, port: int = 1883, **commands: Any) -> Config:
+def make_config(
+    tmp_path: Path, port: int = 1883, *, mqtt: dict[str, Any] | None = None, **commands: Any
+) -> Config:
     """A config for one test: the test broker, fast commits, fast retries."""
     c: dict[str, Any] = {
         "path": str(tmp_path / "commands.db"),
@@ -51,6 +55,7 @@ def make_config(tmp_path: Path, port: int = 1883, **commands: Any) -> Config:
                 "backoff_max_s": 0.3,
                 "publish_timeout_s": 5.0,
                 "keepalive_s": 5,
+                **(mqtt or {}),
             },
             "outbox": {
                 "path": str(tmp_path / "outbox.db"),
@@ -166,7 +171,7 @@ class Requester:
         """Publish cmd/<name> (QoS 1), with the response topic unless `respond` is off."""
         props = Properties(PacketTypes.PUBLISH)
         if respond:
-            props.ResponseTopic = response_topic or self.reply_topic
+            props.ResponseTopic = self.reply_topic if response_topic is None else response_topic
         if correlation is not None:
             props.CorrelationData = correlation
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -232,10 +237,18 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    tmp_path: Path, broker_port: int, *, run_runner: bool = True, **commands: Any
+    tmp_path: Path,
+    broker_port: int,
+    *,
+    run_runner: bool = True,
+    mqtt: dict[str, Any] | None = None,
+    **commands: Any,
 ) -> AsyncIterator[Gateway]:
-    """The whole downlink path against a real broker and a modem on a pty."""
-    config = make_config(tmp_path, broker_port, **commands)
+    """The whole downlink path against a real broker and a modem on a pty.
+
+    `mqtt` overrides the daemon's [mqtt] settings; the requester speaks MQTT 5 regardless.
+    """
+    config = make_config(tmp_path, broker_port, mqtt=mqtt, **commands)
     async with (
         Outbox(config.outbox) as outbox,
         CommandStore(config.commands.path) as store,
@@ -251,12 +264,18 @@ async def gateway(
         requester = Requester(client, f"ops/replies/{os.getpid()}-{id(client)}")
         await client.subscribe(requester.reply_topic, qos=1)
         gw = Gateway(config, outbox, store, runner, uplink, modem, seen, requester)
+        # The uplink reports CONNECTED before its subscription to cmd/# is in place: a command
+        # sent in between is lost. A retained command, left before the uplink connects, comes
+        # with the subscription (and is ignored, as retained commands are): once it is counted,
+        # the daemon hears commands.
+        await client.publish(READY_TOPIC, b"{}", qos=1, retain=True)
         async with running(uplink, outbox), asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(collect_replies(requester), name="requester")]
             if run_runner:
                 tasks.append(tg.create_task(runner.run(), name="command-runner"))
             try:
                 await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+                await wait_until(lambda: uplink.counters.commands_ignored >= 1)
                 yield gw
             finally:
                 for t in tasks:

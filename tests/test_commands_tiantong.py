@@ -18,7 +18,13 @@ from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.uplink import LinkState, Uplink
 from tests.broker import Broker
-from tests.commands_support import BASE, Requester, collect_replies, make_config
+from tests.commands_support import (
+    BASE,
+    READY_TOPIC,
+    Requester,
+    collect_replies,
+    make_config,
+)
 from tests.modem.test_tiantong_rig import FAST
 from tests.uplink_support import running, subscriber, wait_until
 
@@ -49,6 +55,7 @@ async def test_sms_send_and_modem_status_through_the_tiantong_driver(
             def states(sms_id: str) -> list[str]:
                 return [p["state"] for p in seen.payloads(f"/sms/tx/{sms_id}")]
 
+            await client.publish(READY_TOPIC, b"{}", qos=1, retain=True)  # see gateway()
             async with running(uplink, outbox), asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(sim.run(), name="sim"),
@@ -59,6 +66,7 @@ async def test_sms_send_and_modem_status_through_the_tiantong_driver(
                 try:
                     await wait_until(lambda: modem.state is ModemState.OK)
                     await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+                    await wait_until(lambda: uplink.counters.commands_ignored >= 1)
                     await requester.send(
                         "sms/send", {"id": "tt1", "to": "+8613800138000", "text": TEXT},
                         correlation=b"1",

@@ -1,9 +1,11 @@
 """Downlink commands: validate, dispatch through a table, answer; send SMS from a durable queue.
 
 A command is a JSON object published on `{prefix}/{device}/cmd/{name}`. It is checked in this
-order, and anything wrong gets an error answer (never silence): the topic is this device's,
-the name is known, the payload is at most `max_payload_bytes`, it is JSON, it is an object,
-and it validates against the command's model (unknown fields refused).
+order, and anything wrong gets an error answer (never silence): the payload is at most
+`mqtt.max_command_bytes` (a larger one is refused by its length alone: it is not decoded,
+not even for its id), the topic is this device's, the name is known, the payload is JSON with
+no key twice, it is an object, it validates against the command's model (unknown fields
+refused), and its MQTT 5 response topic, when it gives one, is one the device may publish to.
 
 Answers (`CommandResult`) go to:
 
@@ -17,12 +19,26 @@ Answers (`CommandResult`) go to:
   response topic is dropped and counted; the durable copy above still arrives, and carries
   the correlation data as hex in `correlation`.
 
+A response topic is refused when it is empty, longer than `MAX_TOPIC_BYTES`, holds a NUL or
+control character or is not UTF-8, has a wildcard, starts with `$` (the broker's `$SYS/...`),
+or is this device's own `cmd/` (the answer would come back as a command). Beyond that, with
+`commands.response_topics` empty any topic outside `{prefix}/` is allowed (inside it are other
+devices' commands and this device's fixes and status); with it set, only topics matching one
+of its filters, wherever they are. A command with a refused response topic is not run: a
+request whose answer cannot reach the requester should not have effects the requester
+never hears of (an SMS sent and billed). It is answered on `cmd-result/{name}` only, with
+code `response_topic_refused` and the reason; nothing is published on the refused topic.
+
 `sms/send` queues the message in the command store (sqlite, synchronous=FULL) and answers at
 once; a sender task takes the queue in order, one part at a time, and reports progress on
 `{prefix}/{device}/sms/tx/{id}` (also through the outbox): queued, sending, sent (message
 references) or failed (3GPP reason). Sending part by part means the ledger counts exactly
 the parts that went out, and a retry after a failure in the middle of a long message sends
-only the parts still missing, with the same concatenation reference.
+only the parts still missing, with the same concatenation reference. An `sms/send` refused
+before it is queued (a bad number, a text too long, a refused response topic, ...) that
+carries a usable id is also reported `failed` on `sms/tx/{id}`, with the code and reason,
+unless that id already names a message: then that message's state stands. A refusal does
+not take the id: the corrected command may use it again.
 """
 
 from __future__ import annotations
@@ -42,7 +58,7 @@ from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.commands.failures import backoff_s, classify
 from terminal_gw.commands.store import CommandStore, SmsJob
-from terminal_gw.config import Config
+from terminal_gw.config import MAX_TOPIC_BYTES, Config
 from terminal_gw.errors import CommandError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import CommandResult, Payload, SmsSendProgress, iso_utc, new_id
 from terminal_gw.modem.sms import SubmitPdu, encode_submit
@@ -169,31 +185,60 @@ def _validation_reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _peek_id(data: object) -> str | None:
+def _peek_id(data: dict[str, Any]) -> str | None:
     """The command's id when it has a usable one, even if the rest is invalid."""
-    if isinstance(data, dict):
-        value = data.get("id")
-        if isinstance(value, str) and re.fullmatch(COMMAND_ID, value):
-            return value
+    value = data.get("id")
+    if isinstance(value, str) and re.fullmatch(COMMAND_ID, value):
+        return value
     return None
 
 
-def _json_object(payload: bytes) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _decode(payload: bytes) -> tuple[dict[str, Any], list[str]]:
+    """The command's JSON object and the keys found twice in it (at any depth), in order."""
+    twice: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out and key not in twice:
+                twice.append(key)
+            out[key] = value
+        return out
+
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, object_pairs_hook=pairs, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        raise CommandError(f"not JSON: {exc}", code="invalid_json") from None
+        raise CommandError(f"not JSON: {_shown(str(exc), 200)}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise CommandError("a command is a JSON object", code="invalid")
-    return data
+    return data, twice
 
 
-def _peek_id_bytes(payload: bytes) -> str | None:
-    """The command's id, for the answer, even when the command is invalid; None if it has none."""
-    try:
-        return _peek_id(json.loads(payload))
-    except (ValueError, RecursionError):
-        return None
+def _shown(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters, anything UTF-8 cannot carry (lone surrogates) escaped."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether the MQTT topic filter `pattern` (`+`, `#`) matches the topic name `topic`."""
+    levels = topic.split("/")
+    for i, level in enumerate(pattern.split("/")):
+        if level == "#":
+            return True  # also the parent: "a/#" matches "a"
+        if i >= len(levels) or level not in {"+", levels[i]}:
+            return False
+    return len(pattern.split("/")) == len(levels)
+
+
+def _bad_topic_char(c: str) -> bool:
+    o = ord(c)
+    # NUL and control characters (MQTT-1.5.4-2, 1.5.4-3), surrogates (not UTF-8), BOM.
+    return o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000 or o == 0xFEFF
 
 
 def _one_reference(mrs: Sequence[int]) -> int:
@@ -232,6 +277,8 @@ class CommandRunner:
         self.responder = responder
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.commands")
         self._clock = clock
+        self._max_bytes = int(config.mqtt.max_command_bytes)
+        self._prefix = config.mqtt.prefix
         self._base = f"{config.mqtt.prefix}/{config.device.id}"
         self._cmd_prefix = f"{self._base}/cmd/"
         self._wake = asyncio.Event()
@@ -247,11 +294,14 @@ class CommandRunner:
         self.counters: dict[str, int] = {
             "commands": 0,
             "refused": 0,  # invalid, unknown, too large: answered with an error
+            "too_large": 0,  # refused by length, unread
             "answered": 0,
             "responses_sent": 0,  # answers published on a response topic
             "responses_dropped": 0,  # response topic given but the link was down
+            "response_topics_refused": 0,  # not run: answered on cmd-result only
             "results_lost": 0,  # the outbox refused an answer or a progress record
             "sms_queued": 0,
+            "sms_refused": 0,  # refused before queueing, reported failed on sms/tx/{id}
             "sms_duplicates": 0,
             "sms_sent": 0,
             "sms_parts_sent": 0,
@@ -290,48 +340,144 @@ class CommandRunner:
         """Run one command (the uplink's `on_command`); `topic` is its name below `cmd/`."""
         name = topic.removeprefix(self._cmd_prefix)
         self.counters["commands"] += 1
-        small = len(payload) <= self._cfg.max_payload_bytes
-        request = _Request(name, meta, _peek_id_bytes(payload) if small else None)
+        request = _Request(name, meta)
+        data: dict[str, Any] | None = None
+        spec: CommandSpec | None = None  # set once the command is known to be this device's
         answer: Answer | None
         try:
-            spec, command = self._parse(name, payload, meta)
+            self._check_size(payload)
+            try:
+                data, twice = _decode(payload)
+            except CommandError:
+                self._spec(name, meta)  # another device's or an unknown command: said first
+                raise
+            request = _Request(name, meta, None if "id" in twice else _peek_id(data))
+            spec = self._spec(name, meta)
+            command = self._validate(spec, data, twice)
+            self._check_response_topic(meta)
             answer = await spec.handler(request, command)
         except CommandError as exc:
             self.counters["refused"] += 1
-            self._log.info("command_refused", command=name[:64], code=exc.code, reason=str(exc))
+            self._log.info(
+                "command_refused", command=_shown(name, 64), code=exc.code, reason=str(exc)
+            )
+            if spec is not None and name == "sms/send" and request.command_id is not None:
+                await self._send_refused(request.command_id, data, exc)
             answer = Answer(ok=False, code=exc.code, reason=str(exc))
         except StoreError as exc:
-            self._log.error("command_store_failed", command=name[:64], error=str(exc))
+            self._log.error("command_store_failed", command=_shown(name, 64), error=str(exc))
             answer = Answer(
                 ok=False, code="store", reason=f"the command store failed: {exc.reason}"
             )
         if answer is not None:
             await self._answer(request, answer)
 
-    def _parse(self, name: str, payload: bytes, meta: _Meta) -> tuple[CommandSpec, _Command]:
-        """The command's table row and its validated model; CommandError saying what is wrong."""
+    def _check_size(self, payload: bytes) -> None:
+        if len(payload) > self._max_bytes:
+            # Refused by its length alone: not decoded, not copied, not even for its id.
+            self.counters["too_large"] += 1
+            raise CommandError(
+                f"command of {len(payload)} bytes is over the limit of {self._max_bytes}"
+                " (mqtt.max_command_bytes); it was not read",
+                code="too_large",
+            )
+
+    def _spec(self, name: str, meta: _Meta) -> CommandSpec:
+        """The command's table row; CommandError for another device's topic or an unknown name."""
         if meta.topic != self._cmd_prefix + name:
             raise CommandError(
-                f"topic {meta.topic[:120]!r} is not this device's command topic",
+                f"topic {_shown(meta.topic)!r} is not this device's command topic",
                 code="foreign_topic",
             )
         spec = self.commands.get(name)
         if spec is None:
             raise CommandError(
-                f"unknown command {name[:64]!r}; known: {', '.join(sorted(self.commands))}",
+                f"unknown command {_shown(name, 64)!r}; known: {', '.join(sorted(self.commands))}",
                 code="unknown_command",
             )
-        if len(payload) > self._cfg.max_payload_bytes:
+        return spec
+
+    @staticmethod
+    def _validate(spec: CommandSpec, data: dict[str, Any], twice: list[str]) -> _Command:
+        """The validated model; CommandError saying what is wrong."""
+        if twice:
+            keys = ", ".join(repr(_shown(k, 64)) for k in twice[:5])
             raise CommandError(
-                f"command of {len(payload)} bytes is over the limit of"
-                f" {self._cfg.max_payload_bytes}",
-                code="too_large",
+                f"key {keys} given twice: refused, as which value counts would be a guess",
+                code="duplicate_key",
             )
-        data = _json_object(payload)
         try:
-            return spec, spec.model.model_validate(data)
+            return spec.model.model_validate(data)
         except ValidationError as exc:
-            raise CommandError(_validation_reason(exc), code="invalid") from None
+            raise CommandError(_shown(_validation_reason(exc), 500), code="invalid") from None
+
+    def _response_topic_refusal(self, topic: str) -> str | None:
+        """Why the device will not publish an answer on `topic`; None when it may."""
+        if not topic:
+            return "is empty"
+        if any(_bad_topic_char(c) for c in topic):
+            return "holds a NUL, a control character or text that is not UTF-8"
+        size = len(topic.encode("utf-8"))
+        if size > MAX_TOPIC_BYTES:
+            return f"is {size} bytes, over the limit of {MAX_TOPIC_BYTES}"
+        if "+" in topic or "#" in topic:
+            return "has a wildcard (+ or #): no answer can be published there"
+        if topic.startswith("$"):
+            return "starts with $: those topics ($SYS/...) are the broker's"
+        own = self._cmd_prefix.removesuffix("/")
+        if topic == own or topic.startswith(self._cmd_prefix):
+            return "is this device's command topic: the answer would come back as a command"
+        allowed = self._cfg.response_topics
+        if allowed:
+            if any(topic_matches(p, topic) for p in allowed):
+                return None
+            return f"matches none of commands.response_topics ({', '.join(allowed)[:200]})"
+        if topic == self._prefix or topic.startswith(self._prefix + "/"):
+            return (
+                f"is inside this system's topics ({self._prefix}/...: other devices' commands,"
+                " this device's fixes and status); allow it in commands.response_topics"
+            )
+        return None
+
+    def _check_response_topic(self, meta: _Meta) -> None:
+        topic = meta.response_topic
+        if topic is None:
+            return
+        why = self._response_topic_refusal(topic)
+        if why is not None:
+            self.counters["response_topics_refused"] += 1
+            self._log.warning("command_response_topic_refused", topic=_shown(topic), reason=why)
+            raise CommandError(
+                f"response topic {_shown(topic)!r} {why}; the command was not run",
+                code="response_topic_refused",
+            )
+
+    async def _send_refused(
+        self, sms_id: str, data: dict[str, Any] | None, exc: CommandError
+    ) -> None:
+        """Report an sms/send refused before it was queued as failed on sms/tx/{id}."""
+        to = data.get("to") if data is not None else None
+        async with self._order:
+            try:
+                if await self._store.get(sms_id) is not None:
+                    return  # the id names a message already taken: its state stands
+            except StoreError as err:
+                self._log.error("command_store_failed", command="sms/send", error=str(err))
+                return
+            now = self._clock()
+            self.counters["sms_refused"] += 1
+            await self._store_result(
+                SmsSendProgress(
+                    id=new_id(int(now * 1000)),
+                    time=iso_utc(now),
+                    sms_id=sms_id,
+                    state="failed",
+                    to=_shown(to, 64) if isinstance(to, str) else "",
+                    parts=0,
+                    code=exc.code,
+                    reason=str(exc),
+                )
+            )
 
     async def _answer(self, request: _Request, answer: Answer) -> None:
         now = self._clock()
@@ -343,7 +489,7 @@ class CommandRunner:
             command_id=request.command_id,
             ok=answer.ok,
             code=answer.code,
-            reason=answer.reason,
+            reason=None if answer.reason is None else _shown(answer.reason, 1000),
             result=answer.result or {},
             correlation=_hex(request.meta.correlation_data),
         )
@@ -353,13 +499,10 @@ class CommandRunner:
 
     async def _respond(self, meta: _Meta, result: CommandResult) -> None:
         topic = meta.response_topic
-        if not topic or self.responder is None:
+        if topic is None or self.responder is None:
             return
-        if "+" in topic or "#" in topic or topic.startswith(self._cmd_prefix):
-            # A wildcard cannot be published to; an answer under cmd/ would come back as a command.
-            self.counters["responses_dropped"] += 1
-            self._log.warning("command_response_topic_refused", topic=topic[:120])
-            return
+        if self._response_topic_refusal(topic) is not None:
+            return  # refused in handle (answered on cmd-result only)
         try:
             await self.responder.publish_now(
                 topic,
@@ -369,7 +512,7 @@ class CommandRunner:
             )
         except UplinkError as exc:
             self.counters["responses_dropped"] += 1
-            self._log.info("command_response_not_sent", topic=topic[:120], reason=str(exc))
+            self._log.info("command_response_not_sent", topic=_shown(topic), reason=str(exc))
         else:
             self.counters["responses_sent"] += 1
 
