@@ -13,11 +13,23 @@ from pathlib import Path
 from terminal_gw import __version__
 from terminal_gw.config import DEFAULT_CONFIG_PATH, Config, load_config, redacted
 from terminal_gw.errors import ConfigError
+from terminal_gw.exit_codes import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_USAGE,
+    permission_denied,
+)
 from terminal_gw.logs import configure_logging
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_PERMISSION",
+    "EXIT_USAGE",
+    "main",
+    "read_config_or_exit",
+]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,10 +40,14 @@ def default_config_path() -> Path:
 
 
 def read_config_or_exit(path: Path) -> Config:
-    """Load the config, or print each problem with its field path and exit 2."""
+    """Load the config, or print each problem with its field path and exit 2 (4 when this
+    user may not read it)."""
     try:
         return load_config(path)
     except ConfigError as exc:
+        if isinstance(exc.__cause__, PermissionError):
+            print(f"error: {permission_denied(path, 'config file')}", file=sys.stderr)
+            raise SystemExit(EXIT_PERMISSION) from None
         print_config_error(exc)
         raise SystemExit(EXIT_USAGE) from None
 

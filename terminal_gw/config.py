@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -352,42 +353,102 @@ class Config(_Section):
         return {**data, "commands": commands, "mqtt": {**mqtt, "max_command_bytes": old}}
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Override keys from TGW_SECTION__KEY variables (secrets, mostly)."""
-    for name, value in environ.items():
+def _apply_env(
+    data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Override keys from TGW_SECTION__KEY variables (secrets, mostly).
+
+    Returns the new data (the caller's is left as it was) and, for each key set, the name of
+    the variable that set it: an error in it is reported as the environment's, not the file's.
+    """
+    data = dict(data)
+    origins: dict[tuple[str, ...], str] = {}
+    for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
         node = data
         for part in path[:-1]:
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
             node = child
         node[path[-1]] = value
-    return data
-
-
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    # Union members add their type name to the path (gnss.baud.int); users want gnss.baud.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
-    return ".".join(parts)
+        origins[path] = name
+    return data, origins
 
 
 _TYPE_TAGS = {"int", "str", "float", "bool", "function-before", "function-after"}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    # Union members add their type name to the path (gnss.baud.int); users want gnss.baud.
+    return tuple(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS)))
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(_field_path(loc))
+
+
+def _known_keys(path: tuple[str, ...]) -> list[str]:
+    """The keys the section holding the last part of `path` accepts."""
+    model: type[BaseModel] = Config
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        annotation = None if field is None else field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem(err: Mapping[str, Any], origins: Mapping[tuple[str, ...], str]) -> tuple[str, str]:
+    """(field path, message) for one pydantic error, in the words of this project's config."""
+    path = _field_path(tuple(err["loc"]))
+    value = err.get("input")
+    secret = bool(path) and path[-1] == "password"
+    shown = None if secret or err["type"] == "missing" else _shown(value)
+    if err["type"] == "extra_forbidden":
+        msg = "unknown section" if len(path) == 1 else "unknown key"
+        if shown is not None and not isinstance(value, dict):
+            msg += f" (set to {shown})"
+        close = difflib.get_close_matches(path[-1], _known_keys(path), n=1) if path else []
+        if close:
+            msg += f"; did you mean {close[0]!r}?"
+    else:
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if shown is not None and not isinstance(value, dict) and shown not in msg:
+            msg += f", got {shown}"
+    variable = next((v for p, v in origins.items() if path[: len(p)] == p), None)
+    if variable is None and err["type"] == "extra_forbidden":
+        # A variable naming an unknown section creates it: the error is the section's.
+        variable = next((v for p, v in origins.items() if p[: len(path)] == path), None)
+    if variable is not None:
+        msg = f"from the environment ({variable}): {msg}"
+    return ".".join(path), msg
 
 
 def load_config_data(
     data: dict[str, Any], environ: Mapping[str, str] | None = None, source: str = "config"
 ) -> Config:
     """Validate a config mapping (after env overrides); raise ConfigError with field paths."""
-    data = _apply_env(dict(data), os.environ if environ is None else environ)
+    data, origins = _apply_env(data, os.environ if environ is None else environ)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = [(_format_loc(err["loc"]), err["msg"]) for err in exc.errors()]
-        raise ConfigError(f"{source}: {len(problems)} invalid setting(s)", problems) from exc
+        problems = [_problem(err, origins) for err in exc.errors()]
+        from_env = sum(1 for _, msg in problems if msg.startswith("from the environment ("))
+        where = source
+        if from_env == len(problems):
+            where = f"the environment (TGW_ variables, applied over {source})"
+        elif from_env:
+            where = f"{source} and the environment (TGW_ variables)"
+        raise ConfigError(f"{where}: {len(problems)} invalid setting(s)", problems) from exc
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -395,13 +456,12 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot read: {exc.strerror}", [("(file)", str(exc.strerror))]
-        ) from exc
+        # The cause stays attached: a PermissionError gets its own exit code and advice.
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}", [("(file)", str(exc))]) from exc
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return load_config_data(data, environ, source=str(path))
 
 

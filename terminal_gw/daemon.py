@@ -491,6 +491,26 @@ class Daemon:
             )
         )
 
+    def _warn_if_no_device(self) -> None:
+        """With both device ports "none" nothing is read: say so, in the log and as an event."""
+        if self.config.gnss.port != "none" or self.config.modem.port != "none":
+            return
+        message = (
+            'no device stage runs: [gnss] port and [modem] port are both "none", so nothing is'
+            " read; set a port (e.g. /dev/beidou0) to forward positions or SMS"
+        )
+        self.log.warning(message)
+        self.emit(
+            make_event(
+                "no_devices",
+                message,
+                now=time.time(),
+                severity="warning",
+                gnss=self.config.gnss.port,
+                modem=self.config.modem.port,
+            )
+        )
+
     async def run(self, *, handle_signals: bool = True) -> None:
         """Open the outbox, run every stage until stopped, close cleanly."""
         for path in (
@@ -512,6 +532,7 @@ class Daemon:
             modem=self.config.modem.port,
             broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}",
         )
+        self._warn_if_no_device()
         try:
             await self.supervisor.run(
                 self.stages(),

@@ -3,7 +3,8 @@ broker, a live view.
 
 Broker: the one on localhost:1883 when it answers, else a mosquitto started on a free port
 when the binary exists, else none (records then pile up in the outbox, as on a vessel
-without a link).
+without a link). `--broker HOST[:PORT]` names one (port 1883 when left out), `--broker none`
+runs without.
 """
 
 from __future__ import annotations
@@ -25,12 +26,59 @@ from typing import Any, TextIO
 
 from terminal_gw.config import Config, load_config_data
 from terminal_gw.daemon import Daemon
+from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
 from terminal_gw.logs import configure_logging
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.transport.pty import PtyDevice
 
 DEVICE_ID = "demo-vessel"
+DEFAULT_MQTT_PORT = 1883
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """What --broker asked for: auto, none, or a given host and port."""
+
+    mode: str  # "auto", "none", "given"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_MQTT_PORT
+
+
+def parse_broker(text: str) -> BrokerSpec:
+    """--broker: auto, none, HOST, HOST:PORT, [IPv6]:PORT (mqtt:// in front is allowed)."""
+    spec = text.strip()
+    if spec.lower() in ("auto", "none"):
+        return BrokerSpec(spec.lower())
+    for scheme in ("mqtt://", "tcp://"):
+        if spec.lower().startswith(scheme):
+            spec = spec[len(scheme) :].rstrip("/")
+    if "://" in spec:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give HOST or HOST:PORT (the demo speaks plain MQTT, no TLS)"
+        )
+    port_text = ""
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes as [ADDRESS]:PORT")
+        port_text = rest[1:]
+    elif spec.count(":") > 1:
+        host = spec  # a bare IPv6 address, no port
+    else:
+        host, _, port_text = spec.partition(":")
+        if not port_text and spec.endswith(":"):
+            raise argparse.ArgumentTypeError(f"{text!r}: the port is missing after ':'")
+    if not host and not port_text:
+        raise argparse.ArgumentTypeError("give auto, none, HOST or HOST:PORT")
+    port = DEFAULT_MQTT_PORT
+    if port_text:
+        if not port_text.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: port {port_text!r} is not a number")
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"{text!r}: port {port} is not in 1-65535")
+    return BrokerSpec("given", host or "127.0.0.1", port)
 
 
 @dataclass
@@ -39,7 +87,7 @@ class BrokerChoice:
 
     host: str
     port: int
-    how: str  # "local", "started", "given", "none"
+    how: str  # "local", "started", "given", "none" (asked for), "not_found"
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -85,19 +133,30 @@ def _start_mosquitto(workdir: Path) -> BrokerChoice | None:
     return None
 
 
-def choose_broker(spec: str, workdir: Path) -> BrokerChoice:
-    """Resolve --broker: auto, none, or HOST:PORT."""
-    if spec == "none":
+def choose_broker(spec: BrokerSpec, workdir: Path) -> BrokerChoice:
+    """Resolve --broker: auto, none, or a given host and port."""
+    if spec.mode == "none":
         return BrokerChoice("127.0.0.1", _free_port(), "none")
-    if spec != "auto":
-        host, _, port = spec.rpartition(":")
-        return BrokerChoice(host or "127.0.0.1", int(port), "given")
-    if _answers("127.0.0.1", 1883):
-        return BrokerChoice("127.0.0.1", 1883, "local")
+    if spec.mode == "given":
+        return BrokerChoice(spec.host, spec.port, "given")
+    if _answers("127.0.0.1", DEFAULT_MQTT_PORT):
+        return BrokerChoice("127.0.0.1", DEFAULT_MQTT_PORT, "local")
     started = _start_mosquitto(workdir)
     if started is not None:
         return started
-    return BrokerChoice("127.0.0.1", _free_port(), "none")
+    return BrokerChoice("127.0.0.1", _free_port(), "not_found")
+
+
+def resolve_error(spec: BrokerSpec) -> str | None:
+    """Why a given broker's host cannot be used (it does not resolve), else None."""
+    if spec.mode != "given":
+        return None
+    try:
+        socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        return f"--broker: cannot resolve host {spec.host!r}: {reason}"
+    return None
 
 
 def demo_config(workdir: Path, gnss_path: str, modem_path: str, broker: BrokerChoice) -> Config:
@@ -194,13 +253,22 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     broker = choose_broker(args.broker, workdir)
     config = demo_config(workdir, device.path, modem_device.path, broker)
     daemon = Daemon(config)
+    waits = "records wait in the outbox (as on a vessel with no link)"
     say = {
         "local": f"using the broker on {broker.host}:{broker.port}",
         "started": f"started mosquitto on {broker.host}:{broker.port}",
         "given": f"using the broker at {broker.host}:{broker.port}",
-        "none": "no broker found: records wait in the outbox (as on a vessel with no link)",
+        "none": f"no broker (--broker none): {waits}",
+        "not_found": f"no broker found (nothing on 127.0.0.1:{DEFAULT_MQTT_PORT}, no mosquitto"
+        f" to start): {waits}",
     }[broker.how]
     print(f"terminal-gw demo: {say}", file=out)
+    if broker.how == "given" and not _answers(broker.host, broker.port, 1.0):
+        print(
+            f"  nothing answers at {broker.host}:{broker.port} yet: records wait in the outbox"
+            " and go out once it does",
+            file=out,
+        )
     print(f"  simulated BeiDou/GPS receiver on {device.path} -> {device.slave_path}", file=out)
     print(
         f"  simulated Tiantong modem on {modem_device.path} -> {modem_device.slave_path}"
@@ -208,7 +276,7 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
         file=out,
     )
     print(f"  state, outbox and logs in {workdir}", file=out)
-    if broker.how != "none":
+    if broker.how not in ("none", "not_found"):
         base = f"{config.mqtt.prefix}/{DEVICE_ID}"
         print(
             f"  watch the topics:  mosquitto_sub -h {broker.host} -p {broker.port}"
@@ -270,8 +338,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds")
     parser.add_argument(
         "--broker",
-        default="auto",
-        help="auto (localhost:1883, else a mosquitto on a free port, else none), none, HOST:PORT",
+        type=parse_broker,
+        default=BrokerSpec("auto"),
+        help="auto (localhost:1883, else a mosquitto on a free port, else none), none,"
+        " HOST[:PORT] (port 1883 when left out)",
     )
     parser.add_argument("--rate", type=float, default=1.0, help="receiver rate in Hz (1-10)")
     parser.add_argument(
@@ -284,11 +354,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli(args: argparse.Namespace) -> int:
     """`terminal-gw demo`."""
+    problem = resolve_error(args.broker)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     with _workdir(args.state_dir) as workdir:
         log_file = (workdir / "daemon.log").open("a", encoding="utf-8")
         try:
             configure_logging(args.log_level or "info", "json", stream=log_file)
-            asyncio.run(run_demo(args, workdir, sys.stdout))
+            summary = asyncio.run(run_demo(args, workdir, sys.stdout))
         finally:
             log_file.close()
-    return 0
+    print(_where_records_went(summary["waiting"], workdir, kept=args.state_dir is not None))
+    return EXIT_OK
+
+
+def _where_records_went(waiting: int, workdir: Path, *, kept: bool) -> str:
+    """What became of the records still waiting when the demo stopped."""
+    db = workdir / "outbox.db"
+    if kept:
+        return (
+            f"kept: {waiting} records waiting in {db}"
+            f" (`terminal-gw outbox stats --db {db}`; the same --state-dir sends them on)"
+        )
+    if waiting:
+        return (
+            f"deleted: {waiting} records waiting in the outbox went with the temporary"
+            f" directory {workdir} (--state-dir DIR keeps them)"
+        )
+    return f"deleted the temporary directory {workdir}: no record was left waiting"

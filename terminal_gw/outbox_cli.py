@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any, TextIO
 from xml.sax.saxutils import escape, quoteattr
 
+from terminal_gw.exit_codes import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_USAGE,
+    permission_denied,
+)
 from terminal_gw.outbox import CLASS_PRIORITY, connect
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,33 +64,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli(args: argparse.Namespace) -> int:
     """Run `outbox stats` or `outbox export`."""
-    found = _db_path(args)
-    if found is None:
-        return EXIT_USAGE
-    path, limit = found
-    if not path.exists():
-        print(f"error: no outbox at {path}", file=sys.stderr)
-        return EXIT_FAILURE
+    path, limit = _db_path(args)
     try:
+        if path.is_dir():
+            print(
+                f"error: {path} is a directory; give the outbox database file"
+                f" (`--db {path / 'outbox.db'}`, the default name)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if not path.exists():
+            print(f"error: no outbox at {path}", file=sys.stderr)
+            return EXIT_FAILURE
         with _reader(path) as conn:
             if args.outbox_command == "stats":
                 return _stats(conn, as_json=args.json, limit=limit, out=sys.stdout)
             return _export(conn, fmt=args.format, classes=args.classes, out=sys.stdout)
-    except sqlite3.Error as exc:
+    except PermissionError:
+        print(f"error: {permission_denied(path, 'outbox')}", file=sys.stderr)
+        return EXIT_PERMISSION
+    except (sqlite3.Error, OSError) as exc:
         print(f"error: cannot read the outbox at {path}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def _db_path(args: argparse.Namespace) -> tuple[Path, int | None] | None:
-    """The database to read and, when it comes from a config, its max_bytes."""
+def _db_path(args: argparse.Namespace) -> tuple[Path, int | None]:
+    """The database to read and, when it comes from a config, its max_bytes (a config that
+    cannot be read exits here, 2 or 4, as every command's does)."""
     if args.db is not None:
         return Path(args.db), None
     from terminal_gw.__main__ import read_config_or_exit
 
-    try:
-        outbox = read_config_or_exit(args.config).outbox
-    except SystemExit:
-        return None
+    outbox = read_config_or_exit(args.config).outbox
     return outbox.path, outbox.max_bytes
 
 

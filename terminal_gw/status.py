@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from terminal_gw import __version__
+from terminal_gw.exit_codes import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    permission_denied,
+)
 
 #: A stage is unhealthy when it has made no progress for this long (seconds).
 DEFAULT_STALL_S = 60.0
@@ -248,9 +255,9 @@ class MetricsServer:
 
 # --- `terminal-gw status` ------------------------------------------------------------------
 
-EXIT_HEALTHY = 0
-EXIT_UNHEALTHY = 1
-EXIT_NOT_RUNNING = 3
+# The codes are defined once, in exit_codes; these names say what they mean here.
+EXIT_HEALTHY = EXIT_OK
+EXIT_UNHEALTHY = EXIT_FAILURE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,7 +328,8 @@ def evaluate(snapshot: Mapping[str, Any], now: float, interval_s: float) -> tupl
 
 
 def cli(args: argparse.Namespace) -> int:
-    """Print the running daemon's status; exit 0 healthy, 1 unhealthy, 3 not running."""
+    """Print the running daemon's status; exit 0 healthy, 1 unhealthy, 3 not running, 4 when
+    this user may not read the status file."""
     from terminal_gw.__main__ import read_config_or_exit
 
     interval = 5.0
@@ -335,6 +343,9 @@ def cli(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"terminal-gw is not running (no status file at {path})", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    except PermissionError:
+        print(f"error: {permission_denied(path, 'status file')}", file=sys.stderr)
+        return EXIT_PERMISSION
     except (OSError, ValueError) as exc:
         print(f"cannot read status file {path}: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING

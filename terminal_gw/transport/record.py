@@ -18,6 +18,13 @@ from pathlib import Path
 
 from terminal_gw.config import parse_baud, parse_size
 from terminal_gw.errors import TerminalGwError, TransportError
+from terminal_gw.exit_codes import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_USAGE,
+    permission_denied,
+)
 from terminal_gw.models import Event
 from terminal_gw.transport.capture import CaptureWriter
 from terminal_gw.transport.pty import PtyDevice
@@ -91,18 +98,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bytes", default="64MiB", help="rotate the file at this size")
     parser.add_argument("--keep", type=int, default=3, help="rotated files to keep")
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a device that is not there yet (default: fail when it cannot be opened)",
+    )
+
+
+class DeviceOpenError(TransportError):
+    """The device could not be opened when the recording began."""
+
+    chunks = 0  # what was recorded before it failed (the program's side of a proxy)
 
 
 async def record(args: argparse.Namespace, out: Path) -> Recorder:
-    """Run a recorder for the parsed arguments until a signal or the duration."""
+    """Run a recorder for the parsed arguments until a signal or the duration.
+
+    Unless `args.wait`, a device that cannot be opened at the start raises DeviceOpenError (and no
+    capture is left behind); once it was open, it is reopened whenever it goes away.
+    """
     baud = parse_baud(args.baud)
     if baud == "auto":
         raise TransportError("record needs a fixed --baud", reason="baud")
-    port = ReconnectingPort(args.port, baud, name=args.name, stale_after_s=1e9, events=_print_event)
+    stop = asyncio.Event()
+    failed: list[DeviceOpenError] = []
+    opened = False
+
+    def on_event(event: Event) -> None:
+        nonlocal opened
+        if event.kind == "port_open":
+            opened = True
+        elif event.kind == "port_closed" and not opened and not args.wait:
+            reason = str(event.data.get("reason", "error"))
+            failed.append(DeviceOpenError(event.message, port=args.port, reason=reason))
+            stop.set()
+            return
+        _print_event(event)
+
+    port = ReconnectingPort(args.port, baud, name=args.name, stale_after_s=1e9, events=on_event)
     writer = CaptureWriter(out, max_bytes=parse_size(args.max_bytes), keep=args.keep)
     proxy = PtyDevice(args.proxy) if args.proxy is not None else None
     recorder = Recorder(port, writer, name=args.name, proxy=proxy)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -118,6 +154,9 @@ async def record(args: argparse.Namespace, out: Path) -> Recorder:
         writer.close()
         if proxy is not None:
             proxy.close()
+    if failed:
+        failed[0].chunks = recorder.chunks
+        raise failed[0]
     return recorder
 
 
@@ -133,12 +172,34 @@ def cli(args: argparse.Namespace) -> int:
             print(f"open {args.proxy} instead of {args.port}", file=sys.stderr)
         print(f"recording {args.port} to {out}; Ctrl-C stops", file=sys.stderr)
         rec = asyncio.run(record(args, out))
+    except DeviceOpenError as exc:
+        if exc.chunks == 0:
+            # A file holding only the header would pass for a capture of a silent device.
+            out.unlink(missing_ok=True)
+        return _open_failed(args.port, exc)
     except (TerminalGwError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(
         f"recorded {rec.chunks} chunks: {rec.bytes_in} bytes from the device,"
         f" {rec.bytes_out} to it, in {out}",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
+
+
+def _open_failed(port: str, exc: DeviceOpenError) -> int:
+    """Say why the device could not be opened; exit 2 (no such device), 4 or 1."""
+    if exc.reason == "permission":
+        text = permission_denied(Path(port), "serial device", access="open")
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_PERMISSION
+    if exc.reason == "absent":
+        print(
+            f"error: no device at {port}: nothing recorded. Is it plugged in? "
+            "`ls -l /dev/serial/by-id/` lists the serial devices; --wait waits for it",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(f"error: cannot open {port} ({exc.reason}): {exc}; nothing recorded", file=sys.stderr)
+    return EXIT_FAILURE
