@@ -677,10 +677,17 @@ def _int_or_none(field_text: str) -> int | None:
     return int(field_text) if field_text.isdigit() else None
 
 
+def _looks_like_urc(line: str) -> bool:
+    """A line that is no PDU: `*PSUTTZ: ...`, `DST: 0`, `+CREG: 1`, `^MODE` and the like."""
+    return ":" in line or line[:1] in ("+", "^", "*", "#", "$")
+
+
 def parse_stored(lines: Iterable[str]) -> list[StoredPdu]:
     """Pair each `+CMGR:`/`+CMGL:` header with the PDU line after it; other lines are skipped.
 
-    `+CMGR: <stat>,[<alpha>],<length>` and `+CMGL: <index>,<stat>,[<alpha>],<length>`.
+    `+CMGR: <stat>,[<alpha>],<length>` and `+CMGL: <index>,<stat>,[<alpha>],<length>`. Some
+    modems put the PDU on the header line after the length (`+CMGR: 1,,147 0791...`); an
+    unsolicited line the modem slips in between a header and its PDU is passed over.
     """
     out: list[StoredPdu] = []
     header: tuple[int | None, int | None, int | None] | None = None
@@ -695,12 +702,25 @@ def parse_stored(lines: Iterable[str]) -> list[StoredPdu]:
             else:
                 index = None
             stat = _int_or_none(fields[0]) if fields else None
-            length = _int_or_none(fields[-1]) if len(fields) > 1 else None
-            header = (index, stat, length)
+            inline = ""
+            if len(fields) > 1:
+                last, _, inline = fields[-1].strip().partition(" ")
+                length = _int_or_none(last)
+                inline = inline.strip().strip('"').strip()
+            else:
+                length = None
+            if inline and _HEX.fullmatch(inline):
+                out.append(StoredPdu(index, stat, length, pdu=inline))
+                header = None
+            else:
+                header = (index, stat, length)
             continue
         if header is not None and line:
             # Some modems close the PDU with a stray quote; the hex itself is intact.
-            out.append(StoredPdu(*header, pdu=line.strip('"').strip()))
+            pdu = line.strip('"').strip()
+            if not _HEX.fullmatch(pdu) and _looks_like_urc(pdu):
+                continue
+            out.append(StoredPdu(*header, pdu=pdu))
             header = None
     return out
 
