@@ -165,6 +165,7 @@ class Daemon:
                 on_progress=lambda: self.board.progress("modem"),
                 port_factory=self._open_modem_port if config.modem.record else None,
                 log=get_logger("modem"),
+                parts_path=config.outbox.path.parent / "sms_parts.db",
             )
         self.command_store = CommandStore(config.commands.path)
         self.commands = CommandRunner(

@@ -190,8 +190,9 @@ class FixBatch(Payload):
 
 
 class SmsReceived(Payload):
-    """A received SMS, concatenated parts joined. The id is derived from the message itself,
-    so a message read again after a crash carries the same id."""
+    """A received SMS, concatenated parts joined, or (`type` "status_report") the network's
+    delivery report for a sent one. The id is derived from the message itself and the SIM
+    slots it was read from, so a message read again after a crash carries the same id."""
 
     record_class: ClassVar[str] = "sms"
     topic_suffix: ClassVar[str] = "sms/rx"
@@ -210,6 +211,30 @@ class SmsReceived(Payload):
     smsc: str | None = None
     pdu: str | None = Field(default=None, description="the raw PDU, only when undecodable")
     error: str | None = Field(default=None, description="why the PDU could not be decoded")
+    truncated: bool | None = Field(
+        default=None, description="true: a part ended before its user data length said"
+    )
+    odd_zone: bool | None = Field(
+        default=None,
+        description="true: the time-zone octet had a non-decimal digit; time's offset is a guess",
+    )
+    type: Literal["status_report"] | None = Field(
+        default=None, description="status_report: a delivery report; absent: a received SMS"
+    )
+    mr: int | None = Field(
+        default=None, description="status report: message reference of the sent SMS"
+    )
+    status: int | None = Field(default=None, description="status report: TP-ST value 0-255")
+    status_text: str | None = Field(default=None, description="status report: TP-ST in words")
+    delivered: bool | None = Field(
+        default=None, description="status report: the SMS reached the recipient"
+    )
+    final: bool | None = Field(
+        default=None, description="status report: no further report will follow"
+    )
+    discharge: str | None = Field(
+        default=None, description="status report: delivery (or status) time, ISO 8601 UTC"
+    )
 
 
 class ModemStatus(Payload):

@@ -144,11 +144,19 @@ FINAL_LINES: dict[str, Final] = {
 }
 
 # Final result codes that carry an argument.
+# Some modems drop the `+` of the error forms; `MODEM ERROR: <n>` is a vendor ERROR with a code.
 FINAL_PREFIXES: tuple[tuple[str, Final], ...] = (
     ("+CME ERROR:", Final.CME_ERROR),
     ("+CMS ERROR:", Final.CMS_ERROR),
+    ("CME ERROR:", Final.CME_ERROR),
+    ("CMS ERROR:", Final.CMS_ERROR),
+    ("MODEM ERROR:", Final.ERROR),
     ("CONNECT ", Final.CONNECT),
 )
+_ERROR_STARTS = ("+CME ERROR", "+CMS ERROR", "CME ERROR:", "CMS ERROR:", "MODEM ERROR:")
+# Answers whose quoted text may hold line breaks: the lines are joined until the quote closes.
+_MULTILINE = frozenset({"+CUSD"})
+MAX_JOINED_LINES = 32
 
 
 class Body(StrEnum):
@@ -249,6 +257,9 @@ def _final(line: str) -> FinalResult | None:
                 code, reason = cme_error(arg)
             elif kind is Final.CMS_ERROR:
                 code, reason = cms_error(arg)
+            elif kind is Final.ERROR:
+                code = int(arg) if arg.isdigit() else None
+                return FinalResult(kind, line, code, f"modem error {arg}".strip())
             else:
                 return FinalResult(kind, line)
             return FinalResult(kind, line, code, reason)
@@ -273,6 +284,7 @@ class LineParser:
         self._echo: frozenset[str] = frozenset()
         self._waiting: tuple[Urc, Body] | None = None
         self._late: str | None = None
+        self._joined: list[str] | None = None  # lines of a quoted text that spans lines
 
     def set_command(
         self,
@@ -333,6 +345,26 @@ class LineParser:
             return
         if not line:
             return
+        if self._joined is not None:
+            if _final(line) is None:
+                self._joined.append(line)
+                joined = "\n".join(self._joined)
+                if joined.count('"') % 2 and (
+                    len(self._joined) < MAX_JOINED_LINES and len(joined) < self.max_line
+                ):
+                    return
+                line, self._joined = joined, None
+                self._emit(line, events)
+                return
+            # A final result ends the answer: the quote never closed; keep what came.
+            partial, self._joined = "\n".join(self._joined), None
+            self._emit(partial, events)
+        elif _name_args(line)[0] in _MULTILINE and line.count('"') % 2:
+            self._joined = [line]
+            return
+        self._emit(line, events)
+
+    def _emit(self, line: str, events: list[Event]) -> None:
         if self._waiting is not None:
             urc, body = self._waiting
             self._waiting = None
@@ -342,6 +374,10 @@ class LineParser:
             events.append(urc)  # the body never came; what came is a line of its own
         events.append(self._classify(line))
         last = events[-1]
+        if isinstance(last, FinalResult) and self._command is not None:
+            # The command is over: what follows in the same read (a `+CREG` URC right after
+            # the OK of `AT+CREG?`) is unsolicited, not more of its answer.
+            self.set_command(None)
         if isinstance(last, Urc):
             body = URCS.get(last.name, Body.NONE)
             if body is Body.ALWAYS or (body is Body.IF_LENGTH and last.args.strip().isdigit()):
@@ -352,7 +388,7 @@ class LineParser:
         upper = line.upper()
         name, args = _name_args(line)
         if self._command is None:
-            if upper in ("OK", "ERROR") or upper.startswith(("+CME ERROR", "+CMS ERROR")):
+            if upper in ("OK", "ERROR") or upper.startswith(_ERROR_STARTS):
                 return Garbage("final result with no command running", line[:80])
             if self._late is not None and name == self._late:
                 return Garbage("late answer to a command that timed out", line[:80])

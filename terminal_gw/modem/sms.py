@@ -77,8 +77,58 @@ def _build_alphabet() -> tuple[dict[int, str], dict[int, str], dict[str, bytes]]
 _GSM_BASIC, _GSM_EXT, _GSM_ENCODE = _build_alphabet()
 
 
-def _septets_to_text(septets: bytes) -> str:
+# National language shift tables (TS 23.038 §6.2.1.2, annex A), chosen by the user data
+# header elements 0x25 (locking shift: replaces the basic table) and 0x24 (single shift:
+# replaces the extension table). Language ids: 1 Turkish, 2 Spanish, 3 Portuguese. Spanish has
+# no locking shift table. An id this codec does not have reads as the default tables, as
+# 23.038 §6.2.1.2.4 asks of a receiver without that table.
+_LOCKING: dict[int, str] = {
+    1: (
+        "@£$¥€éùıòÇ\nĞğ\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bŞşßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+        "İABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§çabcdefghijklmnopqrstuvwxyzäöñüà"
+    ),
+    3: (
+        "@£$¥êéúíóç\nÔô\rÁáΔ_ªÇÀ∞^\\€Ó|\x1bÂâÊÉ !\"#º%&'()*+,-./0123456789:;<=>?"
+        "ÍABCDEFGHIJKLMNOPQRSTUVWXYZÃÕÚÜ§~abcdefghijklmnopqrstuvwxyzãõ`üà"
+    ),
+}
+_SINGLE_EXTRA: dict[int, dict[int, str]] = {
+    1: {0x47: "Ğ", 0x49: "İ", 0x53: "Ş", 0x63: "ç", 0x67: "ğ", 0x69: "ı", 0x73: "ş"},
+    2: {
+        0x09: "ç", 0x41: "Á", 0x49: "Í", 0x4F: "Ó", 0x55: "Ú",
+        0x61: "á", 0x69: "í", 0x6F: "ó", 0x75: "ú",
+    },
+    3: {
+        0x05: "ê", 0x09: "ç", 0x0B: "Ô", 0x0C: "ô", 0x0E: "Á", 0x0F: "á", 0x12: "Φ",
+        0x13: "Γ", 0x15: "Ω", 0x16: "Π", 0x17: "Ψ", 0x18: "Σ", 0x19: "Θ", 0x1F: "Ê",
+        0x41: "À", 0x49: "Í", 0x4F: "Ó", 0x55: "Ú", 0x5B: "Ã", 0x5C: "Õ", 0x61: "Â",
+        0x69: "í", 0x6F: "ó", 0x75: "ú", 0x7B: "ã", 0x7C: "õ", 0x7F: "â",
+    },
+}  # fmt: skip
+_IEI_SINGLE_SHIFT = 0x24
+_IEI_LOCKING_SHIFT = 0x25
+
+
+def _tables(udh: Iterable[InformationElement]) -> tuple[dict[int, str], dict[int, str]]:
+    """The (basic, extension) tables the header elements select; the default ones otherwise."""
+    basic, ext = _GSM_BASIC, _GSM_EXT
+    for ie in udh:
+        if len(ie.data) != 1:
+            continue
+        lang = ie.data[0]
+        if ie.iei == _IEI_LOCKING_SHIFT and lang in _LOCKING:
+            basic = {i: ch for i, ch in enumerate(_LOCKING[lang]) if i != _ESC}
+        elif ie.iei == _IEI_SINGLE_SHIFT and lang in _SINGLE_EXTRA:
+            ext = {**_GSM_EXT, **_SINGLE_EXTRA[lang]}
+    return basic, ext
+
+
+def _septets_to_text(
+    septets: bytes, basic: dict[int, str] | None = None, ext: dict[int, str] | None = None
+) -> str:
     """GSM 7-bit septets to text; an unknown escape shows the basic character (23.038 §6.2.1.1)."""
+    basic = _GSM_BASIC if basic is None else basic
+    ext = _GSM_EXT if ext is None else ext
     out: list[str] = []
     i = 0
     n = len(septets)
@@ -88,15 +138,15 @@ def _septets_to_text(septets: bytes) -> str:
             if i + 1 >= n:
                 break  # a trailing escape has nothing to modify
             nxt = septets[i + 1]
-            if nxt in _GSM_EXT:
-                out.append(_GSM_EXT[nxt])
+            if nxt in ext:
+                out.append(ext[nxt])
             elif nxt == _ESC:
                 out.append(" ")  # ESC ESC is reserved for a further table: shown as space
             else:
-                out.append(_GSM_BASIC[nxt])
+                out.append(basic[nxt])
             i += 2
             continue
-        out.append(_GSM_BASIC[s])
+        out.append(basic[s])
         i += 1
     return "".join(out)
 
@@ -196,6 +246,7 @@ class SmsDeliver:
     udh: tuple[InformationElement, ...] = ()
     concat: Concat | None = None
     truncated: bool = False  # the PDU ended before the user data length said
+    odd_zone: bool = False  # the time-zone octet had a non-decimal nibble (see _read_timestamp)
     more_messages: bool = False
     reply_path: bool = False
     status_report_indication: bool = False
@@ -241,6 +292,7 @@ class SmsStatusReport:
     timestamp: datetime  # when the SC received the original message
     discharge_time: datetime  # when it was delivered, or the status last changed
     status: int
+    odd_zone: bool = False  # a time-zone octet had a non-decimal nibble
 
     @property
     def reason(self) -> str:
@@ -340,7 +392,9 @@ def _read_address(r: _Reader, what: str) -> Address:
             raise PduError(f"{what}: alphanumeric length {ndigits} is over 22 semi-octets")
         raw = r.take((ndigits + 1) // 2, what)
         septets = _unpack_septets(raw, ndigits * 4 // 7)
-        return Address(_septets_to_text(septets).rstrip("@"), ton, npi)
+        # A trailing "@" is a character (septet 0) of the name, not padding: the semi-octet
+        # count says how many septets there are, so nothing is stripped.
+        return Address(_septets_to_text(septets), ton, npi)
     if ndigits > 20:
         raise PduError(f"{what}: length {ndigits} digits is over the maximum of 20")
     raw = r.take((ndigits + 1) // 2, what)
@@ -354,19 +408,23 @@ def _semi_octet(b: int, what: str) -> int:
     return lo * 10 + hi
 
 
-def _read_timestamp(r: _Reader, what: str) -> datetime:
+def _read_timestamp(r: _Reader, what: str) -> tuple[datetime, bool]:
+    """A TP-SCTS-shaped field: (the time, True when its time-zone octet was not decimal)."""
     raw = r.take(7, what)
     yy, mo, dd, hh, mi, ss = (_semi_octet(b, what) for b in raw[:6])
     tz = raw[6]
     units = tz >> 4
-    if units > 9 or (tz & 0x07) > 9:
-        raise PduError(f"{what}: time zone octet {tz:#04x} is not decimal")
+    # Real service centres send zone octets such as 0xE1 and 0xA0 (a nibble over 9). The
+    # date and time are still good; the nibbles are weighed as every other decoder does
+    # (tens * 10 + units, at most 85 quarter-hours) and the zone is flagged as odd.
+    odd = units > 9
     quarters = (tz & 0x07) * 10 + units
     if tz & 0x08:
         quarters = -quarters
     year = 1900 + yy if yy >= 90 else 2000 + yy
     try:
-        return datetime(year, mo, dd, hh, mi, ss, tzinfo=timezone(timedelta(minutes=15 * quarters)))
+        zone = timezone(timedelta(minutes=15 * quarters))
+        return datetime(year, mo, dd, hh, mi, ss, tzinfo=zone), odd
     except ValueError as e:
         raise PduError(f"{what}: invalid date or time ({e})") from None
 
@@ -424,9 +482,9 @@ def _ucs2_text(data: bytes) -> str:
     return text.encode("utf-16-be", "surrogatepass").decode("utf-16-be", "replace")
 
 
-def _text_of(alphabet: Alphabet, data: bytes) -> str | None:
+def _text_of(alphabet: Alphabet, data: bytes, udh: Iterable[InformationElement] = ()) -> str | None:
     if alphabet is Alphabet.GSM7:
-        return _septets_to_text(data)
+        return _septets_to_text(data, *_tables(udh))
     if alphabet is Alphabet.UCS2:
         return _ucs2_text(data)
     return None
@@ -471,7 +529,7 @@ def _read_user_data(r: _Reader, dcs: DataCoding, udhi: bool) -> _UserData:
         data = _unpack_septets(ud, udl)[skip:]
     else:
         data = ud[header_octets:]
-    return _UserData(_text_of(dcs.alphabet, data), data, ies, concat, udl < declared)
+    return _UserData(_text_of(dcs.alphabet, data, ies), data, ies, concat, udl < declared)
 
 
 def _read_validity(r: _Reader, vpf: int) -> timedelta | datetime | bytes | None:
@@ -487,7 +545,7 @@ def _read_validity(r: _Reader, vpf: int) -> timedelta | datetime | bytes | None:
             return timedelta(days=vp - 166)
         return timedelta(weeks=vp - 192)
     if vpf == 3:
-        return _read_timestamp(r, "validity period")
+        return _read_timestamp(r, "validity period")[0]
     return r.take(7, "enhanced validity period")
 
 
@@ -495,7 +553,7 @@ def _decode_deliver(r: _Reader, smsc: Address | None, fo: int) -> SmsDeliver:
     sender = _read_address(r, "originating address")
     pid = r.octet("protocol identifier")
     dcs = _decode_dcs(r.octet("data coding scheme"))
-    ts = _read_timestamp(r, "service centre timestamp")
+    ts, odd_zone = _read_timestamp(r, "service centre timestamp")
     ud = _read_user_data(r, dcs, bool(fo & 0x40))
     return SmsDeliver(
         smsc=smsc,
@@ -508,6 +566,7 @@ def _decode_deliver(r: _Reader, smsc: Address | None, fo: int) -> SmsDeliver:
         udh=ud.udh,
         concat=ud.concat,
         truncated=ud.truncated,
+        odd_zone=odd_zone,
         more_messages=not fo & 0x04,
         reply_path=bool(fo & 0x80),
         status_report_indication=bool(fo & 0x20),
@@ -542,13 +601,19 @@ def _decode_submit(r: _Reader, smsc: Address | None, fo: int) -> SmsSubmit:
 def _decode_status_report(r: _Reader, smsc: Address | None) -> SmsStatusReport:
     mr = r.octet("message reference")
     recipient = _read_address(r, "recipient address")
-    scts = _read_timestamp(r, "service centre timestamp")
-    dt = _read_timestamp(r, "discharge time")
+    scts, odd_scts = _read_timestamp(r, "service centre timestamp")
+    dt, odd_dt = _read_timestamp(r, "discharge time")
     status = r.octet("status")
     # The optional TP-PI and what it announces are dropped: nothing here uses them.
     r.rest()
     return SmsStatusReport(
-        smsc=smsc, mr=mr, recipient=recipient, timestamp=scts, discharge_time=dt, status=status
+        smsc=smsc,
+        mr=mr,
+        recipient=recipient,
+        timestamp=scts,
+        discharge_time=dt,
+        status=status,
+        odd_zone=odd_scts or odd_dt,
     )
 
 
@@ -581,13 +646,12 @@ def _decode(raw: bytes, smsc: bool) -> Sms:
     mti = fo & 0x03
     # Stored messages are read back by the MS, so MTI is taken in the SC->MS sense
     # for 0 and 2 and the MS->SC sense for 1 (what `+CMGR` and `+CMGL` return).
-    if mti == 0:
+    # TS 23.040 9.2.3.1: a reserved type (3) received by the MS is read as an SMS-DELIVER.
+    if mti in (0, 3):
         return _decode_deliver(r, sc, fo)
     if mti == 1:
         return _decode_submit(r, sc, fo)
-    if mti == 2:
-        return _decode_status_report(r, sc)
-    raise PduError(f"first octet {fo:#04x}: message type 3 is reserved")
+    return _decode_status_report(r, sc)
 
 
 # ---------------------------------------------------------------------------
@@ -613,10 +677,17 @@ def _int_or_none(field_text: str) -> int | None:
     return int(field_text) if field_text.isdigit() else None
 
 
+def _looks_like_urc(line: str) -> bool:
+    """A line that is no PDU: `*PSUTTZ: ...`, `DST: 0`, `+CREG: 1`, `^MODE` and the like."""
+    return ":" in line or line[:1] in ("+", "^", "*", "#", "$")
+
+
 def parse_stored(lines: Iterable[str]) -> list[StoredPdu]:
     """Pair each `+CMGR:`/`+CMGL:` header with the PDU line after it; other lines are skipped.
 
-    `+CMGR: <stat>,[<alpha>],<length>` and `+CMGL: <index>,<stat>,[<alpha>],<length>`.
+    `+CMGR: <stat>,[<alpha>],<length>` and `+CMGL: <index>,<stat>,[<alpha>],<length>`. Some
+    modems put the PDU on the header line after the length (`+CMGR: 1,,147 0791...`); an
+    unsolicited line the modem slips in between a header and its PDU is passed over.
     """
     out: list[StoredPdu] = []
     header: tuple[int | None, int | None, int | None] | None = None
@@ -631,12 +702,25 @@ def parse_stored(lines: Iterable[str]) -> list[StoredPdu]:
             else:
                 index = None
             stat = _int_or_none(fields[0]) if fields else None
-            length = _int_or_none(fields[-1]) if len(fields) > 1 else None
-            header = (index, stat, length)
+            inline = ""
+            if len(fields) > 1:
+                last, _, inline = fields[-1].strip().partition(" ")
+                length = _int_or_none(last)
+                inline = inline.strip().strip('"').strip()
+            else:
+                length = None
+            if inline and _HEX.fullmatch(inline):
+                out.append(StoredPdu(index, stat, length, pdu=inline))
+                header = None
+            else:
+                header = (index, stat, length)
             continue
         if header is not None and line:
             # Some modems close the PDU with a stray quote; the hex itself is intact.
-            out.append(StoredPdu(*header, pdu=line.strip('"').strip()))
+            pdu = line.strip('"').strip()
+            if not _HEX.fullmatch(pdu) and _looks_like_urc(pdu):
+                continue
+            out.append(StoredPdu(*header, pdu=pdu))
             header = None
     return out
 
@@ -822,7 +906,7 @@ def _join(parts: Sequence[SmsDeliver | SmsSubmit], complete: bool) -> tuple[str 
     data = b"".join(p.data for p in parts)
     if complete and len(alphabets) == 1:
         # Decode the joined units: senders do split escapes and surrogate pairs.
-        return _text_of(parts[0].dcs.alphabet, data), data
+        return _text_of(parts[0].dcs.alphabet, data, parts[0].udh), data
     if alphabets == {Alphabet.DATA8}:
         return None, data
     return "".join(p.text or "" for p in parts), data

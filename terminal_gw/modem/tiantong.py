@@ -9,8 +9,16 @@ SMS in never loses a message: `+CMTI` -> `AT+CMGR` -> decode -> (join parts) -> 
 sync=True)` -> only then `AT+CMGD`. Parts of a concatenated message stay on the SIM until the
 joined message is stored. At start and every `sweep_interval_s`, `AT+CMGL=4` picks up what
 arrived while the daemon was down. The payload id is derived from the message (sender, service
-centre time, concatenation reference and parts, content), so a message read again after a crash
-carries the same id and consumers drop the repeat.
+centre time, concatenation reference and parts, content) and the SIM slots it was read from, so
+a message read again after a crash carries the same id and consumers drop the repeat, while two
+identical messages received in the same second (in two slots) get two ids.
+
+The storage status is looked at before the PDU: a stored SMS-SUBMIT (stat 2/3, a sent or unsent
+copy) is never taken nor deleted. Status reports (`+CDS`, or stored) are published as
+`type: "status_report"`. Silent (PID 0x40) and SIM data download (0x7C, 0x7F) messages are
+counted with an event, not published. Parts of a concatenated `+CMT` message (acknowledged, on
+no SIM) are kept in a small SQLite table (`parts_path`) until the joined message is stored, so
+they survive a restart.
 
 Recovery ladder after a timeout (or a run of error answers): `AT` ping -> init again -> reset
 (`AT+CFUN=1,1`, or `=0` then `=1`) -> close and reopen the port -> back off. Resets and reopens
@@ -22,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -44,6 +54,7 @@ from terminal_gw.models import (
     stable_id,
 )
 from terminal_gw.modem.at import AtEngine, AtPort, ModemResultError, ModemTimeoutError, Urc
+from terminal_gw.modem.parts import PartStore
 from terminal_gw.modem.sms import (
     Message,
     PduError,
@@ -95,6 +106,16 @@ PROGRESS_S = 5.0
 STATUS_RETRY_S = 10.0
 #: Reassembly is checked this often while parts wait.
 EXPIRE_CHECK_S = 1.0
+#: `+CMGL`/`+CMGR` stat values of messages this gateway did not receive (TS 27.005 §3.1).
+STORED_OUTGOING = frozenset({2, 3})  # STO UNSENT, STO SENT
+#: TP-PID values of messages that are not for the user (TS 23.040 §9.2.3.9).
+NOT_FOR_USER_PID: dict[int, str] = {
+    0x40: "short message type 0 (silent)",
+    0x7C: "ANSI-136 R-DATA",
+    0x7F: "SIM data download",
+}
+#: Direct (`+CMT`) messages remembered to tell identical ones in the same second apart.
+CMT_SEEN_MAX = 1024
 
 PortFactory = Callable[[], Awaitable[AtPort]]
 
@@ -179,7 +200,7 @@ def _firmware(lines: Sequence[str]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class _Work:
-    kind: Literal["read", "cmt", "cdsi", "creg", "restarted", "check"]
+    kind: Literal["read", "cmt", "cds", "cdsi", "creg", "restarted", "check"]
     index: int | None = None
     pdu: str | None = None
 
@@ -200,6 +221,7 @@ class TiantongModem:
         on_progress: Callable[[], None] | None = None,
         log: FilteringBoundLogger | None = None,
         clock: Callable[[], float] = time.time,
+        parts_path: Path | None = None,
     ) -> None:
         self._cfg = config
         self._outbox = outbox
@@ -216,6 +238,11 @@ class TiantongModem:
         # SIM indexes of parts waiting for their siblings, by (sender, ref, total).
         self._held: dict[tuple[str, int, int], set[int]] = {}
         self._held_idx: set[int] = set()
+        # Parts of +CMT messages, kept durably (None: in memory only, lost on restart).
+        self._parts = PartStore(parts_path) if parts_path is not None else None
+        self._parts_loaded = False
+        # Direct messages seen, by content key: the second identical one gets another id.
+        self._cmt_seen: OrderedDict[str, int] = OrderedDict()
         self._level = 0  # the next recovery step
         self._fixed_by = 0  # the step that brought the modem back last time
         self._recovered_at = -float("inf")
@@ -305,6 +332,14 @@ class TiantongModem:
 
     async def run(self) -> None:
         """Own the port until cancelled: open, run the session, reopen when it ends."""
+        try:
+            await self._run()
+        finally:
+            if self._parts is not None:
+                self._parts.close()
+
+    async def _run(self) -> None:
+        await self._load_parts()
         while True:
             try:
                 async with asyncio.timeout(self._cfg.command_timeout_s * 2):
@@ -498,6 +533,8 @@ class TiantongModem:
             await self._direct(engine, item.pdu)
         elif item.kind == "cdsi" and item.index is not None:
             await self._read_index(engine, item.index)
+        elif item.kind == "cds" and item.pdu is not None:
+            await self._direct_report(engine, item.pdu)
         elif item.kind == "creg":
             await self._poll(engine, "registration")
             await self._publish_status()
@@ -544,7 +581,10 @@ class TiantongModem:
             else:
                 self.counters["urcs_bad"] += 1
         elif name == "+CDS":
-            self._status_report(urc.body)
+            if urc.body:
+                self._queue(_Work("cds", pdu=urc.body))
+            else:
+                self.counters["status_reports_bad"] += 1
         elif name in ("+CREG", "+CEREG"):
             self._queue(_Work("creg"))
         elif name in ("RDY", "+CPIN", "+CFUN", "SMS READY", "CALL READY"):
@@ -552,16 +592,28 @@ class TiantongModem:
         else:
             self.counters["urcs_other"] += 1
 
-    def _status_report(self, body: str | None) -> None:
-        if body is None:
-            return
+    async def _direct_report(self, engine: AtEngine, pdu: str) -> None:
+        """A status report delivered with +CDS (not stored): publish, then acknowledge."""
         try:
-            report = decode_pdu(body)
-        except PduError:
+            report = decode_pdu(pdu)
+        except PduError as exc:
             self.counters["status_reports_bad"] += 1
-            return
-        if isinstance(report, SmsStatusReport) and self._on_status_report is not None:
+            self._log.warning("undecodable status report", error=exc.reason, pdu=pdu[:400])
+            await self._store(self._undecodable(pdu, exc))
+        else:
+            if isinstance(report, SmsStatusReport):
+                await self._report(report)
+            else:
+                self.counters["status_reports_bad"] += 1
+                self._log.warning("+CDS without a status report", pdu=pdu[:400])
+        await self._ack_cmt(engine)
+
+    async def _report(self, report: SmsStatusReport) -> bool:
+        """A status report into the outbox (and to `on_status_report`); False when refused."""
+        self.counters["status_reports"] += 1
+        if self._on_status_report is not None:
             self._on_status_report(report)
+        return await self._store(self._report_payload(report))
 
     # -- polls and status -----------------------------------------------------------------
 
@@ -682,6 +734,10 @@ class TiantongModem:
     async def _accept(self, engine: AtEngine, idx: int, stored: StoredPdu) -> None:
         if idx in self._held_idx:
             return  # a part already waiting for its siblings
+        if stored.stat in STORED_OUTGOING:
+            # A sent or unsent copy: not ours to take, whether or not it decodes.
+            self.counters["sms_outgoing_stored"] += 1
+            return
         try:
             sms = stored.decode()
         except PduError as exc:
@@ -691,14 +747,16 @@ class TiantongModem:
                 await self._delete(engine, [idx])
             return
         if isinstance(sms, SmsStatusReport):
-            if self._on_status_report is not None:
-                self._on_status_report(sms)
-            await self._delete(engine, [idx])
+            if await self._report(sms):
+                await self._delete(engine, [idx])
             return
         if isinstance(sms, SmsSubmit):
             self.counters["sms_outgoing_stored"] += 1  # a draft or sent copy: not ours to take
             return
         self.counters["sms_parts_read"] += 1
+        if self._not_for_user(sms, idx):
+            await self._delete(engine, [idx])
+            return
         message = self._reasm.add(sms, time.monotonic())
         key = _concat_key(sms)
         if message is None:
@@ -712,6 +770,22 @@ class TiantongModem:
             self._held_idx -= indexes
         await self._publish(engine, message, sorted(indexes))
 
+    def _not_for_user(self, sms: SmsDeliver, idx: int | None) -> bool:
+        """A silent or SIM data download message: counted, an event, never published."""
+        what = NOT_FOR_USER_PID.get(sms.pid)
+        if what is None:
+            return False
+        self.counters["sms_not_for_user"] += 1
+        self._log.info("sms not for the user", pid=sms.pid, kind=what, index=idx)
+        self._event(
+            "sms_not_for_user",
+            f"an SMS with PID {sms.pid:#04x} ({what}) from {sms.sender.number} was not published",
+            pid=sms.pid,
+            what=what,
+            sender=sms.sender.number,
+        )
+        return True
+
     async def _direct(self, engine: AtEngine, pdu: str) -> None:
         """A message delivered with +CMT (not stored): store, then acknowledge."""
         try:
@@ -721,13 +795,76 @@ class TiantongModem:
             await self._store(self._undecodable(pdu, exc))
             await self._ack_cmt(engine)
             return
-        if isinstance(sms, SmsDeliver):
+        if isinstance(sms, SmsStatusReport):
+            await self._report(sms)
+        elif isinstance(sms, SmsDeliver) and not self._not_for_user(sms, None):
             self.counters["sms_parts_read"] += 1
+            key = _concat_key(sms)
+            if key is not None:
+                # Acknowledged below, on no SIM: the table is all that holds it until joined.
+                await self._keep_part(key, sms, pdu, self._clock())
             message = self._reasm.add(sms, time.monotonic())
-            # A part held in memory is acknowledged now: the network would otherwise repeat it.
             if message is not None:
-                await self._publish(engine, message, [])
+                await self._publish(engine, message, [], direct=True)
         await self._ack_cmt(engine)
+
+    async def _keep_part(
+        self, key: tuple[str, int, int], sms: SmsDeliver, pdu: str, first_seen: float
+    ) -> None:
+        if self._parts is None or sms.concat is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self._parts.add, _key_text(key), sms.concat.seq, pdu, first_seen
+            )
+        except (sqlite3.Error, OSError) as exc:
+            self.counters["sms_parts_store_failed"] += 1
+            self._log.error("sms part not kept on disk", error=str(exc))
+            self._event(
+                "sms_parts",
+                f"a part of an SMS could not be kept on disk ({exc}); it waits in memory only",
+                severity="error",
+                reason=str(exc),
+            )
+
+    async def _forget_parts(self, message: Message) -> None:
+        if self._parts is None or message.ref is None or message.total <= 1:
+            return
+        key = (message.sender.number, message.ref, message.total)
+        try:
+            await asyncio.to_thread(self._parts.remove, _key_text(key))
+        except (sqlite3.Error, OSError) as exc:
+            self.counters["sms_parts_store_failed"] += 1
+            self._log.error("sms parts not removed from disk", error=str(exc))
+
+    async def _load_parts(self) -> None:
+        """Parts of +CMT messages kept by an earlier run, back into reassembly."""
+        if self._parts is None or self._parts_loaded:
+            return
+        self._parts_loaded = True
+        try:
+            parts = await asyncio.to_thread(self._parts.load)
+        except (sqlite3.Error, OSError) as exc:
+            self.counters["sms_parts_store_failed"] += 1
+            self._log.error("sms parts on disk not read", error=str(exc))
+            self._event(
+                "sms_parts",
+                f"parts of SMS kept on disk could not be read ({exc})",
+                severity="error",
+                reason=str(exc),
+            )
+            return
+        wall, mono = self._clock(), time.monotonic()
+        for part in parts:
+            try:
+                sms = decode_pdu(part.pdu)
+            except PduError:
+                self.counters["sms_parts_bad"] += 1
+                continue
+            if isinstance(sms, SmsDeliver):
+                # Its age carries over, so the reassembly timeout counts from when it came.
+                self._reasm.add(sms, mono - max(0.0, wall - part.first_seen))
+                self.counters["sms_parts_restored"] += 1
 
     async def _ack_cmt(self, engine: AtEngine) -> None:
         if self._cfg.ack_cmt:
@@ -739,11 +876,20 @@ class TiantongModem:
             indexes = self._held.pop(key, set())
             self._held_idx -= indexes
             self.counters["sms_incomplete"] += 1
-            await self._publish(engine, message, sorted(indexes))
+            await self._publish(engine, message, sorted(indexes), direct=not indexes)
 
-    async def _publish(self, engine: AtEngine, message: Message, indexes: list[int]) -> None:
-        if await self._store(self._payload(message)):
+    async def _publish(
+        self, engine: AtEngine, message: Message, indexes: list[int], *, direct: bool = False
+    ) -> None:
+        payload, seen_key = self._payload(message, indexes, direct=direct)
+        if await self._store(payload):
             self.counters["sms_received"] += 1
+            if seen_key is not None:
+                self._cmt_seen[seen_key] = self._cmt_seen.get(seen_key, 0) + 1
+                self._cmt_seen.move_to_end(seen_key)
+                while len(self._cmt_seen) > CMT_SEEN_MAX:
+                    self._cmt_seen.popitem(last=False)
+            await self._forget_parts(message)
             await self._delete(engine, indexes)
 
     async def _store(self, payload: SmsReceived) -> bool:
@@ -767,7 +913,10 @@ class TiantongModem:
             await engine.command(f"AT+CMGD={idx:d}", timeout=self._cfg.command_timeout_s)
             self.counters["sms_deleted"] += 1
 
-    def _payload(self, message: Message) -> SmsReceived:
+    def _payload(
+        self, message: Message, indexes: Sequence[int], *, direct: bool = False
+    ) -> tuple[SmsReceived, str | None]:
+        """The payload, and (direct messages) the content key to count once it is stored."""
         sender = message.sender.number
         ts = message.timestamp
         first = message.parts[0]
@@ -786,8 +935,22 @@ class TiantongModem:
                 message.data.hex(),
             ]
         )
+        seen_key: str | None = None
+        if indexes:
+            # The SIM slots: a re-read of the same stored message has them, a second identical
+            # message sits in other slots.
+            key += "|slots=" + ",".join(str(i) for i in sorted(indexes))
+        elif direct:
+            # No slot: the n-th identical direct message of this run gets the n-th id; the
+            # first keeps the plain content id, as a repeat by the network after a restart.
+            seen_key = key
+            n = self._cmt_seen.get(key, 0)
+            if n:
+                key += f"|cmt={n}"
         smsc = first.smsc.number if first.smsc is not None else None
-        return SmsReceived(
+        truncated = any(p.truncated for p in message.parts)
+        odd_zone = any(isinstance(p, SmsDeliver) and p.odd_zone for p in message.parts)
+        payload = SmsReceived(
             id=stable_id(ts_ms, key.encode()),
             time=None if ts is None else iso_utc(ts.timestamp()),
             received=iso_utc(self._clock()),
@@ -800,6 +963,32 @@ class TiantongModem:
             complete=message.complete,
             missing=list(message.missing) or None,
             smsc=smsc,
+            truncated=truncated or None,
+            odd_zone=odd_zone or None,
+        )
+        return payload, seen_key
+
+    def _report_payload(self, report: SmsStatusReport) -> SmsReceived:
+        scts = report.timestamp.timestamp()
+        discharge = report.discharge_time.timestamp()
+        key = "|".join(
+            ["sms-report", report.recipient.number, str(report.mr), str(scts), str(discharge)]
+        )
+        key += f"|{report.status}"
+        return SmsReceived(
+            id=stable_id(int(discharge * 1000), key.encode()),
+            time=iso_utc(scts),
+            received=iso_utc(self._clock()),
+            sender=report.recipient.number,
+            smsc=report.smsc.number if report.smsc is not None else None,
+            type="status_report",
+            mr=report.mr,
+            status=report.status,
+            status_text=report.reason,
+            delivered=report.delivered,
+            final=report.final,
+            discharge=iso_utc(discharge),
+            odd_zone=report.odd_zone or None,
         )
 
     def _undecodable(self, pdu: str, exc: PduError) -> SmsReceived:
@@ -969,6 +1158,10 @@ class TiantongModem:
 
 def _dbm(rssi: int | None) -> int | None:
     return None if rssi is None else -113 + 2 * rssi
+
+
+def _key_text(key: tuple[str, int, int]) -> str:
+    return f"{key[0]}|{key[1]}|{key[2]}"
 
 
 def _concat_key(sms: SmsDeliver) -> tuple[str, int, int] | None:

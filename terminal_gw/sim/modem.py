@@ -93,6 +93,7 @@ def deliver_pdus(
     ref: int = 0,
     smsc: str = "+8613800000000",
     force_parts: int | None = None,
+    pid: int = 0x00,
 ) -> list[str]:
     """SMS-DELIVER PDU hex (with SMSC) for `text` from `sender`: GSM 7-bit when it fits, else
     UCS2; split with an 8-bit concatenation header when long (or into `force_parts` parts)."""
@@ -117,7 +118,7 @@ def deliver_pdus(
         multi = len(parts) > 1
         fo = 0x04 | (0x40 if multi else 0)  # TP-MMS set: no more messages waiting
         header = bytes([5, 0x00, 3, ref & 0xFF, len(parts), seq]) if multi else b""
-        tpdu = bytearray([fo]) + _address(sender) + bytes([0x00, dcs]) + _scts(timestamp)
+        tpdu = bytearray([fo]) + _address(sender) + bytes([pid, dcs]) + _scts(timestamp)
         if dcs == 0x00:
             skip = (len(header) * 8 + 6) // 7
             packed = _pack7(chunk, skip)
@@ -130,13 +131,34 @@ def deliver_pdus(
     return out
 
 
+def status_report_pdu(
+    recipient: str,
+    mr: int,
+    *,
+    submitted: datetime,
+    discharged: datetime,
+    status: int = 0x00,
+    zone: int | None = None,
+    smsc: str = "+8613800000000",
+) -> str:
+    """SMS-STATUS-REPORT PDU hex (with SMSC) for the message `mr` sent to `recipient`. `zone`
+    replaces the service-centre timestamp's time-zone octet (service centres send 0xE1)."""
+    sc = _address(smsc)
+    scts = _scts(submitted)
+    if zone is not None:
+        scts = scts[:6] + bytes([zone])
+    tpdu = bytes([0x06, mr & 0xFF]) + _address(recipient) + scts + _scts(discharged)
+    return (bytes([len(sc) - 1]) + sc[1:] + tpdu + bytes([status])).hex().upper()
+
+
 # ---------------------------------------------------------------------------
 # The simulator.
 
 
 @dataclass
 class StoredSms:
-    """One SIM storage slot: 0 received unread, 1 received read."""
+    """One SIM storage slot: 0 received unread, 1 received read, 2 stored unsent, 3 stored
+    sent."""
 
     stat: int
     pdu: str
@@ -188,6 +210,15 @@ class ModemSimulator:
     reset_s: float = 0.2  # time a CFUN reset keeps the terminal silent
     seed: int = 1
     on_recreate: Callable[[str], None] | None = None
+    # Firmware quirks seen on real modems: "inline_cmgr" (the PDU on the +CMGR header line),
+    # "listing_urcs" (*PSUTTZ and DST lines between a +CMGR/+CMGL header and its PDU),
+    # "creg_urc_after_ok" (a +CREG URC in the same write as AT+CREG?'s OK).
+    quirks: set[str] = field(default_factory=set)
+    # How error results are spelled: "plus" (+CME ERROR: n), "bare" (CME ERROR: n), "modem"
+    # (MODEM ERROR: n).
+    error_style: str = "plus"
+    # The network's answer to AT+CUSD=1,...: sent as a +CUSD URC after OK (may hold CR LF).
+    ussd_reply: str = "Balance: 10.00\r\nValid to 2026-12-31"
     # State visible to tests.
     echo: bool = True
     cmee: int = 0
@@ -199,6 +230,7 @@ class ModemSimulator:
     sent: list[SentSms] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     resets: int = 0
+    creg_urcs_sent: int = 0
     rejected: int = 0  # incoming SMS refused: storage full
     faults: _Faults = field(default_factory=_Faults)
 
@@ -248,6 +280,18 @@ class ModemSimulator:
             if len(self.cnmi) > 1 and self.cnmi[1] in (1, 3):
                 self._urc(f'+CMTI: "SM",{idx}'.encode())
         return used
+
+    def status_report(self, pdu: str, *, direct: bool = True) -> int | None:
+        """A status report PDU (with SMSC): sent with +CDS, or stored and announced with +CDSI.
+        The storage index (None when sent directly or storage is full)."""
+        if direct:
+            length = StoredSms(0, pdu).length
+            self._urc(f"+CDS: {length}\r\n{pdu}".encode())
+            return None
+        idx = self.store(pdu)
+        if idx is not None:
+            self._urc(f'+CDSI: "SM",{idx}'.encode())
+        return idx
 
     def store(self, pdu: str, stat: int = 0) -> int | None:
         """Put a PDU in the first free slot without announcing it; None when full."""
@@ -401,6 +445,10 @@ class ModemSimulator:
 
     def _error(self, cme: int, text: str, *, cms: bool = False) -> bytes:
         kind = "+CMS ERROR" if cms else "+CME ERROR"
+        if self.error_style == "modem":
+            return f"\r\nMODEM ERROR: {cme}\r\n".encode()
+        if self.error_style == "bare":
+            kind = kind[1:]
         if self.cmee == 2:
             return f"\r\n{kind}: {text}\r\n".encode()
         if self.cmee == 1 or cms:
@@ -459,7 +507,14 @@ class ModemSimulator:
         if cmd == "+CSQ":
             return f"\r\n+CSQ: {self.rssi},{self.ber}\r\n".encode() + ok
         if cmd == "+CREG?":
-            return f"\r\n+CREG: {self.creg_n},{self.reg}\r\n".encode() + ok
+            answer = f"\r\n+CREG: {self.creg_n},{self.reg}\r\n".encode() + ok
+            if "creg_urc_after_ok" in self.quirks:
+                # Real firmware: a registration URC (stat, lac, ci) in the very write that ends
+                # the answer, once. Read as an answer (<n>,<stat>) it would say stat 5.
+                self.quirks.discard("creg_urc_after_ok")
+                self.creg_urcs_sent += 1
+                answer += b'\r\n+CREG: 2,"0005","0001"\r\n'
+            return answer
         if cmd == "+COPS?":
             if self.reg in (1, 5):
                 return f'\r\n+COPS: 0,0,"{self.operator}"\r\n'.encode() + ok
@@ -487,6 +542,11 @@ class ModemSimulator:
         if cmd.startswith("+CMGS="):
             return self._cmgs(cmd[6:])
         if cmd == "+CNMA":
+            return ok
+        if cmd.startswith("+CUSD=1"):
+            loop = asyncio.get_running_loop()
+            urc = f'+CUSD: 0,"{self.ussd_reply}",15'.encode()
+            loop.call_soon(self._urc, urc)
             return ok
         if cmd.startswith("+CPMS"):
             used = len(self.storage)
@@ -520,7 +580,12 @@ class ModemSimulator:
         slot = self.storage.get(idx)
         if slot is None:
             return b"\r\nOK\r\n"  # an empty slot: OK without data, as most modems answer
-        out = f"\r\n+CMGR: {slot.stat},,{slot.length}\r\n{slot.pdu}\r\n\r\nOK\r\n".encode()
+        if "inline_cmgr" in self.quirks:
+            out = f"\r\n+CMGR: {slot.stat},,{slot.length} {slot.pdu}\r\n\r\nOK\r\n".encode()
+        else:
+            sep = self._listing_urcs()
+            head = f"\r\n+CMGR: {slot.stat},,{slot.length}\r\n{sep}"
+            out = f"{head}{slot.pdu}\r\n\r\nOK\r\n".encode()
         if slot.stat == 0:
             slot.stat = 1
         return out
@@ -542,12 +607,18 @@ class ModemSimulator:
             slot = self.storage[idx]
             if want != "4" and slot.stat != int(want):
                 continue
-            out += f"\r\n+CMGL: {idx},{slot.stat},,{slot.length}\r\n{slot.pdu}".encode()
+            sep = self._listing_urcs()
+            out += f"\r\n+CMGL: {idx},{slot.stat},,{slot.length}\r\n{sep}{slot.pdu}".encode()
             if slot.stat == 0:
                 slot.stat = 1
         if out:
             out += b"\r\n"
         return bytes(out) + b"\r\nOK\r\n"
+
+    def _listing_urcs(self) -> str:
+        if "listing_urcs" not in self.quirks:
+            return ""
+        return '*PSUTTZ: 2026,12,2,4,30,0,"+32",0\r\nDST: 0\r\n'
 
     def _cmgs(self, arg: str) -> bytes:
         if not arg.isdigit() or not 1 <= int(arg) <= 255:

@@ -99,6 +99,10 @@ def test_cmgr_answers_feed_the_decoder(path: Path) -> None:
         ("NO DIALTONE", Final.NO_DIALTONE, None, None),
         ("CONNECT 115200", Final.CONNECT, None, None),
         ("COMMAND NOT SUPPORT", Final.ERROR, None, None),
+        # Without the "+": still final results, not lines of an answer left to time out.
+        ("CME ERROR: 10", Final.CME_ERROR, 10, "SIM not inserted"),
+        ("CMS ERROR: 42", Final.CMS_ERROR, 42, "congestion"),
+        ("MODEM ERROR: 3", Final.ERROR, 3, "modem error 3"),
     ],
 )
 def test_final_result_codes(line: str, kind: Final, code: int | None, reason: str | None) -> None:
@@ -147,6 +151,56 @@ def test_creg_is_an_answer_or_a_urc_depending_on_the_command() -> None:
     [urc] = p.feed(b'\r\n+CREG: 5,"00A1","0001",7\r\n')
     assert isinstance(urc, Urc)
     assert urc.fields == ["5", "00A1", "0001", "7"]
+
+
+def test_lines_after_the_final_result_in_the_same_read_are_urcs() -> None:
+    p = LineParser()
+    p.set_command("AT+CREG?", expect="+CREG")
+    events = p.feed(b"\r\n+CREG: 0,1\r\n\r\nOK\r\n\r\n+CREG: 2\r\n\r\nOK\r\n")
+    assert events[0] == InfoLine("+CREG: 0,1")
+    assert events[1] == FinalResult(Final.OK, "OK")
+    assert isinstance(events[2], Urc)
+    assert (events[2].name, events[2].args) == ("+CREG", "2")
+    assert isinstance(events[3], Garbage)  # a second OK belongs to no command
+
+
+def test_multiline_quoted_cusd() -> None:
+    p = LineParser()
+    [urc] = p.feed(b'\r\n+CUSD: 0,"Balance: 10.00\r\nValid to 2026-12-31\r\nThanks",15\r\n')
+    assert isinstance(urc, Urc)
+    assert urc.name == "+CUSD"
+    assert urc.fields == ["0", "Balance: 10.00\nValid to 2026-12-31\nThanks", "15"]
+    # As the answer to AT+CUSD, byte by byte, and an unclosed quote ended by the OK.
+    p.set_command('AT+CUSD=1,"*100#",15', expect="+CUSD")
+    data = b'\r\n+CUSD: 0,"line one\r\nline two",15\r\n\r\nOK\r\n'
+    events = [e for i in range(len(data)) for e in p.feed(data[i : i + 1])]
+    assert events == [InfoLine('+CUSD: 0,"line one\nline two",15'), FinalResult(Final.OK, "OK")]
+    p.set_command('AT+CUSD=1,"*100#",15', expect="+CUSD")
+    events = p.feed(b'\r\n+CUSD: 0,"never closed\r\nOK\r\n')
+    assert events == [InfoLine('+CUSD: 0,"never closed'), FinalResult(Final.OK, "OK")]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        # The PDU on the header line, after the length.
+        (["+CMGR: 1,,23 0791534850020200040C9153486507895500006090608164138004D4F29C0E"], 1),
+        # Unlisted URCs between the header and its PDU.
+        (
+            [
+                "+CMGR: 1,,23",
+                '*PSUTTZ: 26,12,2,4,30,0,"+32",0',
+                "DST: 0",
+                "0791534850020200040C9153486507895500006090608164138004D4F29C0E",
+            ],
+            1,
+        ),
+    ],
+)
+def test_stored_pdu_shapes(lines: list[str], expected: int) -> None:
+    [stored] = parse_stored(lines)
+    assert (stored.stat, stored.length) == (expected, 23)
+    assert decode_pdu(stored.pdu).party.number == "+358456709855"
 
 
 def test_cds_pdu_mode_takes_the_next_line_text_mode_does_not() -> None:

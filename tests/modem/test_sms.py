@@ -185,7 +185,6 @@ def test_timestamp_quarter_hours() -> None:
     [
         ("42F02030405000", "not two decimal digits"),
         ("42313030405000", "invalid date"),  # month 13
-        ("421020304050A0", "time zone"),
     ],
 )
 def test_timestamp_errors(ts: str, reason: str) -> None:
@@ -193,6 +192,62 @@ def test_timestamp_errors(ts: str, reason: str) -> None:
     with pytest.raises(PduError) as err:
         decode_pdu(pdu)
     assert reason in err.value.reason
+
+
+@pytest.mark.parametrize(("zone", "quarters"), [(0xA0, 10), (0xE1, 24), (0x21, 12)])
+def test_odd_time_zone_is_decoded_and_flagged(zone: int, quarters: int) -> None:
+    # Service centres send 0xE1 and 0xA0; the time is kept, the zone weighed and flagged.
+    ts = bytes.fromhex("42102030405000")[:6] + bytes([zone])
+    sms = decode_pdu(deliver(b"", udl=0, ts=ts))
+    assert isinstance(sms, SmsDeliver)
+    assert sms.timestamp.replace(tzinfo=UTC) == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert sms.timestamp.utcoffset() == timedelta(minutes=15 * quarters)
+    assert sms.odd_zone is (zone != 0x21)
+
+
+def test_reserved_message_type_reads_as_deliver() -> None:
+    pdu = bytearray(deliver(b"\xe8\x32\x9b\xfd\x06", udl=5))
+    pdu[1] |= 0x03  # TP-MTI 3: reserved, read as SMS-DELIVER (TS 23.040 9.2.3.1)
+    sms = decode_pdu(bytes(pdu))
+    assert isinstance(sms, SmsDeliver)
+    assert sms.text == "hello"
+
+
+def test_trailing_at_sign_kept_in_alphanumeric_sender() -> None:
+    # "AB@" in 3 septets = 21 bits: 6 semi-octets; the "@" is septet 0, not padding.
+    sender = bytes([6, 0xD0]) + bytes.fromhex("412100")
+    sms = decode_pdu(deliver(b"", udl=0, sender=sender))
+    assert sms.party.number == "AB@"
+
+
+def _gsm7_with_header(header: bytes, septets: bytes) -> bytes:
+    skip = (len(header) * 8 + 6) // 7
+    n = int.from_bytes(header, "little")
+    for i, s in enumerate(septets):
+        n |= s << (7 * (skip + i))
+    ud = n.to_bytes(((skip + len(septets)) * 7 + 7) // 8, "little")
+    return deliver(ud, udl=skip + len(septets), udhi=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "septets", "text"),
+    [
+        # Turkish single shift (IEI 0x24, language 1): ESC 0x69 is "ı", ESC 0x73 "ş".
+        (bytes([3, 0x24, 1, 1]), bytes([0x61, 0x1B, 0x69, 0x1B, 0x73]), "aış"),
+        # Turkish locking shift (IEI 0x25): 0x07 is "ı", 0x60 "ç", 0x40 "İ".
+        (bytes([3, 0x25, 1, 1]), bytes([0x07, 0x60, 0x40]), "ıçİ"),
+        # Spanish single shift: ESC 0x41 "Á", ESC 0x09 "ç"; the euro still at ESC 0x65.
+        (bytes([3, 0x24, 1, 2]), bytes([0x1B, 0x41, 0x1B, 0x09, 0x1B, 0x65]), "Áç€"),
+        # Portuguese locking and single shift together: 0x04 "ê", 0x16 "^", ESC 0x5B "Ã".
+        (bytes([6, 0x25, 1, 3, 0x24, 1, 3]), bytes([0x04, 0x16, 0x1B, 0x5B]), "ê^Ã"),
+        # A language this codec has no table for reads as the default alphabet.
+        (bytes([3, 0x25, 1, 0x7F]), bytes([0x07, 0x60]), "ì¿"),
+    ],
+)
+def test_national_language_shift_tables(header: bytes, septets: bytes, text: str) -> None:
+    sms = decode_pdu(_gsm7_with_header(header, septets))
+    assert isinstance(sms, SmsDeliver)
+    assert sms.text == text
 
 
 def test_ucs2_chinese_and_class() -> None:

@@ -166,8 +166,9 @@ FAILING: dict[str, str] = {
     "13": "hex",  # `=`, `p` inside the hex
     "17": "hex",
     "18": "SMSC length 12",  # alphanumeric-looking junk where the SMSC goes
-    "25": "message type 3",
-    "33": "message type 3",  # an erased SIM record: all FF
+    # Message type 3 is read as a DELIVER (TS 23.040 9.2.3.1); these then fail on their address.
+    "25": "originating address",
+    "33": "originating address",  # an erased SIM record: all FF
     "35": "compressed",  # DCS 0x39 says compressed: refused, not misread
     "38": "SMSC length 196",  # the PDU starts mid-message
     "39": "SMSC length 145",

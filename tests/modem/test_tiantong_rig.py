@@ -96,6 +96,7 @@ async def running(
     sink: Sink | None = None,
     sim: Callable[[PtyDevice], ModemSimulator] | None = None,
     before: Callable[[ModemSimulator], None] | None = None,
+    parts_path: Path | None = None,
     **options: Any,
 ) -> AsyncIterator[Rig]:
     """Simulator and driver running in one TaskGroup; both stopped on exit."""
@@ -113,6 +114,7 @@ async def running(
             topic_base=BASE,
             events=events.append,
             on_progress=lambda: progress.append(time.monotonic()),
+            parts_path=parts_path,
         )
         async with asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(simulator.run(), name="sim")

@@ -67,6 +67,40 @@ async def test_status_and_identity_answers(tmp_path: Path) -> None:
         assert await c.ask("AT+COPS?", "+COPS") == ["+COPS: 0"]
 
 
+async def test_multiline_quoted_cusd_over_the_pty(tmp_path: Path) -> None:
+    reply = "Balance: 10.00 CNY\r\nValid to 2026-12-31\r\nReply 1 for more"
+    async with client(tmp_path, ussd_reply=reply) as c:
+        assert await c.ask('AT+CUSD=1,"*100#",15') == []
+        async with asyncio.timeout(5):
+            while not c.urcs:
+                await asyncio.sleep(0.01)
+        [urc] = c.urcs
+        assert urc.name == "+CUSD"
+        assert urc.fields == [
+            "0",
+            "Balance: 10.00 CNY\nValid to 2026-12-31\nReply 1 for more",
+            "15",
+        ]
+        assert await c.ask("AT+CSQ", "+CSQ") == ["+CSQ: 18,0"]  # nothing left over
+
+
+async def test_creg_urc_after_ok_and_errors_without_plus_over_the_pty(tmp_path: Path) -> None:
+    async with client(tmp_path, creg_n=2) as c:
+        c.sim.quirks.add("creg_urc_after_ok")
+        assert await c.ask("AT+CREG?", "+CREG") == ["+CREG: 2,1"]
+        async with asyncio.timeout(5):
+            while not c.urcs:
+                await asyncio.sleep(0.01)
+        assert [(u.name, u.fields) for u in c.urcs] == [("+CREG", ["2", "0005", "0001"])]
+        for style, line in (("bare", "CME ERROR: 50"), ("modem", "MODEM ERROR: 50")):
+            c.sim.error_style = style
+            assert await c.ask("AT+CMEE=1") == []
+            with pytest.raises(ModemResultError) as info:
+                await c.ask("AT+CMEE=7")  # the simulator answers error 50, spelled its way
+            assert info.value.final.line == line
+            assert info.value.code == 50
+
+
 async def test_echo_and_error_verbosity(tmp_path: Path) -> None:
     async with client(tmp_path) as c:
         assert c.sim.echo
