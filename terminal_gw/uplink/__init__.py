@@ -377,6 +377,10 @@ class Uplink:
                 # Without the inbox a command could be acknowledged and lost: fail the stage
                 # (the supervisor restarts it) rather than take commands.
                 raise UplinkError(f"cannot open the command inbox: {exc}") from exc
+            with contextlib.suppress(StoreError):
+                # Rows of commands run are kept only to recognise a copy handed over again:
+                # none comes after the broker dropped the session.
+                await self._inbox.prune(keep_s=max(86400.0, float(self._cfg.session_expiry_s)))
             async with asyncio.TaskGroup() as tg:
                 commands = tg.create_task(self._run_commands(), name="uplink-commands")
                 try:
