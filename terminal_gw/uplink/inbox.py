@@ -12,9 +12,10 @@ handler returned. So a kill at any moment loses nothing:
   packet id) is acknowledged and not stored again, so it runs once;
 - after the PUBACK, before it ran: the row is not done and runs after the restart.
 
-A kill after the handler returned and before its row was marked done runs the command once
-more after the restart (a window of one commit); `sms/send` is idempotent by its `id`, so
-that never sends an SMS twice.
+A kill after the handler stored its effect (the answer in the outbox, the SMS in the command
+store) and before its row was marked done runs the command once more after the restart: those
+are other databases, so the two commits cannot be one. `sms/send` is idempotent by its `id`,
+so that never sends an SMS twice.
 """
 
 from __future__ import annotations
