@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -198,3 +199,26 @@ async def test_a_100_mb_command_does_not_reach_the_daemon(tmp_path: Path, broker
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+async def test_stop_does_not_wait_for_a_tls_handshake_that_never_ends(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """paho's connect (TCP and TLS handshake) blocks a worker thread: stop() gives it up at once."""
+    config = make_config(tmp_path, broker.port, mqtt={"publish_timeout_s": 30.0, "tls": True})
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the kernel accepts; no ServerHello ever comes
+    try:
+        async with Outbox(config.outbox) as outbox:
+            uplink = Uplink(config, outbox, events=lambda e: None)
+            async with asyncio.TaskGroup() as tg:
+                run = tg.create_task(uplink.run())
+                await asyncio.sleep(0.3)
+                assert uplink.state is LinkState.CONNECTING
+                start = time.monotonic()
+                await uplink.stop(2.0)
+                assert run.done()
+                assert time.monotonic() - start < 1.0
+                assert uplink.state is LinkState.STOPPED
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)

@@ -232,7 +232,7 @@ class MqttLink:
         try:
             async with asyncio.timeout(opts.timeout_s):
                 try:
-                    rc = await asyncio.to_thread(self._blocking_connect, kwargs)
+                    rc = await self._connect_in_thread(kwargs)
                 except ssl.SSLError as exc:
                     raise LinkError(Failure.TLS, f"tls: {_describe_ssl(exc)}") from exc
                 except TimeoutError as exc:
@@ -258,6 +258,18 @@ class MqttLink:
             self.abort()
             raise
         return self.session_present
+
+    async def _connect_in_thread(self, kwargs: dict[str, Any]) -> MQTTErrorCode:
+        """paho's blocking connect in a worker thread; given up at once when aborted (stop)."""
+        thread = self._loop.run_in_executor(None, self._blocking_connect, kwargs)
+        # Read by this call, or nobody once given up: no warning about a lost exception.
+        thread.add_done_callback(_consume)
+        either: set[asyncio.Future[Any]] = {thread, self.closed}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not thread.done():
+            # Aborted: the thread closes what it opened when its connect returns.
+            raise self.closed.result()
+        return thread.result()
 
     def _blocking_connect(self, kwargs: dict[str, Any]) -> MQTTErrorCode:
         opts = self.options
