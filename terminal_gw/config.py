@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -194,7 +193,16 @@ class MqttConfig(_Section):
     batch_backlog: bool = False
     batch_max: int = Field(default=50, ge=1, le=10000)
     batch_min_age_s: float = Field(default=60.0, ge=0)
-    max_command_bytes: ByteSize = Field(default=ByteSize(64 * 1024), ge=1024, le=268_435_455)
+    # Persistent session: the broker keeps the subscription and queues commands this long
+    # while the daemon is away (MQTT 5 session expiry; on 3.1.1 clean_session=false and the
+    # broker's own limit). 0 = a clean session each connection (commands sent while down are lost).
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, le=0xFFFFFFFF)
+    # The one limit on a command's size: sent as the MQTT 5 Maximum Packet Size, so a larger
+    # command never reaches the device; on 3.1.1 a larger one is refused unread (too_large).
+    max_command_bytes: Size = Field(default=64 * 1024, ge=1024, le=268_435_455)
+    # Where received commands are stored before they are acknowledged; default: inbox.db in
+    # the directory of outbox.path.
+    inbox_path: Path | None = None
 
     @model_validator(mode="after")
     def _tls_files(self) -> MqttConfig:

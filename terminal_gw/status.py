@@ -131,7 +131,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"terminal-gw": __version__, "python": sys.version.split()[0]}
-    for dist in ("aiomqtt", "pynmeagps", "pyserial"):
+    for dist in ("paho-mqtt", "pynmeagps", "pyserial"):
         with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
     return out

@@ -1,52 +1,83 @@
 """MQTT uplink: birth and last will, reconnect with backoff, drain the outbox, downlink commands.
 
-One MQTT session at a time (aiomqtt 2). Each connection announces the device online with a
-retained status (the offline one is the last will), subscribes to `{prefix}/{device}/cmd/#` and
-drains the outbox: records in the outbox's order, a window of QoS 1 publishes in flight and a
-token bucket on messages and bytes. A record leaves the outbox only after its PUBACK. New
-records go out as they arrive, before the outbox commits them and while others are in flight.
+One MQTT connection at a time (`uplink.mqtt`, the only module that uses the MQTT library). Each
+connection announces the device online with a retained status (the offline one is the last
+will), subscribes to `{prefix}/{device}/cmd/#` and drains the outbox: records in the outbox's
+order, a window of QoS 1 publishes in flight and a token bucket on messages and bytes. A record
+leaves the outbox only after its PUBACK. New records go out as they arrive, before the outbox
+commits them and while others are in flight.
 
-Order within a class: publishes of one connection reach the broker in the order they were
-sent, so a subscriber sees each class in the outbox's order even with many in flight. A
-publish that fails or gets no PUBACK in time ends the connection (it is never retried alone
-while later records go on), and each connection is a new MQTT session (paho retransmits
-nothing of an old one): every record not yet acknowledged is sent again, in order, from the
-outbox's head on the next connection. A subscriber may then see records twice (same `id`),
-never a record before one that preceded it. (With `outbox.live_window_s` the outbox itself
-sends the newest fix and sky ahead of their backlog.)
+Order within a class: publishes of one connection reach the broker in the order they were sent,
+so a subscriber sees each class in the outbox's order even with many in flight. A publish that
+fails or gets no PUBACK in time ends the connection (it is never retried alone while later
+records go on), and each connection starts its publishes afresh (nothing of an old connection
+is retransmitted by the client): every record not yet acknowledged is sent again, in order,
+from the outbox's head on the next connection. A subscriber may then see records twice (same
+`id`), never a record before one that preceded it. (With `outbox.live_window_s` the outbox
+itself sends the newest fix and sky ahead of their backlog.)
 
 A PUBACK carrying an MQTT 5 failure reason code is not a delivery: a final refusal (not
 authorized, invalid topic, too large, bad payload format) drops the record with an error event,
 so it cannot hold up the queue forever; any other ends the connection and the record is sent
 again. MQTT 3.1.1 has no such codes: there a broker that drops a message still acknowledges it.
+
+Commands: the session is persistent (MQTT 5 session expiry `mqtt.session_expiry_s`, or
+clean_session=false on 3.1.1; a stable client id; `cmd/#` at QoS 1), so the broker queues
+commands while the daemon is away and hands them over when it is back. Each received command is
+committed to the command inbox (`uplink.inbox`) before its PUBACK is sent, then run from there
+in order: a kill at any moment loses none, and a command handed over again is not run again
+(see `uplink.inbox` for the one window, after a run and before its mark, that re-runs). Retained
+commands and empty payloads (clearing a retained command) are acknowledged and ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
-import aiomqtt
 import structlog
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.config import Config, MqttConfig
-from terminal_gw.errors import ConfigError, TerminalGwError, UplinkError
+from terminal_gw.errors import ConfigError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import SCHEMA_VERSION, EventSink, Status, iso_utc, make_event, new_id
+from terminal_gw.uplink.inbox import Inbox, InboxEntry, Received
+from terminal_gw.uplink.mqtt import (
+    Failure,
+    Incoming,
+    LinkError,
+    LinkOptions,
+    MqttLink,
+    Refusal,
+    Will,
+)
+
+__all__ = [
+    "LONG_BACKOFF",
+    "PERMANENT_REFUSALS",
+    "CommandHandler",
+    "CommandMeta",
+    "DrainSource",
+    "Failure",
+    "LinkState",
+    "OutboxRecord",
+    "Outgoing",
+    "TokenBucket",
+    "Uplink",
+    "UplinkCounters",
+    "batch_payload",
+    "inbox_path",
+    "plan_messages",
+    "tls_context",
+]
 
 
 class LinkState(StrEnum):
@@ -58,39 +89,12 @@ class LinkState(StrEnum):
     STOPPED = "stopped"
 
 
-class Failure(StrEnum):
-    """Why a connection failed or ended."""
-
-    AUTH = "auth"  # credentials refused (or the password file unreadable)
-    TLS = "tls"  # handshake failed: certificate not trusted, client certificate refused
-    CONFIG = "config"  # the broker refused the client id or protocol version
-    REFUSED = "refused"  # refused for a passing reason (server unavailable, busy)
-    NETWORK = "network"  # no route, connection refused or reset
-    TIMEOUT = "timeout"  # no CONNACK or PUBACK within publish_timeout_s
-    LOST = "lost"  # an established connection broke
-
-
 #: Failures a retry soon will not fix: wait auth_backoff_s and raise an event.
 LONG_BACKOFF = frozenset({Failure.AUTH, Failure.TLS, Failure.CONFIG})
-
-# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes 4 and 5 to 134, 135).
-_CONNACK_FAILURE: dict[int, Failure] = {
-    132: Failure.CONFIG,  # unsupported protocol version
-    133: Failure.CONFIG,  # client identifier not valid
-    134: Failure.AUTH,  # bad user name or password
-    135: Failure.AUTH,  # not authorized
-    138: Failure.AUTH,  # banned
-    140: Failure.AUTH,  # bad authentication method
-}
-
 
 # PUBACK reason codes (MQTT 5) after which sending the same record again cannot succeed:
 # not authorized (ACL), topic name invalid, packet too large, payload format invalid.
 PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x95, 0x99})
-
-# The packet id of the last publish a task made (aiomqtt does not return it): each publish
-# runs in its own task, so each sees its own.
-_last_mid: ContextVar[int | None] = ContextVar("_last_mid", default=None)
 
 
 class OutboxRecord(Protocol):
@@ -151,7 +155,9 @@ class UplinkCounters:
     batches: int = 0  # of those messages, fix batches
     bytes: int = 0  # payload bytes acknowledged
     commands: int = 0
-    commands_ignored: int = 0  # retained command messages (stale) are not run
+    commands_ignored: int = 0  # retained (stale) or empty (a retained one cleared): not run
+    commands_duplicate: int = 0  # a command handed over again after a kill: stored once, run once
+    commands_over_limit: int = 0  # larger than mqtt.max_command_bytes (3.1.1 cannot refuse them)
     refused: int = 0  # records the broker refused for good (MQTT 5 PUBACK reason code)
 
     def as_dict(self) -> dict[str, int]:
@@ -260,88 +266,19 @@ class _LinkDown(Exception):  # noqa: N818 - a control-flow signal, not an error 
         self.failure = failure
         self.reason = reason
 
+    @classmethod
+    def of(cls, error: LinkError) -> _LinkDown:
+        """The same cause, from the MQTT adapter's error."""
+        return cls(error.failure, error.reason)
+
 
 class _Closing(Exception):  # noqa: N818 - a control-flow signal
     """Ends a session's task group on stop()."""
 
 
-class _SocketFailed(aiomqtt.MqttError):
-    """paho reported a socket error before the CONNACK (e.g. a TLS alert from the broker)."""
-
-
-class _PahoLog(logging.Handler):
-    """paho's log for one client: warnings go to structlog, a socket error fails the connect.
-
-    paho logs a TLS alert that arrives after the handshake (TLS 1.3 refuses a client
-    certificate that way) and then waits for a CONNACK that never comes; failing the pending
-    connect at once gives the real reason instead of a timeout.
-    """
-
-    def __init__(self, log: FilteringBoundLogger, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.WARNING)
-        self._log = log
-        self._loop = loop
-        self.connecting: asyncio.Future[None] | None = None
-        self.last_error: str | None = None
-        # MQTT 5 PUBACKs with a failure reason code, by packet id, until their task reads them.
-        self.refused: dict[int, ReasonCode] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Remember and forward one paho log line."""
-        message = record.getMessage()
-        self.last_error = message
-        self._log.debug("mqtt_client_log", message=message)
-        if message.startswith("failed to receive on socket"):
-            self.closed_early(message)
-
-    def closed_early(self, message: str) -> None:
-        """The connection ended; if no CONNACK came yet, fail the pending connect with `message`."""
-        fut = self.connecting
-        if fut is not None:
-            self._loop.call_soon_threadsafe(_fail_future, fut, message)
-
-
-def _register_write(client: aiomqtt.Client, loop: asyncio.AbstractEventLoop) -> Any:
-    """paho's socket_register_write callback, replacing aiomqtt's.
-
-    aiomqtt schedules `add_writer(fd)` for later even on the loop's own thread; when the
-    socket closes first (the link breaks while sending) the late call fails with EBADF, or
-    registers on a new socket that reused the number, and the loop spins on it. This one
-    registers at once on the loop's thread, and from another thread only if the socket is
-    still the client's when the call runs.
-    """
-    loop_thread = threading.get_ident()
-
-    def on_register_write(paho_client: Any, userdata: Any, sock: Any) -> None:
-        def write() -> None:
-            try:
-                paho_client.loop_write()
-            except Exception as exc:  # noqa: BLE001 - as aiomqtt: a failed write ends the link
-                disconnected = client._disconnected
-                if not disconnected.done():
-                    disconnected.set_exception(exc)
-
-        def register() -> None:
-            if paho_client.socket() is sock:
-                loop.add_writer(sock, write)
-
-        if threading.get_ident() == loop_thread:
-            register()
-        else:
-            loop.call_soon_threadsafe(register)
-
-    return on_register_write
-
-
-def _fail_future(fut: asyncio.Future[None], message: str) -> None:
-    if not fut.done():
-        fut.set_exception(_SocketFailed(message))
-
-
-def _describe_ssl(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    return str(exc.reason or exc)
+def inbox_path(config: Config) -> Path:
+    """Where received commands are stored: `mqtt.inbox_path`, else beside the outbox."""
+    return config.mqtt.inbox_path or config.outbox.path.parent / "inbox.db"
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
@@ -400,11 +337,15 @@ class Uplink:
         self._done = asyncio.Event()
         self._running = False
         self._stop_budget_s = 3.0
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttLink | None = None  # while connected
+        self._link: MqttLink | None = None  # the current connection, also while connecting
         self._attempt = 0
         self._reported: str | None = None  # reason of the last failure event, to not repeat it
         self._refusals_reported: set[tuple[str, int]] = set()
-        self._handler: _PahoLog | None = None  # the current connection's
+        self._inbox = Inbox(inbox_path(config), clock=clock)
+        self._rx: list[Incoming] = []  # received, not yet stored in the inbox
+        self._rx_wake = asyncio.Event()
+        self._cmd_wake = asyncio.Event()  # new rows in the inbox
         # Seqs published and not yet removed from the outbox: never fetched twice meanwhile.
         self._inflight: set[int] = set()
         self._acked: list[int] = []  # PUBACKed, waiting for outbox.ack
@@ -430,24 +371,44 @@ class Uplink:
                 message="tls_insecure is set: the broker's certificate is NOT verified",
             )
         try:
-            while not self._stop.is_set():
-                self._set_state(
-                    LinkState.CONNECTING, f"connecting to {self._cfg.host}:{self._cfg.port}"
-                )
-                session_start = time.monotonic()
+            try:
+                await self._inbox.open()
+            except StoreError as exc:
+                # Without the inbox a command could be acknowledged and lost: fail the stage
+                # (the supervisor restarts it) rather than take commands.
+                raise UplinkError(f"cannot open the command inbox: {exc}") from exc
+            with contextlib.suppress(StoreError):
+                # Rows of commands run are kept only to recognise a copy handed over again:
+                # none comes after the broker dropped the session.
+                await self._inbox.prune(keep_s=max(86400.0, float(self._cfg.session_expiry_s)))
+            async with asyncio.TaskGroup() as tg:
+                commands = tg.create_task(self._run_commands(), name="uplink-commands")
                 try:
-                    await self._connect_and_serve()
-                except _LinkDown as down:
-                    if self._stop.is_set():
-                        break
-                    await self._back_off(down, time.monotonic() - session_start)
-                else:
-                    break
+                    await self._sessions()
+                finally:
+                    commands.cancel()
         finally:
             await self._flush_acks(final=True)
+            with contextlib.suppress(StoreError):
+                await self._inbox.close()
             self._set_state(LinkState.STOPPED, "stopped")
             self._running = False
             self._done.set()
+
+    async def _sessions(self) -> None:
+        while not self._stop.is_set():
+            self._set_state(
+                LinkState.CONNECTING, f"connecting to {self._cfg.host}:{self._cfg.port}"
+            )
+            session_start = time.monotonic()
+            try:
+                await self._connect_and_serve()
+            except _LinkDown as down:
+                if self._stop.is_set():
+                    break
+                await self._back_off(down, time.monotonic() - session_start)
+            else:
+                break
 
     async def stop(self, timeout: float = 3.0) -> None:  # noqa: ASYNC109 - a shutdown budget, split between steps
         """Publish offline (retained) if connected and disconnect cleanly, within `timeout`."""
@@ -455,8 +416,9 @@ class Uplink:
         self._stop.set()
         if not self._running:
             return
-        if self._handler is not None:
-            self._handler.closed_early("stopping")  # no use waiting for a CONNACK now
+        link = self._link
+        if link is not None and not link.connected:
+            link.abort("stopping")  # no use waiting for a CONNACK now
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._done.wait()
@@ -478,21 +440,21 @@ class Uplink:
         client = self._client
         if client is None or self.state is not LinkState.CONNECTED:
             raise UplinkError(f"cannot publish to {topic}: not connected", reason="offline")
-        properties: Properties | None = None
-        if correlation_data is not None and self._cfg.protocol == "5":
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
-            properties.CorrelationData = correlation_data
         try:
-            await client.publish(
+            refusal = await client.publish(
                 topic,
                 payload,
                 qos=qos,
                 retain=retain,
-                properties=properties,
+                correlation_data=correlation_data,
                 timeout=self._cfg.publish_timeout_s,
             )
-        except aiomqtt.MqttError as exc:
-            raise UplinkError(f"publish to {topic} failed: {exc}", reason=str(exc)) from exc
+        except LinkError as exc:
+            raise UplinkError(f"publish to {topic} failed: {exc}", reason=exc.reason) from exc
+        if refusal is not None:
+            raise UplinkError(
+                f"the broker refused a publish to {topic}: {refusal}", reason=str(refusal)
+            )
 
     # --- state and backoff ------------------------------------------------------------------
 
@@ -558,7 +520,7 @@ class Uplink:
         )
         return status.to_json().encode()
 
-    async def _make_client(self) -> tuple[aiomqtt.Client, _PahoLog]:
+    async def _make_link(self) -> MqttLink:
         cfg = self._cfg
         context: ssl.SSLContext | None = None
         if cfg.tls:
@@ -574,128 +536,66 @@ class Uplink:
                 password = await asyncio.to_thread(cfg.effective_password) or None
             except ConfigError as exc:
                 raise _LinkDown(Failure.AUTH, f"auth: {exc}") from exc
-        handler = _PahoLog(self._log, asyncio.get_running_loop())
-        # A logger outside the logging registry, so one per connection attempt is not kept.
-        paho_logger = logging.Logger("terminal_gw.mqtt", logging.WARNING)  # noqa: LOG001 - see above
-        paho_logger.propagate = False
-        paho_logger.addHandler(handler)
-        v5 = cfg.protocol == "5"
-        client = aiomqtt.Client(
-            cfg.host,
-            cfg.port,
+        options = LinkOptions(
+            host=cfg.host,
+            port=cfg.port,
+            client_id=self.client_id,
+            protocol=cfg.protocol,
+            keepalive_s=cfg.keepalive_s,
+            # TCP connect, TLS handshake and CONNACK: a satellite link needs more than 5 s.
+            timeout_s=cfg.publish_timeout_s,
+            inflight=cfg.inflight,
+            session_expiry_s=cfg.session_expiry_s,
+            max_packet_bytes=cfg.max_command_bytes,
+            will=Will(self.status_topic, self._status_payload("offline"), qos=1, retain=True),
             username=cfg.username or None,
             password=password,
-            logger=paho_logger,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(
-                self.status_topic, self._status_payload("offline"), qos=1, retain=True
-            ),
-            # Each connection starts clean: the outbox, not the broker, keeps what is unsent.
-            clean_session=None if v5 else True,
-            timeout=cfg.publish_timeout_s,
-            keepalive=cfg.keepalive_s,
-            max_inflight_messages=cfg.inflight,
             tls_context=context,
         )
-        client.pending_calls_threshold = cfg.inflight + 10
-        # aiomqtt ignores a connection closed before the CONNACK and waits for its timeout
-        # (publish_timeout_s, long on satellite links): fail the pending connect at once.
-        paho_client = client._client
-        aiomqtt_on_disconnect = paho_client.on_disconnect
+        return MqttLink(options, on_message=self._received, on_lost=self._lost, log=self._log)
 
-        def on_disconnect(*args: Any) -> None:
-            if aiomqtt_on_disconnect is not None:
-                aiomqtt_on_disconnect(*args)
-            handler.closed_early("the broker closed the connection before accepting it")
+    def _received(self, message: Incoming) -> None:
+        self._rx.append(message)
+        self._rx_wake.set()
 
-        paho_client.on_disconnect = on_disconnect
-        # aiomqtt drops a PUBACK's reason code: keep failures, by packet id, for _publish.
-        aiomqtt_on_publish = paho_client.on_publish
-        paho_publish = paho_client.publish
-
-        def on_publish(*args: Any) -> None:
-            if len(args) >= 4 and isinstance(args[3], ReasonCode) and args[3].is_failure:
-                handler.refused[int(args[2])] = args[3]
-            if aiomqtt_on_publish is not None:
-                aiomqtt_on_publish(*args)
-
-        def publish(*args: Any, **kwargs: Any) -> Any:
-            info = paho_publish(*args, **kwargs)
-            _last_mid.set(info.mid)
-            return info
-
-        paho_client.on_publish = on_publish
-        paho_client.publish = publish  # type: ignore[method-assign]
-        paho_client.on_socket_register_write = _register_write(client, asyncio.get_running_loop())
-        # TCP connect and TLS handshake share paho's connect timeout (5 s by default): too
-        # short for a satellite link.
-        client._client.connect_timeout = cfg.publish_timeout_s
-        return client, handler
-
-    async def _connect(self, client: aiomqtt.Client, handler: _PahoLog) -> None:
-        handler.connecting = client._connected  # aiomqtt's CONNACK future; see _PahoLog
-        try:
-            await client.__aenter__()
-        except MqttConnectError as exc:
-            code = exc.rc.value if isinstance(exc.rc, ReasonCode) else (exc.rc or 0)
-            failure = _CONNACK_FAILURE.get(code, Failure.REFUSED)
-            raise _LinkDown(
-                failure, f"{failure}: the broker refused the connection: {exc}"
-            ) from exc
-        except aiomqtt.MqttError as exc:
-            context = exc.__context__
-            if isinstance(context, ssl.SSLError):
-                raise _LinkDown(Failure.TLS, f"tls: {_describe_ssl(context)}") from exc
-            text = str(exc)
-            if isinstance(exc, _SocketFailed):
-                failure = Failure.TLS if "SSL" in text or "alert" in text else Failure.NETWORK
-                raise _LinkDown(failure, f"{failure}: {text}") from exc
-            if "timed out" in text:
-                raise _LinkDown(
-                    Failure.TIMEOUT,
-                    f"timeout: no answer from the broker within {self._cfg.publish_timeout_s:g} s",
-                ) from exc
-            raise _LinkDown(Failure.NETWORK, f"network: {text}") from exc
-        finally:
-            handler.connecting = None
-
-    async def _abort(self, client: aiomqtt.Client) -> None:
-        """Drop the connection without DISCONNECT, so the broker publishes the last will."""
-        # aiomqtt has no abort: close paho's socket; that also schedules the cancel of
-        # aiomqtt's housekeeping task, awaited here so no task outlives the connection.
-        client._client._sock_close()
-        misc = client._misc_task
-        if misc is not None:
-            await asyncio.wait({misc}, timeout=1.0)
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await client.__aexit__(None, None, None)
+    def _lost(self, error: LinkError) -> None:
+        self._rx_wake.set()
 
     async def _connect_and_serve(self) -> None:
-        client, handler = await self._make_client()
-        self._handler = handler
         try:
-            await self._connect(client, handler)
+            client = await self._make_link()
         except _LinkDown:
             self.counters.connect_failures += 1
-            await self._abort(client)
             raise
+        self._link = client
+        self._rx.clear()
+        self._rx_wake.clear()
+        try:
+            if self._stop.is_set():
+                raise _LinkDown(Failure.LOST, "stopping")
+            session_present = await client.connect()
+        except LinkError as exc:
+            self.counters.connect_failures += 1
+            self._link = None
+            raise _LinkDown.of(exc) from exc
         self.counters.connects += 1
         if self.counters.connects > 1:
             self.counters.reconnects += 1
         self._reported = None
         self._client = client
-        self._set_state(LinkState.CONNECTED, f"connected to {self._cfg.host}:{self._cfg.port}")
-        self._log.info(
-            "mqtt_connected",
-            broker=f"{self._cfg.host}:{self._cfg.port}",
-            tls=self._cfg.tls,
-            protocol=self._cfg.protocol,
-            client_id=self.client_id,
-        )
         clean = False
         try:
+            await self._announce(client)
+            # Connected once the subscription stands: a command sent from now on arrives.
+            self._set_state(LinkState.CONNECTED, f"connected to {self._cfg.host}:{self._cfg.port}")
+            self._log.info(
+                "mqtt_connected",
+                broker=f"{self._cfg.host}:{self._cfg.port}",
+                tls=self._cfg.tls,
+                protocol=self._cfg.protocol,
+                client_id=self.client_id,
+                session_present=session_present,
+            )
             await self._serve(client)
             clean = True
         except _LinkDown:
@@ -704,8 +604,9 @@ class Uplink:
         finally:
             self._client = None
             await self._end_session(client, clean=clean)
+            self._link = None
 
-    async def _end_session(self, client: aiomqtt.Client, *, clean: bool) -> None:
+    async def _end_session(self, client: MqttLink, *, clean: bool) -> None:
         try:
             await self._flush_acks(final=True)
         finally:
@@ -716,34 +617,49 @@ class Uplink:
             if clean:
                 await self._say_offline(client)
             else:
-                await self._abort(client)
+                client.abort()
 
-    async def _say_offline(self, client: aiomqtt.Client) -> None:
+    async def _say_offline(self, client: MqttLink) -> None:
         budget = max(0.2, self._stop_budget_s * 0.4)
+        start = time.monotonic()
         try:
-            async with asyncio.timeout(budget):
-                await client.publish(
-                    self.status_topic, self._status_payload("offline"), qos=1, retain=True
-                )
-                await client.__aexit__(None, None, None)
-        except (aiomqtt.MqttError, TimeoutError):
+            await client.publish(
+                self.status_topic,
+                self._status_payload("offline"),
+                qos=1,
+                retain=True,
+                timeout=budget,
+            )
+            await client.disconnect(max(0.05, budget - (time.monotonic() - start)))
+        except LinkError:
             # Out of time: drop the socket and let the will say offline.
-            await self._abort(client)
+            client.abort()
         except asyncio.CancelledError:
-            await self._abort(client)
+            client.abort()
             raise
 
     # --- session ----------------------------------------------------------------------------
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Birth, subscribe, then receive, drain and acknowledge until stop or a failure."""
+    async def _announce(self, client: MqttLink) -> None:
+        """Birth (retained online) and the command subscription."""
+        timeout = self._cfg.publish_timeout_s
         try:
             await client.publish(
-                self.status_topic, self._status_payload("online"), qos=1, retain=True
+                self.status_topic,
+                self._status_payload("online"),
+                qos=1,
+                retain=True,
+                timeout=timeout,
             )
-            await client.subscribe(self.command_filter, qos=1)
-        except aiomqtt.MqttError as exc:
-            raise _LinkDown(Failure.LOST, f"lost: announcing the device failed: {exc}") from exc
+            # Also on a resumed session: the subscription may predate a changed prefix or QoS.
+            await client.subscribe(self.command_filter, qos=1, timeout=timeout)
+        except LinkError as exc:
+            raise _LinkDown(
+                exc.failure, f"{exc.failure}: announcing the device failed: {exc}"
+            ) from exc
+
+    async def _serve(self, client: MqttLink) -> None:
+        """Receive, drain and acknowledge until stop or a failure."""
         window = asyncio.Semaphore(self._cfg.inflight)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -768,46 +684,108 @@ class Uplink:
                 raise first from None
             raise
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        try:
-            async for message in client.messages:
-                await self._dispatch(message)
-        except aiomqtt.MqttError as exc:
-            cause = exc.__cause__ or exc
-            raise _LinkDown(Failure.LOST, f"lost: {cause}") from exc
-        raise _LinkDown(Failure.LOST, "lost: the message stream ended")
+    async def _receive(self, client: MqttLink) -> None:
+        """Store what arrives in the inbox, then acknowledge it, until the link ends."""
+        while True:
+            await self._rx_wake.wait()
+            self._rx_wake.clear()
+            if client.closed.done():
+                # Not acknowledged: the broker hands those over again on the next connection.
+                self._rx.clear()
+                raise _LinkDown.of(client.closed.result())
+            batch, self._rx = self._rx, []
+            if batch:
+                await self._take(client, batch)
 
-    async def _dispatch(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        if not topic.startswith(self._command_prefix):
-            return
-        if message.retain:
-            # A retained command would run again at every connection: never act on one.
-            self.counters.commands_ignored += 1
-            self._log.warning("mqtt_command_retained_ignored", topic=topic)
-            return
-        props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+    async def _take(self, client: MqttLink, batch: list[Incoming]) -> None:
+        commands: list[Incoming] = []
+        for m in batch:
+            if not m.topic.startswith(self._command_prefix):
+                continue
+            if m.retain:
+                # A retained command would run again at every connection: never act on one.
+                self.counters.commands_ignored += 1
+                self._log.warning("mqtt_command_retained_ignored", topic=m.topic)
+            elif m.size == 0:
+                # An empty payload clears a retained command: nothing to run, nothing to answer.
+                self.counters.commands_ignored += 1
+                self._log.info("mqtt_command_empty_ignored", topic=m.topic)
+            else:
+                commands.append(m)
+        if commands:
+            try:
+                fresh = await self._inbox.add(
+                    [
+                        Received(
+                            topic=m.topic,
+                            payload=m.payload,
+                            size=m.size,
+                            qos=m.qos,
+                            mid=m.mid,
+                            dup=m.dup,
+                            response_topic=m.response_topic,
+                            correlation_data=m.correlation_data,
+                        )
+                        for m in commands
+                    ]
+                )
+            except StoreError as exc:
+                # Not stored, so not acknowledged: end the connection; the broker keeps them.
+                self._log.error("mqtt_command_not_stored", error=str(exc), commands=len(commands))
+                raise _LinkDown(Failure.LOST, f"lost: the command inbox failed: {exc}") from exc
+            self.counters.commands_duplicate += fresh.count(False)
+            self._cmd_wake.set()
+        # In the order received (MQTT requires PUBACKs in that order), once all are on disk.
+        for m in batch:
+            client.ack(m.mid, m.qos)
+
+    async def _run_commands(self) -> None:
+        """Run stored commands in order, each marked done after its handler returned."""
+        while True:
+            self._cmd_wake.clear()
+            try:
+                entries = await self._inbox.pending()
+            except StoreError as exc:
+                self._log.error("mqtt_command_inbox_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if not entries:
+                await self._cmd_wake.wait()
+                continue
+            for entry in entries:
+                await self._dispatch(entry)
+                while True:
+                    try:
+                        await self._inbox.done(entry.seq)
+                        break
+                    except StoreError as exc:
+                        self._log.error("mqtt_command_inbox_failed", error=str(exc))
+                        await asyncio.sleep(1.0)
+
+    async def _dispatch(self, entry: InboxEntry) -> None:
+        topic = entry.topic
         meta = CommandMeta(
             topic=topic,
-            qos=message.qos,
-            response_topic=response_topic,
-            correlation_data=bytes(correlation) if correlation is not None else None,
+            qos=entry.qos,
+            response_topic=entry.response_topic,
+            correlation_data=entry.correlation_data,
         )
-        payload = message.payload
-        data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        if entry.size > self._cfg.max_command_bytes:
+            # Only MQTT 3.1.1 gets here (MQTT 5 brokers drop it): the payload was cut to the
+            # limit plus one byte, enough for the handler to refuse it as too large.
+            self.counters.commands_over_limit += 1
+            self._log.warning("mqtt_command_over_limit", topic=topic, size=entry.size)
         self.counters.commands += 1
         if self._on_command is None:
             self._log.info("mqtt_command_unhandled", topic=topic)
             return
         try:
-            await self._on_command(topic[len(self._command_prefix) :], data, meta)
-        except Exception:  # noqa: BLE001 - a failing command must not cut the link
+            await self._on_command(topic[len(self._command_prefix) :], entry.payload, meta)
+        except Exception:  # noqa: BLE001 - a failing command must not stop the others
             self._log.exception("mqtt_command_failed", topic=topic)
 
     async def _drain(
-        self, client: aiomqtt.Client, tg: asyncio.TaskGroup, window: asyncio.Semaphore
+        self, client: MqttLink, tg: asyncio.TaskGroup, window: asyncio.Semaphore
     ) -> None:
         cfg = self._cfg
         limit = max(cfg.inflight, cfg.batch_max) if cfg.batch_backlog else cfg.inflight
@@ -869,32 +847,22 @@ class Uplink:
                 return new.done() and not new.cancelled() and new.result()
         return False
 
-    async def _publish(
-        self, client: aiomqtt.Client, msg: Outgoing, window: asyncio.Semaphore
-    ) -> None:
+    async def _publish(self, client: MqttLink, msg: Outgoing, window: asyncio.Semaphore) -> None:
         try:
-            _last_mid.set(None)
-            await client.publish(
+            refusal = await client.publish(
                 msg.topic,
                 msg.payload,
                 qos=1,
                 retain=msg.retain,
                 timeout=self._cfg.publish_timeout_s,
             )
-        except aiomqtt.MqttError as exc:
-            if "timed out" in str(exc):
-                raise _LinkDown(
-                    Failure.TIMEOUT,
-                    f"timeout: no PUBACK within {self._cfg.publish_timeout_s:g} s",
-                ) from exc
-            raise _LinkDown(Failure.LOST, f"lost: publish failed: {exc}") from exc
+        except LinkError as exc:
+            raise _LinkDown.of(exc) from exc
         finally:
             window.release()
             self._publishing -= 1
             if self._publishing <= 0:
                 self._idle.set()
-        mid = _last_mid.get()
-        refusal = self._handler.refused.pop(mid, None) if self._handler and mid else None
         if refusal is not None:
             self._refused(msg, refusal)
         else:
@@ -905,15 +873,15 @@ class Uplink:
         self._acked.extend(msg.seqs)
         self._ack_wake.set()
 
-    def _refused(self, msg: Outgoing, code: ReasonCode) -> None:
+    def _refused(self, msg: Outgoing, code: Refusal) -> None:
         """The broker refused a record: drop it if that is final, else end the session."""
-        reason = f"the broker refused a publish to {msg.topic}: {code} ({code.value:#04x})"
-        if code.value not in PERMANENT_REFUSALS:
+        reason = f"the broker refused a publish to {msg.topic}: {code} ({code.code:#04x})"
+        if code.code not in PERMANENT_REFUSALS:
             raise _LinkDown(Failure.REFUSED, f"refused: {reason}")
         # Sending it again would be refused again and hold up what follows: drop and report.
         self.counters.refused += len(msg.seqs)
         self._log.error("mqtt_publish_refused", topic=msg.topic, reason=str(code))
-        key = (msg.topic, code.value)
+        key = (msg.topic, code.code)
         # Reporting a refused event as an event could loop; the log has it.
         if key not in self._refusals_reported and not msg.topic.endswith("/event"):
             self._refusals_reported.add(key)
@@ -926,7 +894,7 @@ class Uplink:
                     failure="refused",
                     topic=msg.topic,
                     reason=str(code),
-                    code=code.value,
+                    code=code.code,
                 )
             )
 
