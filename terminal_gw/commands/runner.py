@@ -345,7 +345,7 @@ class CommandRunner:
         spec: CommandSpec | None = None  # set once the command is known to be this device's
         answer: Answer | None
         try:
-            self._check_size(payload)
+            self._check_size(payload, getattr(meta, "size", None))
             try:
                 data, twice = _decode(payload)
             except CommandError:
@@ -372,12 +372,14 @@ class CommandRunner:
         if answer is not None:
             await self._answer(request, answer)
 
-    def _check_size(self, payload: bytes) -> None:
-        if len(payload) > self._max_bytes:
+    def _check_size(self, payload: bytes, sent: int | None) -> None:
+        # `sent`: the size the broker sent, where the uplink kept only a part of it.
+        size = max(len(payload), sent or 0)
+        if size > self._max_bytes:
             # Refused by its length alone: not decoded, not copied, not even for its id.
             self.counters["too_large"] += 1
             raise CommandError(
-                f"command of {len(payload)} bytes is over the limit of {self._max_bytes}"
+                f"command of {size} bytes is over the limit of {self._max_bytes}"
                 " (mqtt.max_command_bytes); it was not read",
                 code="too_large",
             )

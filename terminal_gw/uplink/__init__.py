@@ -137,6 +137,9 @@ class CommandMeta:
     qos: int
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    #: The payload's size as the broker sent it (MQTT 3.1.1 may deliver a larger command
+    #: than the limit: only the limit plus one byte of it is kept).
+    size: int | None = None
 
 
 CommandHandler = Callable[[str, bytes, CommandMeta], Awaitable[None]]
@@ -769,6 +772,7 @@ class Uplink:
             qos=entry.qos,
             response_topic=entry.response_topic,
             correlation_data=entry.correlation_data,
+            size=entry.size,
         )
         if entry.size > self._cfg.max_command_bytes:
             # Only MQTT 3.1.1 gets here (MQTT 5 brokers drop it): the payload was cut to the
