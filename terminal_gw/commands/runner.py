@@ -60,7 +60,14 @@ from terminal_gw.commands.failures import backoff_s, classify
 from terminal_gw.commands.store import CommandStore, SmsJob
 from terminal_gw.config import MAX_TOPIC_BYTES, Config
 from terminal_gw.errors import CommandError, StoreError, TerminalGwError, UplinkError
-from terminal_gw.models import CommandResult, Payload, SmsSendProgress, iso_utc, new_id
+from terminal_gw.models import (
+    CommandResult,
+    Payload,
+    SmsSendProgress,
+    iso_utc,
+    new_id,
+    stable_id,
+)
 from terminal_gw.modem.sms import SubmitPdu, encode_submit
 
 #: A phone number as the port may see it: digits only, an optional leading +.
@@ -147,6 +154,16 @@ class _Meta(Protocol):
     def response_topic(self) -> str | None: ...
     @property
     def correlation_data(self) -> bytes | None: ...
+
+
+def _answer_id(meta: _Meta, now: float, tag: str) -> str:
+    """The id of an answer: stable for a command stored in the uplink's inbox (its receipt),
+    so that a command run again after a kill answers with the same ids; else a new one."""
+    receipt = getattr(meta, "receipt", None)
+    if isinstance(receipt, str):
+        ms = receipt.partition("@")[2]
+        return stable_id(int(ms) if ms.isdigit() else int(now * 1000), f"{receipt}/{tag}".encode())
+    return new_id(int(now * 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +379,7 @@ class CommandRunner:
                 "command_refused", command=_shown(name, 64), code=exc.code, reason=str(exc)
             )
             if spec is not None and name == "sms/send" and request.command_id is not None:
-                await self._send_refused(request.command_id, data, exc)
+                await self._send_refused(request, data, exc)
             answer = Answer(ok=False, code=exc.code, reason=str(exc))
         except StoreError as exc:
             self._log.error("command_store_failed", command=_shown(name, 64), error=str(exc))
@@ -455,9 +472,12 @@ class CommandRunner:
             )
 
     async def _send_refused(
-        self, sms_id: str, data: dict[str, Any] | None, exc: CommandError
+        self, request: _Request, data: dict[str, Any] | None, exc: CommandError
     ) -> None:
         """Report an sms/send refused before it was queued as failed on sms/tx/{id}."""
+        sms_id = request.command_id
+        if sms_id is None:
+            return
         to = data.get("to") if data is not None else None
         async with self._order:
             try:
@@ -470,7 +490,7 @@ class CommandRunner:
             self.counters["sms_refused"] += 1
             await self._store_result(
                 SmsSendProgress(
-                    id=new_id(int(now * 1000)),
+                    id=_answer_id(request.meta, now, "sms-refused"),
                     time=iso_utc(now),
                     sms_id=sms_id,
                     state="failed",
@@ -485,7 +505,7 @@ class CommandRunner:
         now = self._clock()
         name = request.name if _COMMAND_NAME.fullmatch(request.name) else "unknown"
         result = CommandResult(
-            id=new_id(int(now * 1000)),
+            id=_answer_id(request.meta, now, "result"),
             time=iso_utc(now),
             command=name,
             command_id=request.command_id,

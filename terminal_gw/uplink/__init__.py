@@ -140,6 +140,8 @@ class CommandMeta:
     #: The payload's size as the broker sent it (MQTT 3.1.1 may deliver a larger command
     #: than the limit: only the limit plus one byte of it is kept).
     size: int | None = None
+    #: Names the stored command across restarts (`Inbox` row): answers take ids from it.
+    receipt: str | None = None
 
 
 CommandHandler = Callable[[str, bytes, CommandMeta], Awaitable[None]]
@@ -773,6 +775,7 @@ class Uplink:
             response_topic=entry.response_topic,
             correlation_data=entry.correlation_data,
             size=entry.size,
+            receipt=entry.receipt,
         )
         if entry.size > self._cfg.max_command_bytes:
             # Only MQTT 3.1.1 gets here (MQTT 5 brokers drop it): the payload was cut to the

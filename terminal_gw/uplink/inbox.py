@@ -14,8 +14,10 @@ handler returned. So a kill at any moment loses nothing:
 
 A kill after the handler stored its effect (the answer in the outbox, the SMS in the command
 store) and before its row was marked done runs the command once more after the restart: those
-are other databases, so the two commits cannot be one. `sms/send` is idempotent by its `id`,
-so that never sends an SMS twice.
+are other databases, so the two commits cannot be one. It has no second effect downstream:
+`sms/send` is idempotent by its `id` (no SMS is sent twice), and every answer of a command
+run from here takes a stable id from the row's receipt, so a second run's answers carry the
+same ids as the first's and consumers drop them as duplicates, as for any redelivery.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ class InboxEntry:
     qos: int
     response_topic: str | None
     correlation_data: bytes | None
+    #: Unix time it was stored: with `seq`, the receipt that names this command for good.
+    received: float = 0.0
+
+    @property
+    def receipt(self) -> str:
+        """Names this stored command across restarts (`seq@ms`): a command run again after a
+        kill gives its answers the same ids, so consumers drop the second copy."""
+        return f"{self.seq}@{int(self.received * 1000)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +196,8 @@ class Inbox:
 
         def pending() -> list[InboxEntry]:
             rows = self._c().execute(
-                "SELECT seq, topic, payload, size, qos, response_topic, correlation FROM inbox"
+                "SELECT seq, topic, payload, size, qos, response_topic, correlation, received"
+                " FROM inbox"
                 " WHERE done IS NULL ORDER BY seq LIMIT ?",
                 (limit,),
             )
@@ -199,6 +210,7 @@ class Inbox:
                     qos=r[4],
                     response_topic=r[5],
                     correlation_data=bytes(r[6]) if r[6] is not None else None,
+                    received=float(r[7]),
                 )
                 for r in rows
             ]
