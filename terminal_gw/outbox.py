@@ -220,7 +220,9 @@ def store_cause(exc: BaseException | str, path: Path | None = None) -> str:
         return "read-only"
     if "read-only" in text:
         return "read-only"
-    if path is not None:
+    # An I/O error or a file that cannot be opened: the filesystem tells why, if it can.
+    vague = base in (None, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
+    if path is not None and vague:
         with contextlib.suppress(OSError):
             st = os.statvfs(path.parent)
             if st.f_flag & os.ST_RDONLY:
