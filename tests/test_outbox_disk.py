@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from terminal_gw.config import OutboxConfig
-from terminal_gw.errors import OutboxFullError, StoreError
+from terminal_gw.errors import StoreError
 from terminal_gw.models import Event, Fix
 from terminal_gw.outbox import Outbox, check_database
 from tests.outbox_child import Sms
@@ -65,6 +65,7 @@ async def test_disk_full_refuses_messages_by_name_and_recovers_by_itself(small_d
     cfg = OutboxConfig(
         path=small_disk / "outbox.db",
         max_bytes="100MB",
+        memory_buffer_bytes=20_000,
         retry_interval_s=0.1,
         commit_interval_s=0.05,
         event_interval_s=0,
@@ -83,20 +84,28 @@ async def test_disk_full_refuses_messages_by_name_and_recovers_by_itself(small_d
         assert outbox.limit_bytes < cfg.max_bytes  # the disk, not max_bytes, is the limit
 
         filler = fill(small_disk)
-        # Messages go on being accepted while positions can make way, then are refused.
-        refused: OutboxFullError | None = None
+        # Messages go on being accepted while positions can make way and pages have room,
+        # then are refused naming the disk (a sync put: the caller keeps its source copy).
+        refused: StoreError | None = None
         for i in range(2000):
             try:
                 await outbox.put("sms", Sms(text=f"during {i} " + "x" * 200))
-            except OutboxFullError as exc:
+            except StoreError as exc:
                 refused = exc
                 break
         assert refused is not None
         assert refused.reason == "disk full"
         assert "disk full" in str(refused)
         assert outbox.health_problem == "disk full"
-        assert any(e.kind == "outbox_full" for e in events)
+        failing = [e for e in events if e.kind == "store"]
+        assert [e.data["state"] for e in failing] == ["failing"]
+        assert failing[0].data["cause"] == "disk full"
         assert stored_ids(cfg.path)[:20] == before  # messages are never pushed out
+
+        # Positions accepted meanwhile wait in memory, bounded; the overflow is counted.
+        for _ in range(2000):
+            await outbox.put("fix", Fix(mode=3, lat=3.0, lon=4.0))
+        assert 0 < outbox.held_bytes <= cfg.memory_buffer_bytes
 
         # The link side keeps draining; acks are deleted on disk even now.
         batch = await outbox.next_batch(10)
@@ -115,6 +124,9 @@ async def test_disk_full_refuses_messages_by_name_and_recovers_by_itself(small_d
         back = [e for e in events if e.kind == "store"][-1]
         assert back.data["state"] == "recovered"
         assert back.data["cause"] == "disk full"
+        async with asyncio.timeout(20):
+            while outbox.held_bytes:  # what was held is written
+                await outbox.flush()
         late = Sms(text="after")
         await outbox.put("sms", late)
         assert late.id in stored_ids(cfg.path)
