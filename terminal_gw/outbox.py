@@ -1536,15 +1536,17 @@ class Outbox:
         if self._total_bytes() + rec.size <= limit:
             self._report()
             return True
-        if self._disk_bound() and self._store_cause != "read-only":
-            # Nothing left to make way on a disk another file filled: try the write all the
-            # same (a page may still have room); when the disk refuses, the failure path
-            # holds positions in memory (bounded) and sync puts raise, naming the disk.
-            if rec.cls in MESSAGE_CLASSES or (
-                self._pending_bytes + rec.size <= self._config.memory_buffer_bytes
-            ):
-                self._report()
-                return True
+        # Nothing left to make way on a disk another file filled: try the write all the same
+        # (a page may still have room); when the disk refuses, the failure path holds
+        # positions in memory (bounded) and sync puts raise, naming the disk.
+        fits_memory = self._pending_bytes + rec.size <= self._config.memory_buffer_bytes
+        if (
+            self._disk_bound()
+            and self._store_cause != "read-only"
+            and (rec.cls in MESSAGE_CLASSES or fits_memory)
+        ):
+            self._report()
+            return True
         if rec.cls in MESSAGE_CLASSES:
             self._refused[rec.cls] += 1
             self._report(force=True)
