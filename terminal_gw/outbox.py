@@ -1314,10 +1314,12 @@ class Outbox:
 
     def _store_failed(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self._config.retry_interval_s
-        if self._store_error is None:
-            cause = store_cause(exc, self._db.path)
-            self._store_error = f"{cause}: {exc}"
-            self._store_cause = cause
+        first = self._store_error is None
+        cause = store_cause(exc, self._db.path)
+        # The latest cause (a full disk may turn read-only); the event is for the first.
+        self._store_error = f"{cause}: {exc}"
+        self._store_cause = cause
+        if first:
             self._log.error("outbox cannot write", cause=cause, reason=str(exc))
             self._emit(
                 make_event(

@@ -7,10 +7,12 @@ names the real cause; the status file keeps updating and says what is wrong.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,15 +20,23 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from terminal_gw.commands import CommandStore
 from terminal_gw.config import OutboxConfig
+from terminal_gw.daemon import Daemon
 from terminal_gw.errors import StoreError
-from terminal_gw.models import Event, Fix, Sky
+from terminal_gw.models import Event, Fix, Sky, new_id
 from terminal_gw.outbox import Outbox, check_database
+from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.status import StatusBoard, StatusFile, evaluate, read_status_file
+from terminal_gw.transport.pty import PtyDevice
+from tests.broker import Broker
 from tests.outbox_child import Sms
+from tests.test_daemon import Subscriber, make_config
 from tests.test_outbox import stored_ids
 
 MIB = 1024 * 1024
@@ -58,6 +68,16 @@ def disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _payloads(path: Path, cls: str) -> list[bytes]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [
+            bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox WHERE cls = ?", (cls,))
+        ]
+    finally:
+        conn.close()
 
 
 def free_bytes(path: Path) -> int:
@@ -284,3 +304,121 @@ def test_status_file_keeps_updating_on_a_full_disk_and_names_the_cause(disk: Pat
     assert code == 1
     assert f"disk full on {disk}" in verdict
     assert json.loads(json.dumps(on_disk)) == on_disk
+
+
+async def test_daemon_on_a_full_disk_answers_names_it_and_collects_the_sim_on_recovery(
+    disk: Path, tmp_path: Path, broker: Broker
+) -> None:
+    """The daemon with its state on the small disk, a modem on a pty and a real broker: the
+    disk fills; the retained status says why; a command is still answered on its response
+    topic, naming the disk; an SMS the store cannot take stays on the SIM and is collected as
+    soon as space returns (the periodic sweep is 10 minutes away)."""
+    device = PtyDevice(tmp_path / "dev" / "tiantong0")
+    sim = ModemSimulator(device)
+    config = make_config(
+        tmp_path,
+        "none",
+        broker.port,
+        modem={"port": device.path, "baud": 115200, "sweep_interval_s": 600},
+        outbox={"path": str(disk / "outbox.db"), "retry_interval_s": 0.5},
+        commands={"path": str(disk / "commands.db")},
+        status={"path": str(disk / "status.json"), "interval_s": 0.5},
+    )
+    daemon = Daemon(config)
+    sub = Subscriber(broker.port, "tgw/vessel-t/#")
+    ready = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sub_task = tg.create_task(sub.run(ready), name="subscriber")
+            await ready.wait()
+            sim_task = tg.create_task(sim.run(), name="modem-sim")
+            daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
+            await sub.wait_for(lambda m: m[0] == "tgw/vessel-t/modem/status", timeout=20)
+
+            filler = grow(disk / "other")
+            # Until the command store's own pages run out too.
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        await daemon.command_store.add_sms(
+                            new_id(), "+8613800138000", "x" * 150, parts=1, now=time.time()
+                        )
+                    except StoreError:
+                        break
+            status = await sub.wait_for(
+                lambda m: (
+                    m[0] == "tgw/vessel-t/status"
+                    and m[1]["health"].get("problems", {}).get("outbox") == "disk full"
+                ),
+                timeout=20,
+            )
+            assert status[-1][1]["health"]["healthy"] is False
+            # Retained: a dashboard that looks now sees it.
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="dash") as dash:
+                await dash.subscribe("tgw/vessel-t/status", qos=1)
+                async with asyncio.timeout(10):
+                    seen = await anext(aiter(dash.messages))
+            assert seen.retain
+            retained = json.loads(bytes(seen.payload))  # type: ignore[arg-type]
+            assert retained["health"]["problems"] == {"outbox": "disk full"}
+
+            # A command is answered on its response topic, with the real cause.
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "ops/replies"
+            props.CorrelationData = b"c-1"
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, identifier="ops", protocol=aiomqtt.ProtocolVersion.V5
+            ) as ops:
+                await ops.subscribe("ops/replies", qos=1)
+                body = {"id": "m-full", "to": "+8613800138000", "text": "are you there"}
+                await ops.publish(
+                    "tgw/vessel-t/cmd/sms/send", json.dumps(body), qos=1, properties=props
+                )
+                async with asyncio.timeout(20):
+                    reply = await anext(aiter(ops.messages))
+            answer = json.loads(bytes(reply.payload))  # type: ignore[arg-type]
+            assert answer["ok"] is False
+            assert answer["code"] == "store"
+            assert "disk full" in answer["reason"]
+            assert "no transaction" not in answer["reason"]
+
+            # The link goes down, and what waits fills the last pages: the store is down.
+            sub_task.cancel()
+            broker.kill()
+            # (The other file takes again whatever the outbox's reserve gave back.)
+            async with asyncio.timeout(30):
+                for _ in range(3):
+                    while True:
+                        try:
+                            await daemon.outbox.put("tgw/vessel-t/sms/rx", Sms(text="x" * 300))
+                        except StoreError:
+                            break
+                    grow(filler)
+            # An SMS arrives while the store cannot take it: it stays on the SIM.
+            sim.deliver("+8613912345678", "left on the SIM while the disk was full")
+            async with asyncio.timeout(20):
+                while not daemon.modem or not daemon.modem.counters["sms_store_failed"]:
+                    await asyncio.sleep(0.05)
+            assert sim.storage
+            assert daemon.board.snapshot()["problems"] == {"outbox": "disk full"}
+
+            filler.unlink()
+            t0 = time.monotonic()
+            async with asyncio.timeout(30):
+                while sim.storage:  # deleted from the SIM only once stored
+                    await asyncio.sleep(0.05)
+            took = time.monotonic() - t0
+            assert took < 15, f"collected {took:.1f}s after space returned"
+            assert daemon.modem is not None
+            assert daemon.modem.counters["sms_received"] == 1
+            async with asyncio.timeout(20):
+                while daemon.board.snapshot()["problems"]:
+                    await asyncio.sleep(0.05)
+            print(f"SIM collected {took:.2f}s after space returned (the sweep is 600 s away)")
+            daemon.supervisor.stop_requested.set()
+            await daemon_task
+            sim_task.cancel()
+        waiting = [json.loads(p) for p in _payloads(disk / "outbox.db", "sms")]
+        assert "left on the SIM while the disk was full" in [w.get("text") for w in waiting]
+    finally:
+        device.close()
