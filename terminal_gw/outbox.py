@@ -42,13 +42,19 @@ Choices (each tested):
   filesystem's free space less `min_free` (and less what the WAL may still grow by), read
   again after every commit and every second. So when another file eats the disk, positions
   are thinned and dropped as for `max_bytes`, and the outbox never fills the filesystem
-  itself. On a small filesystem the WAL is checkpointed more often (at 1/16 of it).
+  itself; below the headroom the files stop growing (new rows reuse freed pages). What is
+  stored is not given away: SQLite files do not shrink. On a small filesystem the WAL is
+  checkpointed at 1/32 of it and cut back after large transactions, and one round of
+  making room deletes at most a few pages' worth of rows.
 - Deletes on a full disk: SQLite needs pages to delete. A reserve file
   (`<path>.reserve`, 1/16 of the filesystem, 64 KiB to 1 MiB) is kept beside the database.
   A delete (acks, thinning, age limits) that fails for want of space checkpoints the WAL and
   tries again, then deletes the reserve and tries again; the reserve is made again once the
-  filesystem has the room. Acks are written even while inserts fail, so a restart does not
-  send again what the broker acknowledged.
+  filesystem has the room. Acks are written even while inserts fail. Acks that cannot be
+  written at all (a disk that another file fills as soon as space comes free, a read-only
+  filesystem) go into an ack journal (`<path>.acks`, 64 KiB allocated while there was room,
+  rewritten in place); a restart applies it before handing anything out, so what the
+  broker acknowledged is never sent again.
 - Disk full or read-only: the failing batch stays in memory, bounded by
   `memory_buffer_bytes` (least important dropped first, counted); sync puts raise
   `StoreError` so the source copy is kept; writes are retried every `retry_interval_s` on a
@@ -70,6 +76,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -115,6 +122,10 @@ _ROOM_AGAIN = 64 * 1024
 _DISK_SLACK = 32 * 1024
 #: The WAL index (-shm) of a WAL of up to 4096 frames.
 _SHM_BYTES = 32 * 1024
+#: Acks the journal holds (8 bytes each, the first slot the count): 64 KiB.
+_JOURNAL_SLOTS = 8192
+#: Rounds of making room one put may take.
+_ROOM_ROUNDS = 8
 #: Rows fill new pages to about this share (the rest is page headers and slack).
 _PAGE_FILL = 0.9
 _DROP_CHUNK = 1000
@@ -206,6 +217,7 @@ class DiskSpace:
     reserve: int  # the reserve file's size (0 when released)
     reserve_want: int  # the size it should have
     read_only: bool = False  # a read-only filesystem (its free space means nothing then)
+    files: int = 0  # the database and its WAL
 
 
 def store_cause(exc: BaseException | str, path: Path | None = None) -> str:
@@ -274,9 +286,6 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5)
     conn.execute("PRAGMA busy_timeout = 5000")
     try:
-        # A new database can give free pages back to the filesystem (incremental_vacuum) when
-        # the disk is short; it must be chosen before the first table (a no-op after).
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         # Keep the WAL file from staying at its high-water mark after a checkpoint.
@@ -420,6 +429,10 @@ class _Db:
         self.checkpoint_pages = 1000
         self.page_size = 4096
         self.thin_span = _THIN_SPAN
+        #: Rows one ack transaction deletes at most.
+        self.ack_chunk = 5000
+        #: Rows one round of make_room deletes at most (None: as many as needed).
+        self.max_deletes: int | None = None
         #: Times the reserve file was deleted to let a delete through.
         self.reserve_released = 0
         # Per (class, thinning interval): records below this seq are already thinned.
@@ -492,8 +505,12 @@ class _Db:
                 st = os.statvfs(self.path.parent)
                 total = st.f_blocks * st.f_frsize
                 self.checkpoint_pages = max(16, min(1000, total // 32 // page))
-            # A thinning statement's deletes fit in about one checkpoint's worth of WAL.
-            self.thin_span = max(128, min(_THIN_SPAN, self.checkpoint_pages * 16))
+            # On a small filesystem one round of making room touches about a checkpoint's
+            # worth of pages (a class interleaved with others has a row in every page).
+            if self.checkpoint_pages < 1000:
+                self.thin_span = max(32, self.checkpoint_pages * 2)
+                self.max_deletes = self.checkpoint_pages * 2
+                self.ack_chunk = self.checkpoint_pages * 8
             conn.execute(f"PRAGMA wal_autocheckpoint = {self.checkpoint_pages}")
             # A WAL that one large transaction grew is cut back after the next checkpoint.
             wal_limit = min(4 * 1024 * 1024, 2 * self.checkpoint_pages * page)
@@ -662,17 +679,38 @@ class _Db:
                 b[cls] += size
         return n, b
 
-    def ack(self, seqs: Collection[int]) -> tuple[Counter[str], Counter[str], dict[str, float]]:
-        """Delete delivered records (on a full disk too: see `_freeing`); raise sqlite3 errors."""
+    def ack(
+        self, seqs: Collection[int]
+    ) -> tuple[Counter[str], Counter[str], dict[str, float], set[int], BaseException | None]:
+        """Delete delivered records (on a full disk too: see `_freeing`), in transactions of
+        at most `ack_chunk` rows (a transaction too large for the WAL room left would fail
+        every time). Returns the counts deleted, and the seqs not deleted with the error."""
         with self.lock:
+            n: Counter[str] = Counter()
+            b: Counter[str] = Counter()
+            todo = sorted(seqs)
+            while todo:
+                chunk = todo[: self.ack_chunk]
 
-            def delete() -> tuple[Counter[str], Counter[str]]:
-                conn = self._w()
-                with self._transaction(conn):
-                    return self._delete(seqs)
+                def delete(chunk: list[int] = chunk) -> tuple[Counter[str], Counter[str]]:
+                    conn = self._w()
+                    with self._transaction(conn):
+                        return self._delete(chunk)
 
-            n, b = self._freeing(delete)
-            return n, b, self._oldest()
+                try:
+                    cn, cb = self._freeing(delete)
+                except (sqlite3.Error, OSError) as exc:
+                    return n, b, self._oldest_or_empty(), set(todo), exc
+                n.update(cn)
+                b.update(cb)
+                todo = todo[len(chunk) :]
+            return n, b, self._oldest(), set(), None
+
+    def _oldest_or_empty(self) -> dict[str, float]:
+        try:
+            return self._oldest()
+        except sqlite3.Error:
+            return {}
 
     def _freeing(self, delete: Callable[[], _T]) -> _T:
         """Run a transaction that frees rows; when it fails for want of space, checkpoint the
@@ -699,13 +737,12 @@ class _Db:
         """The room there is, and the reserve file made again when the filesystem has room
         for it beyond `min_free`. None when it cannot be read."""
         with self.lock:
-            if self.conn is None:
-                return None
-            try:
-                page = int(self.conn.execute("PRAGMA page_size").fetchone()[0])
-                free_pages = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
-            except sqlite3.Error:
-                return None
+            # Without a usable connection (the store failing) the filesystem still tells.
+            page, free_pages = self.page_size, 0
+            if self.conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    page = int(self.conn.execute("PRAGMA page_size").fetchone()[0])
+                    free_pages = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
             try:
                 st = os.statvfs(self.path.parent)
             except OSError:
@@ -719,17 +756,6 @@ class _Db:
             have = 0
             with contextlib.suppress(OSError):
                 have = os.stat(self.reserve_path).st_size
-            floor = size_or_percent_bytes(min_free, total) + max(0, want - have)
-            if free < floor and free_pages > 0 and self.writable:
-                # Below the headroom with free pages inside the file: give them back to the
-                # filesystem (a database made with auto_vacuum = INCREMENTAL; others ignore it).
-                pages = min(free_pages, (floor - free) // page + 1)
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute(f"PRAGMA incremental_vacuum({pages})").fetchall()
-                    free_pages = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
-                    with contextlib.suppress(OSError):
-                        st = os.statvfs(self.path.parent)
-                        free = st.f_bavail * st.f_frsize
             if have < want and self.writable and not st.f_flag & os.ST_RDONLY:
                 reserve_min_free = size_or_percent_bytes(min_free, total)
                 if free - (want - have) >= reserve_min_free:
@@ -738,7 +764,10 @@ class _Db:
                         st = os.statvfs(self.path.parent)
                         free = st.f_bavail * st.f_frsize
             read_only = bool(st.f_flag & os.ST_RDONLY)
-            return DiskSpace(free_pages * page, wal, free, total, have, want, read_only)
+            files = wal
+            with contextlib.suppress(OSError):
+                files += os.stat(self.path).st_size
+            return DiskSpace(free_pages * page, wal, free, total, have, want, read_only, files)
 
     def _make_reserve(self, size: int) -> int:
         """Allocate the reserve file (real blocks, not a sparse file); its size, 0 on failure."""
@@ -756,6 +785,24 @@ class _Db:
         finally:
             os.close(fd)
         return size
+
+    def existing(self, seqs: Collection[int]) -> set[int]:
+        """Which of `seqs` are rows."""
+        with self.lock:
+            conn = self._c()
+            found: set[int] = set()
+            seq_list = list(seqs)
+            for i in range(0, len(seq_list), 500):
+                chunk = seq_list[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found |= {
+                    int(r[0])
+                    for r in conn.execute(
+                        f"SELECT seq FROM outbox WHERE seq IN ({marks})",  # noqa: S608 - only placeholders
+                        chunk,
+                    )
+                }
+            return found
 
     def probe(self) -> None:
         """A small write (the schema version) to see whether the disk takes writes again;
@@ -925,6 +972,11 @@ class _Db:
                 b[cls] += size
                 freed += size
 
+        cap = self.max_deletes
+
+        def capped() -> bool:
+            return cap is not None and sum(n.values()) >= cap
+
         # Thinning progress counts only once its deletes are committed.
         progress = dict(self.thinned_upto)
         with self._transaction(conn):
@@ -942,7 +994,7 @@ class _Db:
                     # In spans of _THIN_SPAN rows (cut where an interval starts), oldest
                     # first, so that it stops as soon as enough is free and no statement
                     # returns a million rows at once.
-                    while seq < end and freed < need:
+                    while seq < end and freed < need and not capped():
                         nxt = conn.execute(
                             "SELECT seq FROM outbox WHERE cls = ? AND seq >= ? ORDER BY seq"
                             " LIMIT 1 OFFSET ?",
@@ -966,7 +1018,7 @@ class _Db:
                         progress[(cls, interval)] = stop
             droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
             for cls in droppable:
-                while freed < need:
+                while freed < need and not capped():
                     oldest = conn.execute(
                         "SELECT seq, size FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?",
                         (cls, _DROP_CHUNK),
@@ -977,7 +1029,9 @@ class _Db:
                     victims: list[int] = []
                     room = freed
                     for seq, size in oldest:
-                        if room >= need:
+                        if room >= need or (
+                            cap is not None and sum(n.values()) + len(victims) >= cap
+                        ):
                             break
                         victims.append(seq)
                         room += size
@@ -1011,6 +1065,7 @@ class Outbox:
         self._clock = clock
         self._log = log or structlog.get_logger("outbox")
         self._db = _Db(Path(config.path))
+        self._journal_path = Path(config.path).with_name(Path(config.path).name + ".acks")
         self._open = False
         # Committed rows, per class; kept incrementally so depth and quotas need no query.
         self._count: Counter[str] = Counter()
@@ -1044,6 +1099,8 @@ class Outbox:
         # The room on disk, read after commits and every second; None until first read.
         self._space: DiskSpace | None = None
         self._disk_limit: int | None = None
+        self._files: int | None = None  # the database and WAL sizes when last read
+        self._overshoot = 0  # what they grew by below the headroom
         # Messages were refused because the disk had no room: listeners wait for room.
         self._disk_refused = False
         self._retry_at = 0.0
@@ -1066,6 +1123,19 @@ class Outbox:
             self._count[cls] = n
             self._bytes[cls] = b
         self._oldest = info["oldest"]
+        journal = self._read_journal()
+        if journal:
+            # Acks the last run could not write: those rows are not handed out again.
+            try:
+                found = await asyncio.to_thread(self._db.existing, journal)
+            except sqlite3.Error:
+                found = journal  # cannot tell which are rows: keep them all out
+            self._log.info("outbox applies acks from its journal", count=len(found))
+            self._acked |= found
+            if found and self._store_cause != "read-only":
+                await self._delete(set(found), remember=False)
+            if not self._acked:
+                self._journal_acks()
         await self._refresh_space()
         if "corrupt" in info:
             self._log.error(
@@ -1254,7 +1324,8 @@ class Outbox:
         if not self._pending and not self._acked:
             return
         batch = list(self._pending)
-        acks = set(self._acked)
+        # Acks go with the insert when few; many are deleted after it, in chunks.
+        acks = set(self._acked) if len(self._acked) <= self._db.ack_chunk else set()
         self._committing = {id(r) for r in batch}
         try:
             n, b, oldest, gone_n, gone_b, seqs = await asyncio.to_thread(
@@ -1280,6 +1351,8 @@ class Outbox:
         self._pending_bytes = sum(r.size for r in self._pending)
         self._pending_since = self._pending[0].since if self._pending else None
         self._acked -= acks
+        if acks:
+            self._journal_acks()
         self._rows_for_handed(batch, seqs)
         if len(acks) > _MAX_UNSAVED_ACKS:
             # Draining was paused on these: it may go on.
@@ -1290,8 +1363,10 @@ class Outbox:
         self._count.subtract(gone_n)
         self._bytes.subtract(gone_b)
         self._oldest = oldest
+        if self._acked and not acks:
+            await self._delete(set(self._acked), remember=False)
         await self._refresh_space()
-        if self._store_error is not None:
+        if self._store_error is not None and not (self._acked and not acks):
             self._store_recovered(len(batch))
 
     def _rows_for_handed(self, batch: list[_Pending], seqs: list[int]) -> None:
@@ -1313,8 +1388,12 @@ class Outbox:
             self._wake.set()
 
     def _store_failed(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + self._config.retry_interval_s
+        now = time.monotonic()
         first = self._store_error is None
+        if first or now >= self._retry_at:
+            # Not pushed back by every failure meanwhile (puts keep trying to make room):
+            # the retry must come.
+            self._retry_at = now + self._config.retry_interval_s
         cause = store_cause(exc, self._db.path)
         # The latest cause (a full disk may turn read-only); the event is for the first.
         self._store_error = f"{cause}: {exc}"
@@ -1335,12 +1414,71 @@ class Outbox:
             )
         self._bound_buffer()
 
+    async def _prune_acked(self) -> None:
+        """Acks waiting in memory whose rows were thinned, dropped or expired meanwhile are
+        no longer rows: forget them (depth counts the rows less these)."""
+        if not self._acked:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            still = await asyncio.to_thread(self._db.existing, set(self._acked))
+            if still != self._acked:
+                self._acked = still
+                self._journal_acks()
+
+    def _journal_acks(self) -> None:
+        """Write the acks that wait in memory into the ack journal, in place (its blocks were
+        allocated while there was room, so this needs none on a full disk). A restart
+        deletes them before anything is handed out: what the broker has is never sent
+        again. A torn write leaves older acks in it, which are harmless to delete again
+        (seqs are never reused)."""
+        seqs = sorted(s for s in self._acked if s >= 0)[: _JOURNAL_SLOTS - 1]
+        data = struct.pack(f"<Q{len(seqs)}q", len(seqs), *seqs)
+        try:
+            fd = os.open(self._journal_path, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.pwrite(fd, data, 0)
+        except OSError as exc:
+            self._log.error("outbox cannot write its ack journal", error=str(exc))
+        finally:
+            os.close(fd)
+
+    def _read_journal(self) -> set[int]:
+        """Acks a previous run could not write to the database; the journal is made (its
+        blocks allocated) when missing."""
+        path = self._journal_path
+        try:
+            with path.open("rb") as f:
+                head = f.read(8)
+                count = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+                count = min(count, _JOURNAL_SLOTS - 1)
+                body = f.read(8 * count)
+            return {s for s in struct.unpack(f"<{len(body) // 8}q", body) if s > 0}
+        except FileNotFoundError:
+            pass
+        except (OSError, struct.error) as exc:
+            self._log.error("outbox cannot read its ack journal", error=str(exc))
+            return set()
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, _JOURNAL_SLOTS * 8)
+            except OSError:
+                os.ftruncate(fd, 0)
+                os.close(fd)
+                path.unlink()
+            else:
+                os.close(fd)
+        return set()
+
     def on_recovered(self, callback: Callable[[], None]) -> None:
         """Call `callback` each time the outbox writes again after a failure."""
         self._recovered_callbacks.append(callback)
 
     async def _probe(self) -> None:
         """With nothing to write while the store fails: is the disk back?"""
+        await self._refresh_space()
         async with self._write_lock:
             if self._store_error is None or self._pending or self._acked:
                 return
@@ -1410,7 +1548,9 @@ class Outbox:
         space = self._space
         if space is None:
             return False
-        return space.free < size_or_percent_bytes(self._config.min_free, space.total) // 2
+        # Free space that is only the released reserve file does not count.
+        free = space.free - max(0, space.reserve_want - space.reserve)
+        return free < size_or_percent_bytes(self._config.min_free, space.total) // 2
 
     def _check_disk_room(self) -> None:
         """After messages were refused for want of disk: room again? Tell the listeners."""
@@ -1463,16 +1603,24 @@ class Outbox:
         # Room is also left for the reserve file to be made again.
         grow = space.free - min_free - max(0, wal_budget - space.wal)
         grow -= max(0, space.reserve_want - space.reserve)
+        # And the batch that is committed next (up to half a checkpoint, see `_flush_due`),
+        # whose pages the estimate above can only follow after the fact.
+        grow -= self._checkpoint_bytes() // 2
         committed = sum(self._bytes.values())
         limit = committed + int(space.free_pages * _PAGE_FILL)
+        previous = self._files
+        self._files = space.files
         if grow > 0:
             limit += int(grow * _PAGE_FILL)
-        else:
-            # Below the headroom (other files grew, or pages came out fuller than estimated):
-            # hold less than is stored by the shortfall, so that rows are thinned and new ones
-            # reuse the freed pages instead of growing the file.
-            limit += max(grow, -min_free)
-        self._disk_limit = max(0, limit)
+            self._overshoot = 0
+        elif previous is not None and space.files > previous:
+            # The files grew below the headroom (pages came out fuller than estimated): hold
+            # that much less, so that rows are thinned and new ones reuse the freed pages.
+            self._overshoot = min(min_free, self._overshoot + space.files - previous)
+        # Otherwise, below the headroom, the files do not grow: new rows go into pages that
+        # thinning and eviction free. What is stored is not given away (SQLite files do not
+        # shrink, and a runaway log would take every page the outbox gave back).
+        self._disk_limit = max(0, limit - self._overshoot)
 
     async def _relieve(self) -> None:
         """While the disk fails: thin and drop what is stored until what is held fits."""
@@ -1496,6 +1644,7 @@ class Outbox:
             self._bytes.subtract(b)
             self._oldest = oldest
             self._evicted.update(why)
+            await self._prune_acked()
         await self._refresh_space()
         self._report()
 
@@ -1521,20 +1670,28 @@ class Outbox:
             if self._disk_bound():
                 slack = max(slack, _DISK_SLACK)
             need = self._total_bytes() + rec.size - limit
-            if need > 0 and self._store_cause != "read-only":
+            # In rounds (one transaction each, bounded on a small filesystem so that the WAL
+            # stays small), while they free something.
+            for _ in range(_ROOM_ROUNDS):
+                if need <= 0 or self._store_cause == "read-only":
+                    break
                 try:
                     why, n, b, oldest = await asyncio.to_thread(
                         self._db.make_room, need + slack, evictable, self._clock()
                     )
                 except (sqlite3.Error, OSError) as exc:
                     self._store_failed(exc)
-                else:
-                    self._count.subtract(n)
-                    self._bytes.subtract(b)
-                    self._oldest = oldest
-                    self._evicted.update(why)
-                    await self._refresh_space()
-                    limit = self._limit()
+                    break
+                self._count.subtract(n)
+                self._bytes.subtract(b)
+                self._oldest = oldest
+                self._evicted.update(why)
+                await self._prune_acked()
+                await self._refresh_space()
+                limit = self._limit()
+                if not n:
+                    break
+                need = self._total_bytes() + rec.size - limit
         if self._total_bytes() + rec.size <= limit:
             self._report()
             return True
@@ -1542,8 +1699,10 @@ class Outbox:
         # (a page may still have room); when the disk refuses, the failure path holds
         # positions in memory (bounded) and sync puts raise, naming the disk.
         fits_memory = self._pending_bytes + rec.size <= self._config.memory_buffer_bytes
+        nothing_left = not any(self._count[c] > 0 for c in evictable)
         if (
             self._disk_bound()
+            and nothing_left
             and self._store_cause != "read-only"
             and (rec.cls in MESSAGE_CLASSES or fits_memory)
         ):
@@ -1587,6 +1746,9 @@ class Outbox:
         self._count.subtract(n)
         self._bytes.subtract(b)
         self._oldest = oldest
+        if n:
+            async with self._write_lock:
+                await self._prune_acked()
         for cls, k in n.items():
             self._evicted[(cls, "age")] += k
         self._report()
@@ -1699,6 +1861,7 @@ class Outbox:
             return
         if self._store_cause == "read-only":
             self._acked |= stored
+            self._journal_acks()
             return
         # Tried on a full disk too (the reserve file lets deletes through). Shielded: a caller
         # cancelled mid-delete (a link dropping during shutdown) must not leave the rows
@@ -1706,18 +1869,20 @@ class Outbox:
         await asyncio.shield(self._delete(stored))
 
     async def _delete(self, stored: set[int], *, remember: bool = True) -> None:
-        try:
-            n, b, oldest = await asyncio.to_thread(self._db.ack, stored)
-        except (sqlite3.Error, OSError) as exc:
-            # Deleting needs disk too; remember the acks and keep them out of next_batch.
-            self._acked |= stored
-            if remember:
-                self._store_failed(exc)
-            return
-        self._acked -= stored
+        n, b, oldest, left, exc = await asyncio.to_thread(self._db.ack, stored)
+        done = stored - left
+        if self._acked & done or left:
+            # Deleting needs disk too; remember what is left (in memory and in the ack
+            # journal, for a restart) and keep those out of next_batch.
+            self._acked -= done
+            self._acked |= left
+            self._journal_acks()
         self._count.subtract(n)
         self._bytes.subtract(b)
-        self._oldest = oldest
+        if oldest or not left:
+            self._oldest = oldest
+        if exc is not None and remember:
+            self._store_failed(exc)
 
     async def wait_for_records(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed interface; used with asyncio.timeout inside
         """True as soon as records wait that the last `next_batch` did not hand out (new ones,
