@@ -1325,7 +1325,8 @@ class Outbox:
             return
         batch = list(self._pending)
         # Acks go with the insert when few; many are deleted after it, in chunks.
-        acks = set(self._acked) if len(self._acked) <= self._db.ack_chunk else set()
+        chunked = len(self._acked) > self._db.ack_chunk
+        acks = set() if chunked else set(self._acked)
         self._committing = {id(r) for r in batch}
         try:
             n, b, oldest, gone_n, gone_b, seqs = await asyncio.to_thread(
@@ -1363,10 +1364,10 @@ class Outbox:
         self._count.subtract(gone_n)
         self._bytes.subtract(gone_b)
         self._oldest = oldest
-        if self._acked and not acks:
+        if chunked:
             await self._delete(set(self._acked), remember=False)
         await self._refresh_space()
-        if self._store_error is not None and not (self._acked and not acks):
+        if self._store_error is not None and not (chunked and self._acked):
             self._store_recovered(len(batch))
 
     def _rows_for_handed(self, batch: list[_Pending], seqs: list[int]) -> None:
