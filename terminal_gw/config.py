@@ -63,6 +63,30 @@ def parse_size(value: object) -> int:
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 
+
+def parse_size_or_percent(value: object) -> int | str:
+    """A size (see `parse_size`) or a share of the filesystem like "5%", kept as "5%"."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1].strip()
+        try:
+            share = float(number)
+        except ValueError:
+            raise ValueError(f"expected a percentage like '5%', got {value!r}") from None
+        if not 0 <= share < 100:
+            raise ValueError(f"a percentage of the filesystem must be in [0, 100), got {value!r}")
+        return f"{share:g}%"
+    return parse_size(value)
+
+
+def size_or_percent_bytes(value: int | str, total: int) -> int:
+    """The bytes `value` (a size or "N%") stands for on a filesystem of `total` bytes."""
+    if isinstance(value, str):
+        return int(total * float(value.rstrip("%")) / 100)
+    return value
+
+
+SizeOrPercent = Annotated[int | str, BeforeValidator(parse_size_or_percent)]
+
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
@@ -239,6 +263,8 @@ class OutboxConfig(_Section):
     memory_buffer_bytes: Size = 1024 * 1024
     retry_interval_s: float = Field(default=5.0, gt=0)
     event_interval_s: float = Field(default=60.0, ge=0)
+    #: Free space the outbox leaves on its filesystem: a size or a share of it ("5%").
+    min_free: SizeOrPercent = "5%"
 
 
 class LogConfig(_Section):

@@ -167,6 +167,8 @@ class Daemon:
                 log=get_logger("modem"),
                 parts_path=config.outbox.path.parent / "sms_parts.db",
             )
+            # Messages left on the SIM while the store could not take them: at once.
+            self.outbox.on_recovered(self.modem.collect_now)
         self.command_store = CommandStore(config.commands.path)
         self.commands = CommandRunner(
             config,
@@ -321,9 +323,15 @@ class Daemon:
         """Write the local status file; refresh the retained status topic now and then."""
         cfg = self.config.status
         next_publish = time.monotonic() + cfg.publish_interval_s
+        problems: dict[str, str] = {}
         while True:
             self._liveness()
             snapshot = self.board.snapshot()
+            if snapshot["problems"] != problems:
+                # A problem found or gone (disk full, read-only): the retained status says so
+                # now, not at the next refresh.
+                problems = snapshot["problems"]
+                next_publish = 0.0
             number = self.status_file.take()
             try:
                 await asyncio.to_thread(self.status_file.write, snapshot, number)
@@ -370,6 +378,9 @@ class Daemon:
         b.add_gauge("outbox_depth", lambda: self.outbox.depth)
         b.add_gauge("outbox_oldest_age_s", self._outbox_age)
         b.add_gauge("outbox_error", lambda: self.outbox.store_error)
+        b.add_gauge("outbox_limit_bytes", lambda: self.outbox.limit_bytes)
+        b.add_gauge("outbox_disk_free_bytes", lambda: self.outbox.disk_free_bytes)
+        b.add_check("outbox", lambda: self.outbox.health_problem)
         b.add_gauge("link", lambda: str(self.uplink.state))
         b.add_gauge("link_reason", lambda: self.uplink.state_reason)
         b.add_gauge("last_fix_age_s", self._fix_age)

@@ -38,12 +38,34 @@ Choices (each tested):
   Every eviction and refusal is counted and reported as one aggregated event.
 - Drain order: priority, FIFO within a class, except that the newest fix and sky (created
   within `live_window_s` and newer than any sent this way) go ahead of their backlog.
+- Headroom: the limit the outbox works against is the lower of `max_bytes` and what its rows
+  hold plus the room they can still grow into: the database's free pages, and the
+  filesystem's free space less `min_free` (and less what the WAL may still grow by), read
+  again after every commit and every second. So when another file eats the disk, positions
+  are thinned and dropped as for `max_bytes`, and the outbox never fills the filesystem
+  itself; below the headroom the files stop growing (new rows reuse freed pages). What is
+  stored is not given away: SQLite files do not shrink. On a small filesystem the WAL is
+  checkpointed at 1/32 of it and cut back after large transactions, and one round of
+  making room deletes at most a few pages' worth of rows.
+- Deletes on a full disk: SQLite needs pages to delete. A reserve file
+  (`<path>.reserve`, 1/16 of the filesystem, 64 KiB to 1 MiB) is kept beside the database.
+  A delete (acks, thinning, age limits) that fails for want of space checkpoints the WAL and
+  tries again, then deletes the reserve and tries again; the reserve is made again once the
+  filesystem has the room. Acks are written even while inserts fail. Acks that cannot be
+  written at all (a disk that another file fills as soon as space comes free, a read-only
+  filesystem) go into an ack journal (`<path>.acks`, 64 KiB allocated while there was room,
+  rewritten in place); a restart applies it before handing anything out, so what the
+  broker acknowledged is never sent again.
 - Disk full or read-only: the failing batch stays in memory, bounded by
   `memory_buffer_bytes` (least important dropped first, counted); sync puts raise
   `StoreError` so the source copy is kept; writes are retried every `retry_interval_s` on a
   reopened connection; draining goes on, of the rows and of the records held in memory
   (acked, those leave memory; acks of rows that cannot be written are remembered and
   retried). A filesystem already read-only at start is opened read-only for draining.
+  `store_error` says why in the store's own words, `store_cause` as "disk full",
+  "read-only" or "I/O error". With nothing to write, a probe write every
+  `retry_interval_s` finds the disk back; `on_recovered` callbacks run then (the modem
+  collects the messages it had to leave on the SIM).
 - Start: `PRAGMA quick_check`; a corrupt file is moved aside and its readable rows are
   copied into a fresh database. Age limits are applied.
 """
@@ -52,8 +74,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -61,11 +85,11 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from terminal_gw.config import OutboxConfig
+from terminal_gw.config import OutboxConfig, size_or_percent_bytes
 from terminal_gw.errors import OutboxFullError, StoreError
 from terminal_gw.models import Event, EventSink, Payload, make_event
 
@@ -89,6 +113,22 @@ THIN_TIERS: tuple[tuple[float, float], ...] = (
     (600.0, 10.0),
 )
 SCHEMA_VERSION = 1
+#: The reserve file beside the database: this share of the filesystem, within these bounds.
+RESERVE_SHARE = 16
+RESERVE_MIN = 64 * 1024
+RESERVE_MAX = 1024 * 1024
+#: Room (bytes) that counts as "room again" after messages were refused for want of disk.
+_ROOM_AGAIN = 64 * 1024
+#: Under disk pressure, room is made in rounds of at least this much (a few pages).
+_DISK_SLACK = 32 * 1024
+#: The WAL index (-shm) of a WAL of up to 4096 frames.
+_SHM_BYTES = 32 * 1024
+#: Acks the journal holds (8 bytes each, the first slot the count): 64 KiB.
+_JOURNAL_SLOTS = 8192
+#: Rounds of making room one put may take.
+_ROOM_ROUNDS = 8
+#: Rows fill new pages to about this share (the rest is page headers and slack).
+_PAGE_FILL = 0.9
 _DROP_CHUNK = 1000
 _THIN_SPAN = 2000
 _MAX_UNSAVED_ACKS = 20000
@@ -98,6 +138,7 @@ _TMP_BASE = -(2**62)
 #: the oldest are forgotten (a link that dropped them): a late ack for one of those cannot
 #: spare it its write, and once committed it is sent again.
 _MAX_HANDED = 4096
+_T = TypeVar("_T")
 _COLUMNS = "seq, id, cls, topic, payload, created, priority, retain"
 _SELECT_OLDEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?"  # noqa: S608 - constant columns
 _SELECT_NEWEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq DESC LIMIT 1"  # noqa: S608 - constant columns
@@ -166,6 +207,53 @@ class _Pending:
     acked: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """What the outbox's filesystem and database have room for (bytes)."""
+
+    free_pages: int  # free pages inside the database file
+    wal: int  # the WAL file's size
+    free: int  # free on the filesystem (for unprivileged users)
+    total: int  # the filesystem's size
+    reserve: int  # the reserve file's size (0 when released)
+    reserve_want: int  # the size it should have
+    read_only: bool = False  # a read-only filesystem (its free space means nothing then)
+    files: int = 0  # the database and its WAL
+
+
+def store_cause(exc: BaseException | str, path: Path | None = None) -> str:
+    """A store failure in a few words: "disk full", "read-only", or "I/O error"."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    base = None if code is None else int(code) & 0xFF
+    err = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if base == sqlite3.SQLITE_FULL or err == errno.ENOSPC or "full" in text or "no space" in text:
+        return "disk full"
+    if base == sqlite3.SQLITE_READONLY or err == errno.EROFS or "readonly" in text:
+        return "read-only"
+    if "read-only" in text:
+        return "read-only"
+    # An I/O error or a file that cannot be opened: the filesystem tells why, if it can.
+    vague = base in (None, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
+    if path is not None and vague:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(path.parent)
+            if st.f_flag & os.ST_RDONLY:
+                return "read-only"
+            if st.f_bavail == 0:
+                return "disk full"
+    return "I/O error"
+
+
+def _is_full(exc: BaseException) -> bool:
+    return store_cause(exc) == "disk full"
+
+
+def reserve_size(total: int) -> int:
+    """Bytes of the reserve file on a filesystem of `total` bytes."""
+    return max(RESERVE_MIN, min(RESERVE_MAX, total // RESERVE_SHARE))
+
+
 def id_to_db(record_id: str) -> str | bytes:
     """A canonical UUID is stored as its 16 bytes (20 fewer a row, written twice: WAL and
     checkpoint); any other id as text."""
@@ -207,6 +295,14 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back when a transaction is still open. SQLite rolls back by itself after some
+    failures (disk full among them); a ROLLBACK then would fail and hide the real error."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -326,9 +422,20 @@ class _Db:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.reserve_path = path.with_name(path.name + ".reserve")
         self.lock = threading.Lock()
         self.conn: sqlite3.Connection | None = None
         self.writable = False
+        #: The WAL is checkpointed at this many pages (fewer on a small filesystem).
+        self.checkpoint_pages = 1000
+        self.page_size = 4096
+        self.thin_span = _THIN_SPAN
+        #: Rows one ack transaction deletes at most.
+        self.ack_chunk = 5000
+        #: Rows one round of make_room deletes at most (None: as many as needed).
+        self.max_deletes: int | None = None
+        #: Times the reserve file was deleted to let a delete through.
+        self.reserve_released = 0
         # Per (class, thinning interval): records below this seq are already thinned.
         self.thinned_upto: dict[tuple[str, float], int] = {}
 
@@ -391,6 +498,24 @@ class _Db:
             conn.executescript(_SCHEMA)
             if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # On a small filesystem the WAL must not grow to its default 4 MiB before a
+            # checkpoint: 1/32 of the filesystem, at least 16 pages.
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            self.page_size = page
+            with contextlib.suppress(OSError):
+                st = os.statvfs(self.path.parent)
+                total = st.f_blocks * st.f_frsize
+                self.checkpoint_pages = max(16, min(1000, total // 32 // page))
+            # On a small filesystem one round of making room touches about a checkpoint's
+            # worth of pages (a class interleaved with others has a row in every page).
+            if self.checkpoint_pages < 1000:
+                self.thin_span = max(32, self.checkpoint_pages * 2)
+                self.max_deletes = self.checkpoint_pages * 2
+                self.ack_chunk = self.checkpoint_pages * 8
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self.checkpoint_pages}")
+            # A WAL that one large transaction grew is cut back after the next checkpoint.
+            wal_limit = min(4 * 1024 * 1024, 2 * self.checkpoint_pages * page)
+            conn.execute(f"PRAGMA journal_size_limit = {wal_limit}")
         except BaseException:
             conn.close()
             raise
@@ -435,8 +560,7 @@ class _Db:
             conn.execute("COMMIT")
         except BaseException:
             self.writable = False
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     def _move_aside(self) -> Path:
@@ -481,7 +605,7 @@ class _Db:
                 saved += 1
             conn.execute("COMMIT")
         except sqlite3.Error:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return saved
 
@@ -556,13 +680,137 @@ class _Db:
                 b[cls] += size
         return n, b
 
-    def ack(self, seqs: Collection[int]) -> tuple[Counter[str], Counter[str], dict[str, float]]:
-        """Delete delivered records; raise sqlite3 errors."""
+    def ack(
+        self, seqs: Collection[int]
+    ) -> tuple[Counter[str], Counter[str], dict[str, float], set[int], BaseException | None]:
+        """Delete delivered records (on a full disk too: see `_freeing`), in transactions of
+        at most `ack_chunk` rows (a transaction too large for the WAL room left would fail
+        every time). Returns the counts deleted, and the seqs not deleted with the error."""
         with self.lock:
-            conn = self._w()
-            with self._transaction(conn):
-                n, b = self._delete(seqs)
-            return n, b, self._oldest()
+            n: Counter[str] = Counter()
+            b: Counter[str] = Counter()
+            todo = sorted(seqs)
+            while todo:
+                chunk = todo[: self.ack_chunk]
+
+                def delete(chunk: list[int] = chunk) -> tuple[Counter[str], Counter[str]]:
+                    conn = self._w()
+                    with self._transaction(conn):
+                        return self._delete(chunk)
+
+                try:
+                    cn, cb = self._freeing(delete)
+                except (sqlite3.Error, OSError) as exc:
+                    return n, b, self._oldest_or_empty(), set(todo), exc
+                n.update(cn)
+                b.update(cb)
+                todo = todo[len(chunk) :]
+            return n, b, self._oldest(), set(), None
+
+    def _oldest_or_empty(self) -> dict[str, float]:
+        try:
+            return self._oldest()
+        except sqlite3.Error:
+            return {}
+
+    def _freeing(self, delete: Callable[[], _T]) -> _T:
+        """Run a transaction that frees rows; when it fails for want of space, checkpoint the
+        WAL (its next writes then reuse the file from its start) and try again, then delete
+        the reserve file and try again. Called under the lock."""
+        try:
+            return delete()
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+        with contextlib.suppress(sqlite3.Error):
+            self._w().execute("PRAGMA wal_checkpoint(RESTART)")
+        try:
+            return delete()
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc) or not self.reserve_path.exists():
+                raise
+        with contextlib.suppress(OSError):
+            self.reserve_path.unlink()
+            self.reserve_released += 1
+        return delete()
+
+    def space(self, min_free: int | str) -> DiskSpace | None:
+        """The room there is, and the reserve file made again when the filesystem has room
+        for it beyond `min_free`. None when it cannot be read."""
+        with self.lock:
+            # Without a usable connection (the store failing) the filesystem still tells.
+            page, free_pages = self.page_size, 0
+            if self.conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    page = int(self.conn.execute("PRAGMA page_size").fetchone()[0])
+                    free_pages = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+            try:
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return None
+            wal = 0
+            with contextlib.suppress(OSError):
+                wal = os.stat(self.path.with_name(self.path.name + "-wal")).st_size
+            total = st.f_blocks * st.f_frsize
+            free = st.f_bavail * st.f_frsize
+            want = reserve_size(total)
+            have = 0
+            with contextlib.suppress(OSError):
+                have = os.stat(self.reserve_path).st_size
+            if have < want and self.writable and not st.f_flag & os.ST_RDONLY:
+                reserve_min_free = size_or_percent_bytes(min_free, total)
+                if free - (want - have) >= reserve_min_free:
+                    have = self._make_reserve(want)
+                    with contextlib.suppress(OSError):
+                        st = os.statvfs(self.path.parent)
+                        free = st.f_bavail * st.f_frsize
+            read_only = bool(st.f_flag & os.ST_RDONLY)
+            files = wal
+            with contextlib.suppress(OSError):
+                files += os.stat(self.path).st_size
+            return DiskSpace(free_pages * page, wal, free, total, have, want, read_only, files)
+
+    def _make_reserve(self, size: int) -> int:
+        """Allocate the reserve file (real blocks, not a sparse file); its size, 0 on failure."""
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError:
+            return 0
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                self.reserve_path.unlink()
+            return 0
+        finally:
+            os.close(fd)
+        return size
+
+    def existing(self, seqs: Collection[int]) -> set[int]:
+        """Which of `seqs` are rows."""
+        with self.lock:
+            conn = self._c()
+            found: set[int] = set()
+            seq_list = list(seqs)
+            for i in range(0, len(seq_list), 500):
+                chunk = seq_list[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found |= {
+                    int(r[0])
+                    for r in conn.execute(
+                        f"SELECT seq FROM outbox WHERE seq IN ({marks})",  # noqa: S608 - only placeholders
+                        chunk,
+                    )
+                }
+            return found
+
+    def probe(self) -> None:
+        """A small write (the schema version) to see whether the disk takes writes again;
+        raise sqlite3 errors."""
+        conn = self._w()
+        with self._transaction(conn):
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _oldest(self) -> dict[str, float]:
         """Per class, when its first-arrived waiting record was created."""
@@ -676,21 +924,28 @@ class _Db:
     ) -> tuple[Counter[str], Counter[str], dict[str, float]]:
         """Delete records older than their class's age limit."""
         with self.lock:
-            conn = self._w()
-            n: Counter[str] = Counter()
-            b: Counter[str] = Counter()
-            with self._transaction(conn):
-                for cls, max_age in limits.items():
-                    end = self._boundary(cls, now - max_age)
-                    if end == 0:
-                        continue
-                    count, size = conn.execute(
-                        "SELECT COUNT(*), SUM(size) FROM outbox WHERE cls = ? AND seq < ?",
-                        (cls, end),
-                    ).fetchone()
-                    conn.execute("DELETE FROM outbox WHERE cls = ? AND seq < ?", (cls, end))
-                    n[cls] += int(count)
-                    b[cls] += int(size or 0)
+
+            def attempt() -> tuple[Counter[str], Counter[str]]:
+                conn = self._w()
+                n: Counter[str] = Counter()
+                b: Counter[str] = Counter()
+                with self._transaction(conn):
+                    for cls, max_age in limits.items():
+                        end = self._boundary(cls, now - max_age)
+                        if end == 0:
+                            continue
+                        count, size = conn.execute(
+                            "SELECT COUNT(*), SUM(size) FROM outbox WHERE cls = ? AND seq < ?",
+                            (cls, end),
+                        ).fetchone()
+                        if not count:
+                            continue
+                        conn.execute("DELETE FROM outbox WHERE cls = ? AND seq < ?", (cls, end))
+                        n[cls] += int(count)
+                        b[cls] += int(size or 0)
+                return n, b
+
+            n, b = self._freeing(attempt)
             return n, b, self._oldest()
 
     def make_room(
@@ -698,85 +953,98 @@ class _Db:
     ) -> tuple[Counter[tuple[str, str]], Counter[str], Counter[str], dict[str, float]]:
         """Free at least `need` bytes from `classes`: thin positions, then drop oldest first."""
         with self.lock:
-            conn = self._w()
-            why: Counter[tuple[str, str]] = Counter()
-            n: Counter[str] = Counter()
-            b: Counter[str] = Counter()
-            freed = 0
-
-            def take(rows: Iterable[tuple[str, int]], reason: str) -> None:
-                nonlocal freed
-                for cls, size in rows:
-                    why[(cls, reason)] += 1
-                    n[cls] += 1
-                    b[cls] += size
-                    freed += size
-
-            # Thinning progress counts only once its deletes are committed.
-            progress = dict(self.thinned_upto)
-            with self._transaction(conn):
-                positions = [c for c in POSITION_CLASSES if c in classes]
-                for age, interval in THIN_TIERS:
-                    for cls in positions:
-                        end = self._boundary(cls, now - age)
-                        start = self._first_at_or_after(cls, 0)
-                        seq = 0 if start is None else start[0]
-                        # What an earlier round thinned at this interval needs no second pass
-                        # (from the start of the interval it stopped in, so that one keeps one).
-                        done = progress.get((cls, interval), 0)
-                        if done > seq:
-                            seq = max(seq, self._bucket_start(cls, done, interval))
-                        # In spans of _THIN_SPAN rows (cut where an interval starts), oldest
-                        # first, so that it stops as soon as enough is free and no statement
-                        # returns a million rows at once.
-                        while seq < end and freed < need:
-                            nxt = conn.execute(
-                                "SELECT seq FROM outbox WHERE cls = ? AND seq >= ? ORDER BY seq"
-                                " LIMIT 1 OFFSET ?",
-                                (cls, seq, _THIN_SPAN),
-                            ).fetchone()
-                            stop = end
-                            if nxt is not None and int(nxt[0]) < end:
-                                cut = self._bucket_start(cls, int(nxt[0]), interval)
-                                stop = cut if cut > seq else int(nxt[0])
-                            take(
-                                conn.execute(
-                                    "DELETE FROM outbox WHERE cls = :c AND seq >= :a AND seq < :z"
-                                    " AND seq NOT IN (SELECT MIN(seq) FROM outbox WHERE cls = :c"
-                                    " AND seq >= :a AND seq < :z"
-                                    " GROUP BY CAST(created / :i AS INTEGER)) RETURNING cls, size",
-                                    {"c": cls, "a": seq, "z": stop, "i": interval},
-                                ),
-                                "thinned",
-                            )
-                            seq = stop
-                            progress[(cls, interval)] = stop
-                droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
-                for cls in droppable:
-                    while freed < need:
-                        oldest = conn.execute(
-                            "SELECT seq, size FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?",
-                            (cls, _DROP_CHUNK),
-                        ).fetchall()
-                        if not oldest:
-                            break
-                        # Drop only as many as needed, oldest first.
-                        victims: list[int] = []
-                        room = freed
-                        for seq, size in oldest:
-                            if room >= need:
-                                break
-                            victims.append(seq)
-                            room += size
-                        gone_n, gone_b = self._delete(victims)
-                        for c, k in gone_n.items():
-                            why[(c, "dropped")] += k
-                            n[c] += k
-                        for c, size in gone_b.items():
-                            b[c] += size
-                            freed += size
-            self.thinned_upto = progress
+            why, n, b = self._freeing(lambda: self._make_room(need, classes, now))
             return why, n, b, self._oldest()
+
+    def _make_room(
+        self, need: int, classes: tuple[str, ...], now: float
+    ) -> tuple[Counter[tuple[str, str]], Counter[str], Counter[str]]:
+        conn = self._w()
+        why: Counter[tuple[str, str]] = Counter()
+        n: Counter[str] = Counter()
+        b: Counter[str] = Counter()
+        freed = 0
+
+        def take(rows: Iterable[tuple[str, int]], reason: str) -> None:
+            nonlocal freed
+            for cls, size in rows:
+                why[(cls, reason)] += 1
+                n[cls] += 1
+                b[cls] += size
+                freed += size
+
+        cap = self.max_deletes
+
+        def capped() -> bool:
+            return cap is not None and sum(n.values()) >= cap
+
+        # Thinning progress counts only once its deletes are committed.
+        progress = dict(self.thinned_upto)
+        with self._transaction(conn):
+            positions = [c for c in POSITION_CLASSES if c in classes]
+            for age, interval in THIN_TIERS:
+                for cls in positions:
+                    end = self._boundary(cls, now - age)
+                    start = self._first_at_or_after(cls, 0)
+                    seq = 0 if start is None else start[0]
+                    # What an earlier round thinned at this interval needs no second pass
+                    # (from the start of the interval it stopped in, so that one keeps one).
+                    done = progress.get((cls, interval), 0)
+                    if done > seq:
+                        seq = max(seq, self._bucket_start(cls, done, interval))
+                    # In spans of _THIN_SPAN rows (cut where an interval starts), oldest
+                    # first, so that it stops as soon as enough is free and no statement
+                    # returns a million rows at once.
+                    while seq < end and freed < need and not capped():
+                        nxt = conn.execute(
+                            "SELECT seq FROM outbox WHERE cls = ? AND seq >= ? ORDER BY seq"
+                            " LIMIT 1 OFFSET ?",
+                            (cls, seq, self.thin_span),
+                        ).fetchone()
+                        stop = end
+                        if nxt is not None and int(nxt[0]) < end:
+                            cut = self._bucket_start(cls, int(nxt[0]), interval)
+                            stop = cut if cut > seq else int(nxt[0])
+                        take(
+                            conn.execute(
+                                "DELETE FROM outbox WHERE cls = :c AND seq >= :a AND seq < :z"
+                                " AND seq NOT IN (SELECT MIN(seq) FROM outbox WHERE cls = :c"
+                                " AND seq >= :a AND seq < :z"
+                                " GROUP BY CAST(created / :i AS INTEGER)) RETURNING cls, size",
+                                {"c": cls, "a": seq, "z": stop, "i": interval},
+                            ),
+                            "thinned",
+                        )
+                        seq = stop
+                        progress[(cls, interval)] = stop
+            droppable = positions + [c for c in classes if c not in POSITION_CLASSES]
+            for cls in droppable:
+                while freed < need and not capped():
+                    oldest = conn.execute(
+                        "SELECT seq, size FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?",
+                        (cls, _DROP_CHUNK),
+                    ).fetchall()
+                    if not oldest:
+                        break
+                    # Drop only as many as needed, oldest first.
+                    victims: list[int] = []
+                    room = freed
+                    for seq, size in oldest:
+                        if room >= need or (
+                            cap is not None and sum(n.values()) + len(victims) >= cap
+                        ):
+                            break
+                        victims.append(seq)
+                        room += size
+                    gone_n, gone_b = self._delete(victims)
+                    for c, k in gone_n.items():
+                        why[(c, "dropped")] += k
+                        n[c] += k
+                    for c, size in gone_b.items():
+                        b[c] += size
+                        freed += size
+        self.thinned_upto = progress
+        return why, n, b
 
 
 class Outbox:
@@ -798,6 +1066,7 @@ class Outbox:
         self._clock = clock
         self._log = log or structlog.get_logger("outbox")
         self._db = _Db(Path(config.path))
+        self._journal_path = Path(config.path).with_name(Path(config.path).name + ".acks")
         self._open = False
         # Committed rows, per class; kept incrementally so depth and quotas need no query.
         self._count: Counter[str] = Counter()
@@ -829,6 +1098,15 @@ class Outbox:
         self.delivered_unwritten = 0
         # Disk trouble: the reason, since when, and when to try again.
         self._store_error: str | None = None
+        self._store_cause: str | None = None
+        self._recovered_callbacks: list[Callable[[], None]] = []
+        # The room on disk, read after commits and every second; None until first read.
+        self._space: DiskSpace | None = None
+        self._disk_limit: int | None = None
+        self._files: int | None = None  # the database and WAL sizes when last read
+        self._overshoot = 0  # what they grew by below the headroom
+        # Messages were refused because the disk had no room: listeners wait for room.
+        self._disk_refused = False
         self._retry_at = 0.0
         self._buffer_dropped: Counter[str] = Counter()
         # Evictions and refusals waiting to be reported.
@@ -849,6 +1127,20 @@ class Outbox:
             self._count[cls] = n
             self._bytes[cls] = b
         self._oldest = info["oldest"]
+        journal = self._read_journal()
+        if journal:
+            # Acks the last run could not write: those rows are not handed out again.
+            try:
+                found = await asyncio.to_thread(self._db.existing, journal)
+            except sqlite3.Error:
+                found = journal  # cannot tell which are rows: keep them all out
+            self._log.info("outbox applies acks from its journal", count=len(found))
+            self._acked |= found
+            if found and self._store_cause != "read-only":
+                await self._delete(set(found), remember=False)
+            if not self._acked:
+                self._journal_acks()
+        await self._refresh_space()
         if "corrupt" in info:
             self._log.error(
                 "outbox corrupt",
@@ -918,21 +1210,36 @@ class Outbox:
 
     async def _duties(self) -> None:
         now = time.monotonic()
+        await self._refresh_space()
+        if self._store_error is not None and now >= self._retry_at:
+            # Make room first when the disk shrank under what is held, then write it; with
+            # nothing to write, a probe write tells whether the disk is back.
+            await self._relieve()
+            if not self._pending and not self._acked:
+                await self._probe()
         # While the disk fails, remembered acks alone are also a reason to try again.
         writes_due = (self._pending or self._acked) and self._flush_due(now)
         if writes_due or (self._acked and self._store_error is None):
             with contextlib.suppress(StoreError):
                 await self.flush()
+        self._check_disk_room()
         if now >= self._next_expire:
             self._next_expire = now + 60.0
             with contextlib.suppress(StoreError):
                 await self.expire()
         self._report()
 
+    def _checkpoint_bytes(self) -> int:
+        return self._db.checkpoint_pages * self._db.page_size
+
     def _flush_due(self, now: float) -> bool:
         if self._store_error is not None:
             return now >= self._retry_at
-        return len(self._pending) >= self._config.commit_records or (
+        return (
+            len(self._pending) >= self._config.commit_records
+            # A commit stays well under the WAL's checkpoint size (a small filesystem).
+            or self._pending_bytes * 2 >= self._checkpoint_bytes()
+        ) or (
             self._pending_since is not None
             and now - self._pending_since >= self._config.commit_interval_s
         )
@@ -962,9 +1269,7 @@ class Outbox:
             sync=sync,
             size=record_size(topic, data, payload.id),
         )
-        if self._total_bytes() + rec.size > self._config.max_bytes and not await self._room_for(
-            rec
-        ):
+        if self._total_bytes() + rec.size > self._limit() and not await self._room_for(rec):
             return
         if sync:
             await self._put_sync(rec)
@@ -1023,7 +1328,9 @@ class Outbox:
         if not self._pending and not self._acked:
             return
         batch = list(self._pending)
-        acks = set(self._acked)
+        # Acks go with the insert when few; many are deleted after it, in chunks.
+        chunked = len(self._acked) > self._db.ack_chunk
+        acks = set() if chunked else set(self._acked)
         self._committing = {id(r) for r in batch}
         try:
             n, b, oldest, gone_n, gone_b, seqs = await asyncio.to_thread(
@@ -1036,7 +1343,12 @@ class Outbox:
                 if r.acked:
                     self._forget_pending(r)
             self._store_failed(exc)
-            raise StoreError(f"the outbox cannot write: {exc}", reason=str(exc)) from exc
+            if acks and self._store_cause != "read-only":
+                # Deletes can go through where inserts cannot (the reserve file): the broker
+                # has these, and a restart must not send them again.
+                await self._delete(acks, remember=False)
+            cause = self._store_cause or "I/O error"
+            raise StoreError(f"the outbox cannot write ({cause}): {exc}", reason=cause) from exc
         # Puts may have appended meanwhile: remove exactly the committed ones.
         written = self._committing
         self._committing = set()
@@ -1044,6 +1356,8 @@ class Outbox:
         self._pending_bytes = sum(r.size for r in self._pending)
         self._pending_since = self._pending[0].since if self._pending else None
         self._acked -= acks
+        if acks:
+            self._journal_acks()
         self._rows_for_handed(batch, seqs)
         if len(acks) > _MAX_UNSAVED_ACKS:
             # Draining was paused on these: it may go on.
@@ -1054,7 +1368,10 @@ class Outbox:
         self._count.subtract(gone_n)
         self._bytes.subtract(gone_b)
         self._oldest = oldest
-        if self._store_error is not None:
+        if chunked:
+            await self._delete(set(self._acked), remember=False)
+        await self._refresh_space()
+        if self._store_error is not None and not (chunked and self._acked):
             self._store_recovered(len(batch))
 
     def _rows_for_handed(self, batch: list[_Pending], seqs: list[int]) -> None:
@@ -1076,26 +1393,118 @@ class Outbox:
             self._wake.set()
 
     def _store_failed(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + self._config.retry_interval_s
-        if self._store_error is None:
-            self._store_error = str(exc)
-            self._log.error("outbox cannot write", reason=str(exc))
+        now = time.monotonic()
+        first = self._store_error is None
+        if first or now >= self._retry_at:
+            # Not pushed back by every failure meanwhile (puts keep trying to make room):
+            # the retry must come.
+            self._retry_at = now + self._config.retry_interval_s
+        cause = store_cause(exc, self._db.path)
+        # The latest cause (a full disk may turn read-only); the event is for the first.
+        self._store_error = f"{cause}: {exc}"
+        self._store_cause = cause
+        if first:
+            self._log.error("outbox cannot write", cause=cause, reason=str(exc))
             self._emit(
                 make_event(
                     "store",
-                    f"the outbox cannot write ({exc}); holding up to"
+                    f"the outbox cannot write ({cause}: {exc}); holding up to"
                     f" {self._config.memory_buffer_bytes} bytes of records in memory",
                     now=self._clock(),
                     severity="error",
                     reason=str(exc),
+                    cause=cause,
                     state="failing",
                 )
             )
         self._bound_buffer()
 
+    async def _prune_acked(self) -> None:
+        """Acks waiting in memory whose rows were thinned, dropped or expired meanwhile are
+        no longer rows: forget them (depth counts the rows less these)."""
+        if not self._acked:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            still = await asyncio.to_thread(self._db.existing, set(self._acked))
+            if still != self._acked:
+                self._acked = still
+                self._journal_acks()
+
+    def _journal_acks(self) -> None:
+        """Write the acks that wait in memory into the ack journal, in place (its blocks were
+        allocated while there was room, so this needs none on a full disk). A restart
+        deletes them before anything is handed out: what the broker has is never sent
+        again. A torn write leaves older acks in it, which are harmless to delete again
+        (seqs are never reused)."""
+        seqs = sorted(s for s in self._acked if s >= 0)[: _JOURNAL_SLOTS - 1]
+        data = struct.pack(f"<Q{len(seqs)}q", len(seqs), *seqs)
+        try:
+            fd = os.open(self._journal_path, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.pwrite(fd, data, 0)
+        except OSError as exc:
+            self._log.error("outbox cannot write its ack journal", error=str(exc))
+        finally:
+            os.close(fd)
+
+    def _read_journal(self) -> set[int]:
+        """Acks a previous run could not write to the database; the journal is made (its
+        blocks allocated) when missing."""
+        path = self._journal_path
+        try:
+            with path.open("rb") as f:
+                head = f.read(8)
+                count = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+                count = min(count, _JOURNAL_SLOTS - 1)
+                body = f.read(8 * count)
+            return {s for s in struct.unpack(f"<{len(body) // 8}q", body) if s > 0}
+        except FileNotFoundError:
+            pass
+        except (OSError, struct.error) as exc:
+            self._log.error("outbox cannot read its ack journal", error=str(exc))
+            return set()
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, _JOURNAL_SLOTS * 8)
+            except OSError:
+                os.ftruncate(fd, 0)
+                os.close(fd)
+                path.unlink()
+            else:
+                os.close(fd)
+        return set()
+
+    def on_recovered(self, callback: Callable[[], None]) -> None:
+        """Call `callback` each time the outbox writes again after a failure."""
+        self._recovered_callbacks.append(callback)
+
+    async def _probe(self) -> None:
+        """With nothing to write while the store fails: is the disk back?"""
+        await self._refresh_space()
+        async with self._write_lock:
+            if self._store_error is None or self._pending or self._acked:
+                return
+            space = self._space
+            if space is not None and self._store_cause == "disk full":
+                need = size_or_percent_bytes(self._config.min_free, space.total)
+                if space.free < need and space.free_pages == 0:
+                    self._retry_at = time.monotonic() + self._config.retry_interval_s
+                    return
+            try:
+                await asyncio.to_thread(self._db.probe)
+            except (sqlite3.Error, OSError):
+                self._retry_at = time.monotonic() + self._config.retry_interval_s
+                return
+            self._store_recovered(0)
+
     def _store_recovered(self, written: int) -> None:
         reason = self._store_error
+        cause = self._store_cause
         self._store_error = None
+        self._store_cause = None
         dropped = dict(self._buffer_dropped)
         self._buffer_dropped.clear()
         self._log.info("outbox writes again", written=written, dropped=dropped)
@@ -1107,11 +1516,14 @@ class Outbox:
                 now=self._clock(),
                 severity="info",
                 reason=reason,
+                cause=cause,
                 state="recovered",
                 written=written,
                 dropped=dropped,
             )
         )
+        self._disk_refused = False
+        self._notify_recovered()
 
     def _bound_buffer(self) -> None:
         """While the disk fails, keep the held records under memory_buffer_bytes."""
@@ -1132,9 +1544,118 @@ class Outbox:
         if not self._pending:
             self._pending_since = None
 
+    def _disk_bound(self) -> bool:
+        """The room on disk, not max_bytes, sets the limit now."""
+        return self._disk_limit is not None and self._disk_limit < self._config.max_bytes
+
+    def _disk_short(self) -> bool:
+        """Other files took the free space the outbox leaves (below half of min_free)."""
+        space = self._space
+        if space is None:
+            return False
+        # Free space that is only the released reserve file does not count.
+        free = space.free - max(0, space.reserve_want - space.reserve)
+        return free < size_or_percent_bytes(self._config.min_free, space.total) // 2
+
+    def _check_disk_room(self) -> None:
+        """After messages were refused for want of disk: room again? Tell the listeners."""
+        if not self._disk_refused or self._store_error is not None:
+            return
+        if self._disk_bound() and self._limit() - self._total_bytes() < _ROOM_AGAIN:
+            return
+        self._disk_refused = False
+        self._log.info("outbox has room again", limit=self._limit())
+        self._emit(
+            make_event(
+                "store",
+                f"the outbox has room again ({self._limit()} bytes)",
+                now=self._clock(),
+                severity="info",
+                cause="disk full",
+                state="recovered",
+                written=0,
+                dropped={},
+            )
+        )
+        self._notify_recovered()
+
+    def _notify_recovered(self) -> None:
+        for callback in list(self._recovered_callbacks):
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - a listener must not break the outbox
+                self._log.error("outbox recovery listener failed", error=repr(exc))
+
+    def _limit(self) -> int:
+        """The bytes the outbox may hold now: max_bytes, or less when the disk has less room."""
+        if self._disk_limit is None:
+            return self._config.max_bytes
+        return min(self._config.max_bytes, self._disk_limit)
+
+    async def _refresh_space(self) -> None:
+        """Read the room on disk again and set the limit from it."""
+        try:
+            space = await asyncio.to_thread(self._db.space, self._config.min_free)
+        except (sqlite3.Error, OSError):
+            space = None
+        if space is None or space.read_only:
+            return  # a read-only filesystem: what is held waits in memory (memory_buffer_bytes)
+        self._space = space
+        min_free = size_or_percent_bytes(self._config.min_free, space.total)
+        # The WAL may still grow to its checkpoint size and one commit past it (commits are
+        # kept under half of that, see `_flush_due`), and the WAL index beside it.
+        wal_budget = 2 * self._checkpoint_bytes() + _SHM_BYTES
+        # Room is also left for the reserve file to be made again.
+        grow = space.free - min_free - max(0, wal_budget - space.wal)
+        grow -= max(0, space.reserve_want - space.reserve)
+        # And the batch that is committed next (up to half a checkpoint, see `_flush_due`),
+        # whose pages the estimate above can only follow after the fact.
+        grow -= self._checkpoint_bytes() // 2
+        committed = sum(self._bytes.values())
+        limit = committed + int(space.free_pages * _PAGE_FILL)
+        previous = self._files
+        self._files = space.files
+        if grow > 0:
+            limit += int(grow * _PAGE_FILL)
+            self._overshoot = 0
+        elif previous is not None and space.files > previous:
+            # The files grew below the headroom (pages came out fuller than estimated): hold
+            # that much less, so that rows are thinned and new ones reuse the freed pages.
+            self._overshoot = min(min_free, self._overshoot + space.files - previous)
+        # Otherwise, below the headroom, the files do not grow: new rows go into pages that
+        # thinning and eviction free. What is stored is not given away (SQLite files do not
+        # shrink, and a runaway log would take every page the outbox gave back).
+        self._disk_limit = max(0, limit - self._overshoot)
+
+    async def _relieve(self) -> None:
+        """While the disk fails: thin and drop what is stored until what is held fits."""
+        if self._store_cause != "disk full" or self._total_bytes() <= self._limit():
+            return
+        async with self._write_lock:
+            need = self._total_bytes() - self._limit()
+            if need <= 0:
+                return
+            slack = max(min(self._limit() // 20, 1024 * 1024), _DISK_SLACK)
+            try:
+                why, n, b, oldest = await asyncio.to_thread(
+                    self._db.make_room,
+                    need + slack,
+                    ("sky", "fix", "event", "status"),
+                    self._clock(),
+                )
+            except (sqlite3.Error, OSError):
+                return
+            self._count.subtract(n)
+            self._bytes.subtract(b)
+            self._oldest = oldest
+            self._evicted.update(why)
+            await self._prune_acked()
+        await self._refresh_space()
+        self._report()
+
     async def _room_for(self, rec: _Pending) -> bool:
         """Make room for `rec` by evicting less important records; False when it was dropped."""
-        limit = self._config.max_bytes
+        limit = self._limit()
         # A record pushes out only records less important than or as important as itself;
         # messages and command results are never pushed out.
         if rec.priority <= 1:
@@ -1147,27 +1668,64 @@ class Outbox:
             if self._pending and self._store_error is None:
                 with contextlib.suppress(StoreError):
                     await self._commit_locked(sync=False)
-            # Free a little more than needed so that pressure is relieved in rounds.
+            limit = self._limit()
+            # Free a little more than needed so that pressure is relieved in rounds (on a
+            # disk-bound limit at least a few pages: deleted rows free whole pages only).
             slack = min(limit // 20, 1024 * 1024)
+            if self._disk_bound():
+                slack = max(slack, _DISK_SLACK)
             need = self._total_bytes() + rec.size - limit
-            if need > 0 and self._store_error is None:
+            # In rounds (one transaction each, bounded on a small filesystem so that the WAL
+            # stays small), while they free something.
+            for _ in range(_ROOM_ROUNDS):
+                if need <= 0 or self._store_cause == "read-only":
+                    break
                 try:
                     why, n, b, oldest = await asyncio.to_thread(
                         self._db.make_room, need + slack, evictable, self._clock()
                     )
                 except (sqlite3.Error, OSError) as exc:
                     self._store_failed(exc)
-                else:
-                    self._count.subtract(n)
-                    self._bytes.subtract(b)
-                    self._oldest = oldest
-                    self._evicted.update(why)
+                    break
+                self._count.subtract(n)
+                self._bytes.subtract(b)
+                self._oldest = oldest
+                self._evicted.update(why)
+                await self._prune_acked()
+                await self._refresh_space()
+                limit = self._limit()
+                if not n:
+                    break
+                need = self._total_bytes() + rec.size - limit
         if self._total_bytes() + rec.size <= limit:
+            self._report()
+            return True
+        # Nothing left to make way on a disk another file filled: try the write all the same
+        # (a page may still have room); when the disk refuses, the failure path holds
+        # positions in memory (bounded) and sync puts raise, naming the disk.
+        fits_memory = self._pending_bytes + rec.size <= self._config.memory_buffer_bytes
+        nothing_left = not any(self._count[c] > 0 for c in evictable)
+        if (
+            self._disk_bound()
+            and nothing_left
+            and self._store_cause != "read-only"
+            and (rec.cls in MESSAGE_CLASSES or fits_memory)
+        ):
             self._report()
             return True
         if rec.cls in MESSAGE_CLASSES:
             self._refused[rec.cls] += 1
             self._report(force=True)
+            if self._disk_bound():
+                # The disk, not max_bytes, is the limit: say so, and tell the listeners once
+                # there is room again (the modem then takes what it left on the SIM).
+                self._disk_refused = True
+                raise OutboxFullError(
+                    f"the outbox is full (disk full: {self.disk_free_bytes} bytes free on its"
+                    f" filesystem, {self._total_bytes()} of {limit} bytes held); a {rec.cls}"
+                    " record was refused",
+                    reason="disk full",
+                )
             raise OutboxFullError(
                 f"the outbox is full ({self._total_bytes()} of {limit} bytes); a {rec.cls}"
                 " record was refused",
@@ -1193,6 +1751,9 @@ class Outbox:
         self._count.subtract(n)
         self._bytes.subtract(b)
         self._oldest = oldest
+        if n:
+            async with self._write_lock:
+                await self._prune_acked()
         for cls, k in n.items():
             self._evicted[(cls, "age")] += k
         self._report()
@@ -1303,29 +1864,36 @@ class Outbox:
                 self._forget_pending(held)
         if not stored:
             return
-        if self._store_error is not None:
+        if self._store_cause == "read-only":
             self._acked |= stored
+            self._journal_acks()
             return
         # Kept out of reads from now on, before the delete's task even starts: their
         # temporary seqs have just left `_handed`, so an `exclude` no longer covers them.
         self._deleting |= stored
-        # Shielded: a caller cancelled mid-delete (a link dropping during shutdown) must not
-        # leave the rows deleted on disk but still counted in depth and quotas.
+        # Tried on a full disk too (the reserve file lets deletes through). Shielded: a caller
+        # cancelled mid-delete (a link dropping during shutdown) must not leave the rows
+        # deleted on disk but still counted in depth and quotas.
         await asyncio.shield(self._delete(stored))
 
-    async def _delete(self, stored: set[int]) -> None:
+    async def _delete(self, stored: set[int], *, remember: bool = True) -> None:
         try:
-            n, b, oldest = await asyncio.to_thread(self._db.ack, stored)
-        except (sqlite3.Error, OSError) as exc:
-            # Deleting needs disk too; remember the acks and keep them out of next_batch.
-            self._acked |= stored
-            self._store_failed(exc)
-            return
+            n, b, oldest, left, exc = await asyncio.to_thread(self._db.ack, stored)
         finally:
             self._deleting -= stored
+        done = stored - left
+        if self._acked & done or left:
+            # Deleting needs disk too; remember what is left (in memory and in the ack
+            # journal, for a restart) and keep those out of next_batch.
+            self._acked -= done
+            self._acked |= left
+            self._journal_acks()
         self._count.subtract(n)
         self._bytes.subtract(b)
-        self._oldest = oldest
+        if oldest or not left:
+            self._oldest = oldest
+        if exc is not None and remember:
+            self._store_failed(exc)
 
     async def wait_for_records(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed interface; used with asyncio.timeout inside
         """True as soon as records wait that the last `next_batch` did not hand out (new ones,
@@ -1358,6 +1926,37 @@ class Outbox:
     def store_error(self) -> str | None:
         """Why the outbox cannot write right now, or None when it can."""
         return self._store_error
+
+    @property
+    def store_cause(self) -> str | None:
+        """`store_error` in a few words ("disk full", "read-only", "I/O error"), or None."""
+        return self._store_cause
+
+    @property
+    def health_problem(self) -> str | None:
+        """What makes the store unhealthy, in a few words ("disk full", "read-only", "I/O
+        error"), or None: a failing store, messages refused for want of disk, or other files
+        that took the free space the outbox leaves."""
+        if self._store_cause is not None:
+            return self._store_cause
+        if self._disk_refused or self._disk_short():
+            return "disk full"
+        return None
+
+    @property
+    def limit_bytes(self) -> int:
+        """The bytes the outbox may hold now: `max_bytes`, or less when the disk has less room."""
+        return self._limit()
+
+    @property
+    def disk_free_bytes(self) -> int | None:
+        """Free space on the outbox's filesystem when last read, or None."""
+        return None if self._space is None else self._space.free
+
+    @property
+    def reserve_released(self) -> int:
+        """Times the reserve file was deleted to let deletes through on a full disk."""
+        return self._db.reserve_released
 
     def oldest_age_s(self) -> float | None:
         """Age in seconds of the oldest waiting record, or None when empty."""
@@ -1458,10 +2057,12 @@ __all__ = [
     "MESSAGE_CLASSES",
     "SYNC_CLASSES",
     "ClassStats",
+    "DiskSpace",
     "Outbox",
     "Record",
     "check_database",
     "id_from_db",
     "id_to_db",
     "record_size",
+    "store_cause",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -50,6 +51,7 @@ class StatusBoard:
         self.stages: dict[str, StageInfo] = {}
         self._counters: dict[str, Callable[[], Mapping[str, int]]] = {}
         self._gauges: dict[str, Callable[[], Any]] = {}
+        self._checks: dict[str, Callable[[], str | None]] = {}
 
     def stage(self, name: str) -> StageInfo:
         """The info of a stage, created on first use."""
@@ -73,6 +75,23 @@ class StatusBoard:
         """A single value (depth, age, state), read at each snapshot."""
         self._gauges[name] = source
 
+    def add_check(self, name: str, source: Callable[[], str | None]) -> None:
+        """A health check of a component: None while fine, else the cause in a few words
+        ("disk full"); any cause makes the daemon unhealthy and is named in the status."""
+        self._checks[name] = source
+
+    def problems(self) -> dict[str, str]:
+        """The causes the checks report now, by component."""
+        found: dict[str, str] = {}
+        for name, source in self._checks.items():
+            try:
+                cause = source()
+            except Exception as exc:  # noqa: BLE001 - a broken check must not break status
+                cause = f"check failed: {exc}"
+            if cause:
+                found[name] = cause
+        return found
+
     def stalled(self, now_mono: float | None = None) -> list[str]:
         """Stages that are running but have not reported progress within `stall_s`."""
         now_mono = time.monotonic() if now_mono is None else now_mono
@@ -82,9 +101,13 @@ class StatusBoard:
             if info.state == "running" and now_mono - info.last_progress > self.stall_s
         ]
 
-    def healthy(self) -> bool:
-        """Every stage running and making progress."""
+    def healthy(self, problems: Mapping[str, str] | None = None) -> bool:
+        """Every stage running and making progress, and no check reporting a problem."""
         if not self.stages:
+            return False
+        if problems is None:
+            problems = self.problems()
+        if problems:
             return False
         return not self.stalled() and all(i.state == "running" for i in self.stages.values())
 
@@ -104,10 +127,12 @@ class StatusBoard:
                 gauges[name] = gsource()
             except Exception as exc:  # noqa: BLE001 - a broken source must not break status
                 gauges[name] = f"error: {exc}"
+        problems = self.problems()
         return {
             "device": self.device_id,
             "pid": os.getpid(),
-            "healthy": self.healthy(),
+            "healthy": self.healthy(problems),
+            "problems": problems,
             "updated": time.time(),
             "uptime_s": round(time.time() - self.started, 1),
             "stages": {
@@ -137,12 +162,44 @@ def _versions() -> dict[str, str]:
     return out
 
 
+#: The status file is padded (JSON allows trailing spaces) to a multiple of this, plus as much
+#: again, so that on a full disk it can be rewritten in place, in the blocks it already has.
+STATUS_BLOCK = 4096
+
+
 def write_status_file(path: Path, snapshot: Mapping[str, Any]) -> None:
-    """Write the snapshot atomically (readers never see half a file)."""
+    """Write the snapshot atomically (readers never see half a file). When the disk is full
+    (no block for a new file), rewrite the existing file in place instead: it was padded so
+    that a snapshot of about the same size fits the blocks it holds."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(snapshot, indent=1, default=str).encode()
+    padded = data + b" " * (STATUS_BLOCK - len(data) % STATUS_BLOCK + STATUS_BLOCK - 1) + b"\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(snapshot, indent=1, default=str), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(padded)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _rewrite_in_place(path, data, exc)
+
+
+def _rewrite_in_place(path: Path, data: bytes, cause: OSError) -> None:
+    """Overwrite `path` within its current size (no new blocks); raise `cause` when the
+    snapshot does not fit or there is no file to rewrite."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        raise cause from None
+    try:
+        size = os.fstat(fd).st_size
+        if len(data) + 1 > size:
+            raise cause
+        os.pwrite(fd, data + b" " * (size - len(data) - 1) + b"\n", 0)
+    finally:
+        os.close(fd)
 
 
 class StatusFile:
@@ -314,17 +371,52 @@ def render_table(snapshot: Mapping[str, Any], verdict: str) -> str:
     return "\n".join(out)
 
 
-def evaluate(snapshot: Mapping[str, Any], now: float, interval_s: float) -> tuple[int, str]:
-    """(exit code, verdict) for a status snapshot read at `now`."""
+def disk_trouble(path: Path) -> str | None:
+    """ "disk full" or "read-only" when the filesystem holding `path` is, else None."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only"
+    if st.f_bavail == 0:
+        return "disk full"
+    return None
+
+
+def evaluate(
+    snapshot: Mapping[str, Any], now: float, interval_s: float, path: Path | None = None
+) -> tuple[int, str]:
+    """(exit code, verdict) for a status snapshot read at `now` (from the file at `path`)."""
     pid = int(snapshot.get("pid", 0))
     if pid <= 0 or not _pid_alive(pid):
         return EXIT_NOT_RUNNING, "NOT RUNNING (stale status file)"
     age = now - float(snapshot.get("updated", 0))
     if age > 3 * interval_s + 5:
-        return EXIT_UNHEALTHY, f"UNHEALTHY (status not updated for {age:.0f}s)"
+        trouble = None if path is None else disk_trouble(path)
+        disk = f"; {trouble} on {path.parent}" if trouble and path is not None else ""
+        return EXIT_UNHEALTHY, f"UNHEALTHY (status not updated for {age:.0f}s{disk})"
     if not snapshot.get("healthy"):
+        problems = snapshot.get("problems") or {}
+        if problems:
+            named = ", ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
+            return EXIT_UNHEALTHY, f"UNHEALTHY ({named})"
         return EXIT_UNHEALTHY, "UNHEALTHY"
     return EXIT_HEALTHY, "healthy"
+
+
+def read_status_file(path: Path, attempts: int = 5) -> Any:
+    """The snapshot in `path`; tried again a few times when it does not parse (an in-place
+    rewrite on a full disk is not atomic)."""
+    for attempt in range(attempts):
+        text = path.read_text(encoding="utf-8")
+        try:
+            return json.loads(text)
+        except ValueError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -339,7 +431,7 @@ def cli(args: argparse.Namespace) -> int:
         path = config.status.path
         interval = config.status.interval_s
     try:
-        snapshot = json.loads(path.read_text(encoding="utf-8"))
+        snapshot = read_status_file(path)
     except FileNotFoundError:
         print(f"terminal-gw is not running (no status file at {path})", file=sys.stderr)
         return EXIT_NOT_RUNNING
@@ -349,7 +441,7 @@ def cli(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"cannot read status file {path}: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    code, verdict = evaluate(snapshot, time.time(), interval)
+    code, verdict = evaluate(snapshot, time.time(), interval, path)
     if args.json:
         print(json.dumps({**snapshot, "verdict": verdict}, indent=2))
     else:

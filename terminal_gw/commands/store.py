@@ -9,6 +9,7 @@ One connection, guarded by a lock and driven through `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from terminal_gw.errors import StoreError
+from terminal_gw.outbox import store_cause
 
 SmsState = Literal["queued", "sending", "sent", "failed"]
 FINAL_STATES: frozenset[str] = frozenset({"sent", "failed"})
@@ -113,6 +115,15 @@ def _job(row: tuple[Any, ...]) -> SmsJob:
 T = TypeVar("T")
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back when a transaction is still open. After some failures (disk full among them)
+    SQLite has already rolled back, and a ROLLBACK would fail with "no transaction is active",
+    replacing the real error."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
@@ -176,7 +187,10 @@ class CommandStore:
         try:
             return await asyncio.to_thread(locked)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"the command store failed: {exc}", reason=str(exc)) from exc
+            # The cause in a few words ("disk full", "read-only") where it is one of those.
+            cause = store_cause(exc, self.path)
+            reason = f"{cause}: {exc}" if cause != "I/O error" else str(exc)
+            raise StoreError(f"the command store failed: {reason}", reason=reason) from exc
 
     def _c(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -200,7 +214,7 @@ class CommandStore:
             cur = conn.execute(sql, args)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return cur.lastrowid or 0
 
@@ -228,7 +242,7 @@ class CommandStore:
                 conn.execute("UPDATE sms_tx SET ref = seq % 256 WHERE seq = ?", (cur.lastrowid,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             return self._must(sms_id), True
 
@@ -300,7 +314,7 @@ class CommandStore:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             return cur.lastrowid or 0
 
@@ -331,7 +345,7 @@ class CommandStore:
                 conn.execute("UPDATE sms_tx SET inflight_part = NULL WHERE id = ?", (sms_id,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
 
         await self._run(refused)
@@ -455,7 +469,7 @@ class CommandStore:
                 conn.execute("DELETE FROM sent_parts WHERE t < ?", (now - _LEDGER_KEEP_S,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             return cur.rowcount
 

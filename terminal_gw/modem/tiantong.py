@@ -8,10 +8,12 @@ retained `modem/status`, and takes received SMS from the SIM into the outbox.
 SMS in never loses a message: `+CMTI` -> `AT+CMGR` -> decode -> (join parts) -> `outbox.put(...,
 sync=True)` -> only then `AT+CMGD`. Parts of a concatenated message stay on the SIM until the
 joined message is stored. At start and every `sweep_interval_s`, `AT+CMGL=4` picks up what
-arrived while the daemon was down. The payload id is derived from the message (sender, service
-centre time, concatenation reference and parts, content) and the SIM slots it was read from, so
-a message read again after a crash carries the same id and consumers drop the repeat, while two
-identical messages received in the same second (in two slots) get two ids.
+arrived while the daemon was down; also as soon as the store takes records again after it
+could not (`collect_now`), so messages left on the SIM meanwhile do not wait for the sweep.
+The payload id is derived from the message (sender, service centre time, concatenation
+reference and parts, content) and the SIM slots it was read from, so a message read again after
+a crash carries the same id and consumers drop the repeat, while two identical messages
+received in the same second (in two slots) get two ids.
 
 The storage status is looked at before the PDU: a stored SMS-SUBMIT (stat 2/3, a sent or unsent
 copy) is never taken nor deleted. Status reports (`+CDS`, or stored) are published as
@@ -200,7 +202,7 @@ def _firmware(lines: Sequence[str]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class _Work:
-    kind: Literal["read", "cmt", "cds", "cdsi", "creg", "restarted", "check"]
+    kind: Literal["read", "cmt", "cds", "cdsi", "creg", "restarted", "check", "sweep"]
     index: int | None = None
     pdu: str | None = None
 
@@ -329,6 +331,12 @@ class TiantongModem:
             self._queue(_Work("check"))
             raise
         await self._publish_status()
+
+    def collect_now(self) -> None:
+        """Take what waits on the SIM at once (`AT+CMGL=4`), not at the next periodic sweep:
+        called when the store takes records again after messages were left on the SIM."""
+        self.counters["sweeps_requested"] += 1
+        self._queue(_Work("sweep"))
 
     async def run(self) -> None:
         """Own the port until cancelled: open, run the session, reopen when it ends."""
@@ -541,6 +549,10 @@ class TiantongModem:
         elif item.kind == "restarted":
             self._event("modem_restart", "the modem restarted by itself; init again")
             self._need_start = True
+        elif item.kind == "sweep":
+            if "sweep" in self._due:
+                self._due["sweep"] = time.monotonic() + self._cfg.sweep_interval_s
+            await self._sweep(engine)
         elif item.kind == "check" and not await self._ping(engine):
             await self._recover(engine, "no answer to a command")
 
