@@ -394,6 +394,8 @@ async def test_daemon_on_a_full_disk_answers_names_it_and_collects_the_sim_on_re
             assert answer["code"] == "store"
             assert "disk full" in answer["reason"]
             assert "no transaction" not in answer["reason"]
+            # The command inbox sits on the same full disk: run unstored, acked once answered.
+            assert daemon.uplink.counters.commands_unstored >= 1
 
             # The link goes down, and what waits fills the last pages: the store is down.
             sub_task.cancel()

@@ -162,6 +162,7 @@ class UplinkCounters:
     commands: int = 0
     commands_ignored: int = 0  # retained (stale) or empty (a retained one cleared): not run
     commands_duplicate: int = 0  # a command handed over again after a kill: stored once, run once
+    commands_unstored: int = 0  # run without being stored: the inbox's disk refused them
     commands_over_limit: int = 0  # larger than mqtt.max_command_bytes (3.1.1 cannot refuse them)
     refused: int = 0  # records the broker refused for good (MQTT 5 PUBACK reason code)
 
@@ -735,11 +736,27 @@ class Uplink:
                     ]
                 )
             except StoreError as exc:
-                # Not stored, so not acknowledged: end the connection; the broker keeps them.
+                # The disk refuses (full, read-only): run them now, unstored, and acknowledge
+                # each only once its handler returned, so the requester still gets an answer
+                # (on its response topic; the command names the store's trouble) and a kill
+                # meanwhile leaves them with the broker, which hands them over again.
+                self.counters.commands_unstored += len(commands)
                 self._log.error("mqtt_command_not_stored", error=str(exc), commands=len(commands))
-                raise _LinkDown(Failure.LOST, f"lost: the command inbox failed: {exc}") from exc
-            self.counters.commands_duplicate += fresh.count(False)
-            self._cmd_wake.set()
+                for m in commands:
+                    await self._dispatch(
+                        InboxEntry(
+                            seq=0,
+                            topic=m.topic,
+                            payload=m.payload,
+                            size=m.size,
+                            qos=m.qos,
+                            response_topic=m.response_topic,
+                            correlation_data=m.correlation_data,
+                        )
+                    )
+            else:
+                self.counters.commands_duplicate += fresh.count(False)
+                self._cmd_wake.set()
         # In the order received (MQTT requires PUBACKs in that order), once all are on disk.
         for m in batch:
             client.ack(m.mid, m.qos)
@@ -775,7 +792,7 @@ class Uplink:
             response_topic=entry.response_topic,
             correlation_data=entry.correlation_data,
             size=entry.size,
-            receipt=entry.receipt,
+            receipt=entry.receipt if entry.seq > 0 else None,  # 0: run without being stored
         )
         if entry.size > self._cfg.max_command_bytes:
             # Only MQTT 3.1.1 gets here (MQTT 5 brokers drop it): the payload was cut to the
