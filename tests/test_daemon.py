@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +93,14 @@ def watch_events(daemon: Daemon) -> list[Any]:
     return events
 
 
+def status_of(path: Path) -> dict[str, Any]:
+    """The daemon's status file ({} while it is not written yet)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[tuple[PtyDevice, GnssSimulator]]:
     device = PtyDevice(tmp_path / "dev" / "by-id" / "usb-beidou-if00")
@@ -159,20 +166,19 @@ async def test_pty_hangups_are_survived(
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
         for _ in range(20):
             before = daemon.pipeline.counters.get("good", 0)
-            async with asyncio.timeout(5):
-                while daemon.pipeline.counters.get("good", 0) == before:
-                    await asyncio.sleep(0.02)
+            await wait_until(
+                lambda n=before: daemon.pipeline.counters.get("good", 0) > n, what="sentences"
+            )
             sim.set_fault("hangup")
             # wait for the pty to come back, then time how long until sentences flow again
-            async with asyncio.timeout(5):
-                while not device.is_up:
-                    await asyncio.sleep(0.01)
-            back = time.monotonic()
+            await wait_until(lambda: device.is_up, what="pty re-created")
             count = daemon.pipeline.counters.get("good", 0)
-            async with asyncio.timeout(5):
-                while daemon.pipeline.counters.get("good", 0) == count:
-                    await asyncio.sleep(0.01)
-            delays.append(time.monotonic() - back)
+            delays.append(
+                await wait_until(
+                    lambda n=count: daemon.pipeline.counters.get("good", 0) > n,
+                    what="sentences after the hang-up",
+                )
+            )
         daemon.supervisor.stop_requested.set()
         await daemon_task
         sim_task.cancel()
@@ -206,10 +212,9 @@ async def test_status_record_tap_metrics_and_reload(
     async with asyncio.TaskGroup() as tg:
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
-        async with asyncio.timeout(10):
-            while daemon.records_in["fix"] < 3:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # a status file write
+        await wait_until(lambda: daemon.records_in["fix"] >= 3, what="fixes read")
+        # A status file written since every stage runs: what `terminal-gw status` reads.
+        await wait_until(lambda: status_of(config.status.path).get("healthy"), what="healthy")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -232,9 +237,9 @@ async def test_status_record_tap_metrics_and_reload(
         assert "tgw_outbox_depth" in body
         # SIGHUP: the reporting policy changes at once; the broker port needs a restart.
         daemon.supervisor.handle_signal(signal.SIGHUP)
-        async with asyncio.timeout(5):
-            while not any(e.kind == "config_reload" for e in events):
-                await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: any(e.kind == "config_reload" for e in events), what="config reloaded"
+        )
         assert daemon.policy.config.min_interval_s == 42
         reload = next(e for e in events if e.kind == "config_reload")
         assert "mqtt.port" in reload.data["needs_restart"]
@@ -263,9 +268,7 @@ async def test_recording_that_cannot_be_written_never_stops_ingest(
     async with asyncio.TaskGroup() as tg:
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
-        async with asyncio.timeout(10):
-            while daemon.records_in["fix"] < 5:
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: daemon.records_in["fix"] >= 5, what="fixes read")
         daemon.supervisor.stop_requested.set()
         await daemon_task
         sim_task.cancel()
@@ -318,12 +321,6 @@ async def test_watchdog_stops_when_outbox_writes_hang(
     def stalled_stages() -> set[str]:
         return set(daemon.board.stalled())
 
-    def status_file() -> dict[str, Any]:
-        try:
-            return dict(json.loads(config.status.path.read_text()))
-        except (OSError, ValueError):
-            return {}
-
     async with asyncio.TaskGroup() as tg:
         listener = tg.create_task(listen(), name="notify-listener")
         sim_task = tg.create_task(sim.run(), name="sim")
@@ -353,9 +350,10 @@ async def test_watchdog_stops_when_outbox_writes_hang(
             assert all("outbox" in m for m in during if m.startswith("STATUS=")), during
             assert "outbox" in stalled_stages()
             await wait_until(
-                lambda: status_file().get("healthy") is False, what="status file unhealthy"
+                lambda: status_of(config.status.path).get("healthy") is False,
+                what="status file unhealthy",
             )
-            assert status_file()["stages"]["outbox"]["idle_s"] >= 30
+            assert status_of(config.status.path)["stages"]["outbox"]["idle_s"] >= 30
             release.set()
             await wait_until(lambda: not stalled_stages(), what="the outbox back")
             await wait_until(pings(len(received)), what="pings resumed")
