@@ -44,9 +44,17 @@ class StageInfo:
 class StatusBoard:
     """Collects stage states, counters and gauges into one health snapshot."""
 
-    def __init__(self, device_id: str, stall_s: float = DEFAULT_STALL_S) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        stall_s: float = DEFAULT_STALL_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.device_id = device_id
         self.stall_s = stall_s
+        #: Monotonic seconds for progress and stall times (tests pass a fake clock).
+        self.clock = clock
         self.started = time.time()
         self.stages: dict[str, StageInfo] = {}
         self._counters: dict[str, Callable[[], Mapping[str, int]]] = {}
@@ -57,13 +65,13 @@ class StatusBoard:
         """The info of a stage, created on first use."""
         info = self.stages.get(name)
         if info is None:
-            info = self.stages[name] = StageInfo()
+            info = self.stages[name] = StageInfo(last_progress=self.clock())
         return info
 
     def progress(self, name: str) -> None:
         """A stage says it is alive and doing its work."""
         info = self.stage(name)
-        info.last_progress = time.monotonic()
+        info.last_progress = self.clock()
         if info.state in ("starting", "backing_off"):
             info.state = "running"
 
@@ -94,7 +102,7 @@ class StatusBoard:
 
     def stalled(self, now_mono: float | None = None) -> list[str]:
         """Stages that are running but have not reported progress within `stall_s`."""
-        now_mono = time.monotonic() if now_mono is None else now_mono
+        now_mono = self.clock() if now_mono is None else now_mono
         return [
             name
             for name, info in self.stages.items()
@@ -113,7 +121,7 @@ class StatusBoard:
 
     def snapshot(self) -> dict[str, Any]:
         """The health summary: stages, counters, gauges, versions."""
-        now_mono = time.monotonic()
+        now_mono = self.clock()
         counters: dict[str, dict[str, int]] = {}
         for name, source in self._counters.items():
             try:

@@ -46,6 +46,7 @@ class Supervisor:
         backoff_min_s: float = 1.0,
         backoff_max_s: float = 60.0,
         log: FilteringBoundLogger | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.board = board
         self.events = events
@@ -53,6 +54,8 @@ class Supervisor:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.log = log or get_logger("supervisor")
+        #: Monotonic seconds: how long a stage ran before it failed (tests pass a fake clock).
+        self.clock = clock
         self.stop_requested = asyncio.Event()
         self.force_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -65,7 +68,7 @@ class Supervisor:
         while True:
             info.state = "running"
             self.board.progress(stage.name)
-            started = time.monotonic()
+            started = self.clock()
             error: str | None = None
             try:
                 await stage.run()
@@ -88,7 +91,7 @@ class Supervisor:
                 info.state = "failed"
                 return
             # A stage that ran a good while before failing starts again from the short backoff.
-            failures = 1 if time.monotonic() - started > 5 * self.backoff_max_s else failures + 1
+            failures = 1 if self.clock() - started > 5 * self.backoff_max_s else failures + 1
             delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** (failures - 1))
             delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
             info.state = "backing_off"
@@ -171,12 +174,7 @@ class Supervisor:
                 self.notifier.notify("READY=1")
                 self.notifier.notify("STATUS=running")
                 while not self.stop_requested.is_set():
-                    reload_wait = asyncio.ensure_future(self.reload_requested.wait())
-                    stop_wait = asyncio.ensure_future(self.stop_requested.wait())
-                    await asyncio.wait({reload_wait, stop_wait}, return_when="FIRST_COMPLETED")
-                    for fut in (reload_wait, stop_wait):
-                        fut.cancel()
-                    await asyncio.gather(reload_wait, stop_wait, return_exceptions=True)
+                    await _first(self.reload_requested.wait(), self.stop_requested.wait())
                     if self.reload_requested.is_set():
                         self.reload_requested.clear()
                         if on_reload is not None:
@@ -196,17 +194,25 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*inputs, return_exceptions=True)
         if on_stopping is not None:
-            stopping = asyncio.ensure_future(on_stopping())
-            forced = asyncio.ensure_future(self.force_requested.wait())
-            done, _ = await asyncio.wait(
-                {stopping, forced}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if stopping not in done:
+            finished = await _first(on_stopping(), self.force_requested.wait(), timeout_s=timeout_s)
+            if finished != 0:
                 self.log.warning("shutdown did not finish in time; cancelling", timeout_s=timeout_s)
-                stopping.cancel()
-            forced.cancel()
-            await asyncio.gather(stopping, forced, return_exceptions=True)
         rest = [t for t in self._tasks.values() if not t.done()]
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+
+async def _first(*aws: Awaitable[Any], timeout_s: float | None = None) -> int | None:
+    """Run `aws` side by side until the first ends (or `timeout_s` passes); cancel and await
+    the others, also when cancelled itself, so that no task outlives the call. The index of
+    the one that ended first, None on timeout. An exception of the first one is logged by
+    its owner, not raised here."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout_s, return_when="FIRST_COMPLETED")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return next((i for i, t in enumerate(tasks) if t in done), None)

@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
 from tests.broker import Broker, free_port
+from tests.waiting import FakeClock, wait_until
 
 
 def make_config(tmp_path: Path, gnss_port: str, mqtt_port: int, **extra: Any) -> Config:
@@ -93,6 +93,14 @@ def watch_events(daemon: Daemon) -> list[Any]:
     return events
 
 
+def status_of(path: Path) -> dict[str, Any]:
+    """The daemon's status file ({} while it is not written yet)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[tuple[PtyDevice, GnssSimulator]]:
     device = PtyDevice(tmp_path / "dev" / "by-id" / "usb-beidou-if00")
@@ -158,20 +166,19 @@ async def test_pty_hangups_are_survived(
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
         for _ in range(20):
             before = daemon.pipeline.counters.get("good", 0)
-            async with asyncio.timeout(5):
-                while daemon.pipeline.counters.get("good", 0) == before:
-                    await asyncio.sleep(0.02)
+            await wait_until(
+                lambda n=before: daemon.pipeline.counters.get("good", 0) > n, what="sentences"
+            )
             sim.set_fault("hangup")
             # wait for the pty to come back, then time how long until sentences flow again
-            async with asyncio.timeout(5):
-                while not device.is_up:
-                    await asyncio.sleep(0.01)
-            back = time.monotonic()
+            await wait_until(lambda: device.is_up, what="pty re-created")
             count = daemon.pipeline.counters.get("good", 0)
-            async with asyncio.timeout(5):
-                while daemon.pipeline.counters.get("good", 0) == count:
-                    await asyncio.sleep(0.01)
-            delays.append(time.monotonic() - back)
+            delays.append(
+                await wait_until(
+                    lambda n=count: daemon.pipeline.counters.get("good", 0) > n,
+                    what="sentences after the hang-up",
+                )
+            )
         daemon.supervisor.stop_requested.set()
         await daemon_task
         sim_task.cancel()
@@ -205,10 +212,9 @@ async def test_status_record_tap_metrics_and_reload(
     async with asyncio.TaskGroup() as tg:
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
-        async with asyncio.timeout(10):
-            while daemon.records_in["fix"] < 3:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # a status file write
+        await wait_until(lambda: daemon.records_in["fix"] >= 3, what="fixes read")
+        # A status file written since every stage runs: what `terminal-gw status` reads.
+        await wait_until(lambda: status_of(config.status.path).get("healthy"), what="healthy")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -231,9 +237,9 @@ async def test_status_record_tap_metrics_and_reload(
         assert "tgw_outbox_depth" in body
         # SIGHUP: the reporting policy changes at once; the broker port needs a restart.
         daemon.supervisor.handle_signal(signal.SIGHUP)
-        async with asyncio.timeout(5):
-            while not any(e.kind == "config_reload" for e in events):
-                await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: any(e.kind == "config_reload" for e in events), what="config reloaded"
+        )
         assert daemon.policy.config.min_interval_s == 42
         reload = next(e for e in events if e.kind == "config_reload")
         assert "mqtt.port" in reload.data["needs_restart"]
@@ -262,9 +268,7 @@ async def test_recording_that_cannot_be_written_never_stops_ingest(
     async with asyncio.TaskGroup() as tg:
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
-        async with asyncio.timeout(10):
-            while daemon.records_in["fix"] < 5:
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: daemon.records_in["fix"] >= 5, what="fixes read")
         daemon.supervisor.stop_requested.set()
         await daemon_task
         sim_task.cancel()
@@ -281,20 +285,25 @@ async def test_watchdog_stops_when_outbox_writes_hang(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A disk write that never returns (a dying SD card) stalls the outbox stage: the
-    watchdog pings stop and the status says which stage, while the receiver keeps reading."""
+    watchdog pings stop and the status says which stage, while the receiver keeps reading.
+    Stall time runs on a fake clock the test moves: a loaded machine cannot fake a stall."""
     device, sim = receiver
     notify, notify_path = notify_socket
     env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "300000"}
     # No broker answers: fixes wait in the outbox and must be written to disk.
-    config = make_config(tmp_path, device.path, free_port(), status={"stall_s": 1.0})
+    config = make_config(tmp_path, device.path, free_port(), status={"stall_s": 30.0})
     daemon = Daemon(config, notifier=Notifier(env))
+    clock = FakeClock()
+    daemon.board.clock = clock
     stuck = threading.Event()
+    hung = threading.Event()
     release = threading.Event()
     real_insert = daemon.outbox._db.insert
 
     def hanging_insert(*args: Any) -> Any:
         if stuck.is_set():
-            release.wait(10)
+            hung.set()
+            release.wait(30)
         return real_insert(*args)
 
     monkeypatch.setattr(daemon.outbox._db, "insert", hanging_insert)
@@ -306,50 +315,54 @@ async def test_watchdog_stops_when_outbox_writes_hang(
         while True:
             received.append((await loop.sock_recv(notify, 4096)).decode())
 
-    def notices() -> list[str]:
-        out = received[:]
-        received.clear()
-        return out
+    def pings(after: int, what: str = "WATCHDOG=1", n: int = 1) -> Any:
+        return lambda: sum(m.startswith(what) for m in received[after:]) >= n
 
-    try:
-        async with asyncio.TaskGroup() as tg:
-            listener = tg.create_task(listen(), name="notify-listener")
-            sim_task = tg.create_task(sim.run(), name="sim")
-            daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
-            async with asyncio.timeout(10):
-                while daemon.records_in["fix"] < 3:
-                    await asyncio.sleep(0.05)
-            await asyncio.sleep(1.5)  # more than stall_s of healthy running
-            healthy = notices()
-            assert healthy.count("WATCHDOG=1") >= 3
-            assert daemon.board.stalled() == []
+    def stalled_stages() -> set[str]:
+        return set(daemon.board.stalled())
+
+    async with asyncio.TaskGroup() as tg:
+        listener = tg.create_task(listen(), name="notify-listener")
+        sim_task = tg.create_task(sim.run(), name="sim")
+        daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
+        try:
+            await wait_until(lambda: daemon.records_in["fix"] >= 3, what="fixes read")
+            await wait_until(pings(0, n=3), what="pings while healthy")
+            clock.advance(25)  # less than stall_s without a stage's progress: still healthy
+            await wait_until(pings(len(received), n=2), what="pings within stall_s")
+            assert stalled_stages() == set()
             stuck.set()
-            async with asyncio.timeout(10):
-                while "outbox" not in daemon.board.stalled():
-                    await asyncio.sleep(0.05)
-            notices()
-            await asyncio.sleep(0.5)
-            hung = notices()
-            assert "WATCHDOG=1" not in hung
-            assert any("outbox" in m for m in hung if m.startswith("STATUS=stalled: ")), hung
-            # The receiver's stage waits on the outbox's commit, and is seen waiting too;
-            # the link and status stages are not.
-            assert "outbox" in daemon.board.stalled()
-            assert set(daemon.board.stalled()) <= {"outbox", "gnss"}
-            status = json.loads(config.status.path.read_text())
-            assert status["healthy"] is False
-            assert status["stages"]["outbox"]["idle_s"] >= 1.0
+            await asyncio.to_thread(hung.wait, 30)
+            assert hung.is_set(), "the outbox never wrote to disk"
+            clock.advance(31)  # the outbox is hung for longer than stall_s
+
+            # The stages still working report progress again soon (status, link, events);
+            # the receiver's stage waits on the outbox's commit, and is seen waiting too.
+            def only_hung_stages() -> bool:
+                stalled = stalled_stages()
+                return "outbox" in stalled and stalled <= {"outbox", "gnss"}
+
+            await wait_until(only_hung_stages, what="only the hung stages stalled")
+            mark = len(received)
+            await wait_until(pings(mark, "STATUS=stalled: ", 3), what="stall reported")
+            during = received[mark:]
+            assert "WATCHDOG=1" not in during
+            assert all("outbox" in m for m in during if m.startswith("STATUS=")), during
+            assert "outbox" in stalled_stages()
+            await wait_until(
+                lambda: status_of(config.status.path).get("healthy") is False,
+                what="status file unhealthy",
+            )
+            assert status_of(config.status.path)["stages"]["outbox"]["idle_s"] >= 30
             release.set()
-            async with asyncio.timeout(10):
-                while daemon.board.stalled():
-                    await asyncio.sleep(0.05)
-            assert "WATCHDOG=1" in notices()[-3:]
+            await wait_until(lambda: not stalled_stages(), what="the outbox back")
+            await wait_until(pings(len(received)), what="pings resumed")
             daemon.supervisor.stop_requested.set()
             await daemon_task
+        finally:
+            release.set()  # never leave a worker thread hanging, also when the test fails
             sim_task.cancel()
             listener.cancel()
-    finally:
-        release.set()
     # Nothing accepted was lost to the hang: every fix waits in the outbox.
     async with Outbox(config.outbox) as outbox:
         waiting = await outbox.stats()

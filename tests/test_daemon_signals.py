@@ -15,6 +15,7 @@ from terminal_gw.outbox import Outbox
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.transport.pty import PtyDevice
 from tests.broker import free_port
+from tests.waiting import wait_until_sync
 
 
 def write_config(tmp_path: Path, gnss: str) -> Path:
@@ -58,6 +59,10 @@ def test_sigterm_during_heavy_ingest(tmp_path: Path) -> None:
         text=True,
     )
     try:
+        # Running, with its signal handlers in place, once it wrote its status file (a
+        # SIGTERM during the interpreter's start, slow on a busy machine, just kills it).
+        status_path = tmp_path / "state" / "status.json"
+        wait_until_sync(status_path.exists, 60, "daemon started")
         # Heavy ingest: epochs as fast as the pty takes them (hundreds a second).
         deadline = time.monotonic() + 4
         written = 0

@@ -297,7 +297,8 @@ def test_a_recording_the_driver_never_matches_exits_1(tmp_path: Path) -> None:
     )
     started = time.monotonic()
     result = run_replay("--port", "modem", "--config", config, capture)
-    assert time.monotonic() - started < 8  # a stall ends it
+    # A stall ends it, well before the 60 s recovery backoff (slack for a busy machine's start).
+    assert time.monotonic() - started < 30
     assert result.returncode == 1, result.stderr
     assert "no recorded modem step could be played" in result.stderr
     assert "modem steps: 3 recorded, 0 played, 3 remaining" in result.stdout

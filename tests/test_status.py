@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from terminal_gw.status import MetricsServer, StatusBoard, StatusFile, write_status_file
+from tests.waiting import FakeClock, wait_until
 
 
 def status_cli(path: Path) -> subprocess.CompletedProcess[str]:
@@ -23,8 +24,8 @@ def status_cli(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def make_board() -> StatusBoard:
-    board = StatusBoard("vessel-1", stall_s=30)
+def make_board(clock: FakeClock | None = None) -> StatusBoard:
+    board = StatusBoard("vessel-1", stall_s=30, clock=clock or FakeClock())
     board.progress("gnss")
     board.progress("uplink")
     board.add_counters("sentences", lambda: {"good": 10, "bad_checksum": 2})
@@ -34,13 +35,20 @@ def make_board() -> StatusBoard:
 
 
 def test_board_health_and_stall() -> None:
-    board = make_board()
+    clock = FakeClock()
+    board = make_board(clock)
+    clock.advance(29)
     assert board.healthy()
-    board.stages["gnss"].last_progress -= 31
+    board.progress("uplink")
+    clock.advance(2)  # gnss silent for 31 s, the link for 2 s
     assert board.stalled() == ["gnss"]
     assert not board.healthy()
     snap = board.snapshot()
     assert snap["healthy"] is False
+    assert snap["stages"]["gnss"]["idle_s"] == 31.0
+    assert snap["stages"]["uplink"]["idle_s"] == 2.0
+    board.progress("gnss")
+    assert board.healthy()
     assert snap["counters"]["sentences"]["bad_checksum"] == 2
     assert snap["gauges"]["outbox_depth"] == 42
 
@@ -135,10 +143,7 @@ async def test_metrics_endpoint() -> None:
     server = MetricsServer(make_board(), "127.0.0.1", 0)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(server.run(), name="metrics")
-        for _ in range(100):
-            if server._server is not None:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: server._server is not None, what="metrics server listening")
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         await writer.drain()

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import random
+import termios
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class Port(Protocol):
 def _reason(exc: BaseException) -> str:
     """A machine reason for an OS or pyserial error: absent, permission, busy, hangup or error."""
     code = getattr(exc, "errno", None)
+    if isinstance(exc, termios.error) and exc.args and isinstance(exc.args[0], int):
+        code = exc.args[0]  # termios.error is (errno, message), without an errno attribute
     if code in (errno.ENOENT, errno.ENXIO, errno.ENODEV):
         return "absent"
     if code in (errno.EACCES, errno.EPERM):
@@ -144,7 +147,9 @@ class SerialPort:
             raise TransportError(
                 f"{path}: open timed out after {open_timeout_s:g}s", port=path, reason="timeout"
             ) from exc
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            # termios.error: pyserial sets up the line (tcsetattr, tcflush) without wrapping
+            # their errors; a device unplugged while it does so fails there with EIO.
             raise TransportError(
                 f"{path}: cannot open: {exc}", port=path, reason=_reason(exc)
             ) from exc
@@ -226,9 +231,10 @@ class Backoff:
     """Capped exponential backoff: min_s, doubling up to max_s, minus up to `jitter` of it."""
 
     # Opening a missing device costs one failed syscall: retry often enough that a replugged
-    # receiver is back within about 2 s, however long it was away.
+    # receiver is read again within 2 s, however long it was away and however busy the
+    # machine: at most 1 s of waiting, leaving the rest for the open and the first data.
     min_s: float = 0.25
-    max_s: float = 2.0
+    max_s: float = 1.0
     jitter: float = 0.5
 
     def delay(self, attempt: int, rng: random.Random) -> float:

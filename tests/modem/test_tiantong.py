@@ -13,7 +13,7 @@ from terminal_gw.errors import ModemError
 from terminal_gw.modem.sms import decode_pdu, encode_submit
 from terminal_gw.modem.tiantong import ModemState, parse_cops, parse_creg, parse_csq
 from terminal_gw.sim.modem import ModemSimulator
-from tests.modem.test_tiantong_rig import BASE, Sink, running, wait_until
+from tests.modem.test_tiantong_rig import BASE, Sink, ready, running, wait_until
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 25, 18, 30, 5, tzinfo=CST)
@@ -58,7 +58,7 @@ async def test_signal_change_publishes_status_and_unchanged_does_not(tmp_path: P
 
 async def test_status_republished_at_least_every_interval(tmp_path: Path) -> None:
     async with running(tmp_path, status_interval_s=0.3) as rig:
-        await wait_until(lambda: len(rig.sink.statuses()) >= 3, within=3)
+        await wait_until(lambda: len(rig.sink.statuses()) >= 3)
     times = [s.time for s in rig.sink.statuses()]
     assert len(set(times)) == len(times)
 
@@ -81,7 +81,7 @@ async def test_registration_lost_and_back_raise_events(tmp_path: Path) -> None:
 
 async def test_single_sms_stored_then_deleted(tmp_path: Path) -> None:
     async with running(tmp_path) as rig:
-        await wait_until(lambda: rig.modem.state is ModemState.OK)
+        await ready(rig)
         [idx] = rig.sim.deliver("+8613912345678", "Rendezvous 24.5N 118.1E at 0600", timestamp=T0)
         await wait_until(lambda: bool(rig.sink.sms()) and not rig.sim.storage)
         [sms] = rig.sink.sms()
@@ -102,7 +102,7 @@ async def test_single_sms_stored_then_deleted(tmp_path: Path) -> None:
 async def test_multipart_ucs2_joined_and_parts_deleted_only_after_store(tmp_path: Path) -> None:
     text = "天通卫星短信测试：船舶位置北纬二十四度，东经一百一十八度，一切正常。" * 4
     async with running(tmp_path) as rig:
-        await wait_until(lambda: rig.modem.state is ModemState.OK)
+        await ready(rig)
         indexes = rig.sim.deliver("+8613912345678", text, timestamp=T0)
         assert len(indexes) == 3
         await wait_until(lambda: bool(rig.sink.sms()) and not rig.sim.storage)
@@ -158,7 +158,7 @@ async def test_incomplete_message_published_after_timeout(tmp_path: Path) -> Non
     async with running(tmp_path, sms_reassembly_timeout_s=0.5) as rig:
         await wait_until(lambda: rig.modem.state is ModemState.OK)
         rig.sim.deliver_pdus([pdus[0], pdus[2]])
-        await wait_until(lambda: bool(rig.sink.sms()) and not rig.sim.storage, within=4)
+        await wait_until(lambda: bool(rig.sink.sms()) and not rig.sim.storage)
     [sms] = rig.sink.sms()
     assert not sms.complete
     assert sms.missing == [2, 4]
@@ -232,7 +232,7 @@ async def test_send_refused_while_port_down(tmp_path: Path) -> None:
         await wait_until(lambda: rig.modem.state is ModemState.DOWN)
         with pytest.raises(ModemError, match="not ready"):
             await rig.modem.send_sms(encode_submit("+861234", "x", max_parts=1, ref=1))
-        await wait_until(lambda: rig.modem.state is ModemState.OK, within=5)
+        await wait_until(lambda: rig.modem.state is ModemState.OK)
     kinds = [(e.kind, e.severity) for e in rig.events if e.kind == "modem_port"]
     assert kinds == [("modem_port", "warning"), ("modem_port", "info")]
 
@@ -293,7 +293,7 @@ async def test_registration_urc_read_at_once(tmp_path: Path) -> None:
     async with running(tmp_path, init=init, poll_registration_s=60.0) as rig:
         await wait_until(lambda: rig.modem.reg == 1)
         rig.sim.set_registration(3)
-        await wait_until(lambda: rig.modem.reg == 3, within=1.0)
+        await wait_until(lambda: rig.modem.reg == 3, within=10)
     assert [e.data["text"] for e in rig.events if e.kind == "registration"][-1] == (
         "registration denied"
     )

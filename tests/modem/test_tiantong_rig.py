@@ -14,9 +14,10 @@ from typing import Any
 from terminal_gw.config import ModemConfig
 from terminal_gw.errors import StoreError
 from terminal_gw.models import Event, ModemStatus, Payload, SmsReceived
-from terminal_gw.modem.tiantong import TiantongModem
+from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.transport.pty import PtyDevice
+from tests import waiting
 
 BASE = "tgw/dev1"
 
@@ -82,11 +83,21 @@ class Rig:
         return [e.data["step"] for e in self.events if e.kind == "modem_recovery"]
 
 
-async def wait_until(cond: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll `cond` until true; TimeoutError after `within` seconds."""
-    async with asyncio.timeout(within):
-        while not cond():
-            await asyncio.sleep(0.01)
+async def wait_until(cond: Callable[[], bool], within: float = waiting.TIMEOUT_S) -> None:
+    """Poll `cond` until true; fail the test after `within` seconds."""
+    await waiting.wait_until(cond, within, what="modem condition")
+
+
+async def ready(rig: Rig) -> None:
+    """The driver is up and its start-up sweep (AT+CMGL=4) is over: a message delivered from
+    now on is read through its notification (AT+CMGR), not taken by that sweep."""
+
+    def swept() -> bool:
+        cmds = rig.sim.commands
+        return "AT+CMGL=4" in cmds and cmds[-1] != "AT+CMGL=4"
+
+    await waiting.wait_until(lambda: rig.modem.state is ModemState.OK, what="modem ready")
+    await waiting.wait_until(swept, what="start-up sweep over")
 
 
 @contextlib.asynccontextmanager

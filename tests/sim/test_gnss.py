@@ -8,7 +8,6 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import reduce
 from operator import xor
@@ -22,6 +21,7 @@ from terminal_gw.sim.gnss import GnssSimulator, Track, load_capture, sentence_ti
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.transport.serial import Backoff, PortState, ReconnectingPort, SerialPort
 from tests.conftest import GNSS_CORPUS, REPO
+from tests.waiting import wait_until
 
 START = datetime(2026, 11, 25, 23, 59, 50, tzinfo=UTC)
 
@@ -173,15 +173,6 @@ def test_unknown_fault_is_refused() -> None:
 # --- on a pty, at real time -----------------------------------------------------------
 
 
-async def wait_until(pred: Callable[[], bool], within_s: float, what: str) -> None:
-    """Poll `pred` until true, or fail the test naming `what`."""
-    end = time.monotonic() + within_s
-    while not pred():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {within_s}s: {what}")
-        await asyncio.sleep(0.01)
-
-
 async def read_for(port: SerialPort, seconds: float) -> bytes:
     got = b""
     end = time.monotonic() + seconds
@@ -234,16 +225,15 @@ async def test_hangup_fault_recreates_the_pty_behind_the_same_link(tmp_path: Pat
         async with asyncio.TaskGroup() as tg:
             runner = tg.create_task(sim.run(), name="sim")
             reading = tg.create_task(reader(), name="reader")
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: valid_sentences(bytes(got)), what="sentences")
             first_pts = dev.slave_path
-            assert valid_sentences(bytes(got))
             sim.set_fault("hangup")
             assert not dev.is_up
             assert not link.is_symlink()  # unplugged: the by-id link is gone
-            await wait_until(lambda: port.state is PortState.WAITING, 2, "hang-up noticed")
+            await wait_until(lambda: port.state is PortState.WAITING, what="hang-up noticed")
             assert port.reason in ("hangup", "absent")
             del got[:]
-            await wait_until(lambda: len(valid_sentences(bytes(got))) > 10, 3, "data again")
+            await wait_until(lambda: len(valid_sentences(bytes(got))) > 10, what="data again")
             assert recreated
             assert sim.fault is None
             assert str(link.readlink()) == dev.slave_path

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import os
 import random
+import termios
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import reduce
 from operator import xor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,7 @@ from terminal_gw.transport.serial import (
     ReconnectingPort,
     SerialPort,
 )
+from tests.waiting import wait_until
 
 FAST = Backoff(min_s=0.02, max_s=0.2)
 
@@ -64,16 +68,6 @@ def nmea_validator() -> Callable[[bytes], bool]:
         return count_valid(bytes(buf)) > 0
 
     return check
-
-
-async def wait_until(pred: Callable[[], bool], within_s: float, what: str) -> float:
-    """Poll `pred`; the seconds it took, or fail the test naming `what`."""
-    start = time.monotonic()
-    while not pred():
-        if time.monotonic() - start > within_s:
-            pytest.fail(f"not within {within_s}s: {what}")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 @contextlib.asynccontextmanager
@@ -191,6 +185,81 @@ async def test_hangup_and_recreate_20_times_reads_again_each_time(tmp_path: Path
 @pytest.mark.slow
 async def test_hangup_and_recreate_300_times(tmp_path: Path) -> None:
     await reconnect_cycles(tmp_path, 300)
+
+
+async def test_hangup_while_the_port_is_being_set_up_is_a_hangup_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device unplugged between the open() of its node and the line set-up (a race a busy
+    machine widens) makes termios fail with EIO: the port waits and reopens like after any
+    hang-up. (It used to escape read() and take the reader's stage down.)"""
+    events: list[Event] = []
+    dev = PtyDevice(tmp_path / "by-id" / "gnss")
+    real_tcsetattr = termios.tcsetattr
+    armed = threading.Event()
+    hung_up = threading.Event()
+
+    def tcsetattr(fd: int, when: int, attrs: list[Any]) -> None:
+        # The port's node is open, its line not yet set up: unplug now (the real call then
+        # fails on the dead pty, as it does when the race happens by itself).
+        if armed.is_set() and not hung_up.is_set():
+            dev.hangup()
+            hung_up.set()
+        real_tcsetattr(fd, when, attrs)
+
+    monkeypatch.setattr(termios, "tcsetattr", tcsetattr)
+    port = ReconnectingPort(dev.path, 9600, stale_after_s=30, backoff=FAST, events=events.append)
+    try:
+        async with reading(port) as got:
+            await wait_until(lambda: port.state is PortState.OPEN, what="first open")
+            dev.hangup()
+            armed.set()
+            dev.recreate()  # the reopen races the unplug above
+            await wait_until(hung_up.is_set, what="unplugged during the set-up")
+            await wait_until(lambda: port.state is PortState.WAITING, what="waiting")
+            assert port.reason in ("hangup", "absent")
+            dev.recreate()
+            back = time.monotonic()
+            del got[:]
+            while not count_valid(bytes(got)):  # a receiver sends every epoch
+                dev.write(GGA)
+                await asyncio.sleep(0.02)
+                assert time.monotonic() - back < 2.0, "not read again within 2 s"
+    finally:
+        await port.close()
+        dev.close()
+    assert [e.kind for e in events].count("port_open") == 2
+
+
+async def test_a_receiver_that_comes_back_is_read_again_within_2_s(tmp_path: Path) -> None:
+    """However long the receiver was away (the backoff at its cap), it is read again within
+    2 s of coming back, measured from the moment its device exists again."""
+    dev = PtyDevice(tmp_path / "by-id" / "gnss")
+    port = ReconnectingPort(dev.path, 9600, stale_after_s=30)  # the daemon's own backoff
+    delays: list[float] = []
+    try:
+        async with reading(port) as got:
+            await wait_until(lambda: port.state is PortState.OPEN, what="first open")
+            for cycle in range(3):
+                dev.hangup()
+                await wait_until(lambda: port.state is PortState.WAITING, what="hang-up seen")
+                await asyncio.sleep(2.5)  # away long enough for the backoff to reach its cap
+                dev.recreate()
+                back = time.monotonic()
+                del got[:]
+                while not count_valid(bytes(got)):  # a receiver sends every epoch
+                    dev.write(GGA)
+                    await asyncio.sleep(0.02)
+                    if time.monotonic() - back > 5.0:
+                        pytest.fail(f"cycle {cycle}: not read again within 5 s")
+                delays.append(time.monotonic() - back)
+    finally:
+        await port.close()
+        dev.close()
+    print(f"read again after {', '.join(f'{d:.2f}' for d in delays)} s")
+    # The wait between attempts is at most 1 s: the other second is the slack for the open
+    # and the first data on a busy machine.
+    assert max(delays) < 2.0, delays
 
 
 async def test_waits_for_a_device_that_is_not_there_yet(tmp_path: Path) -> None:
