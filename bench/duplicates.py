@@ -28,40 +28,10 @@ import aiomqtt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.live import _cpu_model  # noqa: E402 - after the path set-up
+from bench.live import _cpu_model, write_config  # noqa: E402 - after the path set-up
 from terminal_gw.sim.gnss import GnssSimulator  # noqa: E402
 from terminal_gw.transport.pty import PtyDevice  # noqa: E402
 from tests.broker import Broker, free_port  # noqa: E402
-
-
-def write_config(work: Path, gnss: str, mqtt_port: int) -> Path:
-    cfg = work / "config.toml"
-    cfg.write_text(
-        f"""
-[device]
-id = "bench"
-[gnss]
-port = "{gnss}"
-[gnss.reporting]
-min_interval_s = 0
-distance_m = 0
-sky_interval_s = 3600
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-rate_msgs_per_s = 100000.0
-rate_bytes_per_s = "1GB"
-[outbox]
-path = "{work}/outbox.db"
-[status]
-path = "{work}/status.json"
-interval_s = 0.5
-[log]
-level = "warning"
-format = "json"
-"""
-    )
-    return cfg
 
 
 async def one_run(rate: float, seconds: float) -> dict[str, float]:
@@ -72,7 +42,12 @@ async def one_run(rate: float, seconds: float) -> dict[str, float]:
         broker.start()
         device = PtyDevice(work / "gnss0")
         sim = GnssSimulator(device, rate_hz=10)
-        cfg = write_config(work, device.path, broker.port)
+        cfg = write_config(
+            work,
+            device.path,
+            broker.port,
+            mqtt_extra='rate_msgs_per_s = 100000.0\nrate_bytes_per_s = "1GB"',
+        )
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurement
             [sys.executable, "-m", "terminal_gw", "run", "--config", str(cfg)],
             stdout=subprocess.DEVNULL,
@@ -108,6 +83,7 @@ async def one_run(rate: float, seconds: float) -> dict[str, float]:
                         if len(ids) != last:
                             last, quiet = len(ids), time.monotonic()
                     rx.cancel()
+                    await asyncio.sleep(5.5)  # a status write (every 5 s) after the last fix
             status = json.loads((work / "status.json").read_text())
         finally:
             proc.terminate()

@@ -53,7 +53,8 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def write_config(work: Path, gnss: str, mqtt_port: int) -> Path:
+def write_config(work: Path, gnss: str, mqtt_port: int, *, mqtt_extra: str = "") -> Path:
+    """A config publishing every epoch; `mqtt_extra`: more `[mqtt]` lines."""
     cfg = work / "config.toml"
     cfg.write_text(
         f"""
@@ -68,6 +69,7 @@ sky_interval_s = 3600
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}
+{mqtt_extra}
 [outbox]
 path = "{work}/outbox.db"
 [status]
