@@ -1332,10 +1332,36 @@ class Outbox:
         chunked = len(self._acked) > self._db.ack_chunk
         acks = set() if chunked else set(self._acked)
         self._committing = {id(r) for r in batch}
+        # The insert runs on in its thread whatever happens to this task: a cancel (a stop)
+        # waits for it and accounts for it first, else the batch would still look pending
+        # and be written a second time by the close.
+        work = asyncio.ensure_future(asyncio.to_thread(self._db.insert, batch, sync, acks))
+        cancelled = False
+        while not work.done():
+            try:
+                await asyncio.wait({work})
+            except asyncio.CancelledError:
+                cancelled = True
         try:
-            n, b, oldest, gone_n, gone_b, seqs = await asyncio.to_thread(
-                self._db.insert, batch, sync, acks
-            )
+            await self._after_insert(work, batch, acks, chunked=chunked)
+        except StoreError:
+            if not cancelled:
+                raise
+        if cancelled:
+            raise asyncio.CancelledError  # accounted for: now the stop goes on
+
+    async def _after_insert(
+        self,
+        work: asyncio.Future[tuple[Any, ...]],
+        batch: list[_Pending],
+        acks: set[int],
+        *,
+        chunked: bool,
+    ) -> None:
+        """Account for a finished insert: the committed records leave the batch; or, when it
+        failed, the failure is recorded and raised as StoreError."""
+        try:
+            n, b, oldest, gone_n, gone_b, seqs = work.result()
         except (sqlite3.Error, OSError) as exc:
             self._committing = set()
             # Delivered while the write was tried: nothing left to write for them.

@@ -5,6 +5,7 @@ never handed out twice meanwhile, in order within a class; also while the disk r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import threading
 from collections import Counter
@@ -427,3 +428,26 @@ async def test_a_fast_stream_reaches_the_subscriber_once_without_a_reconnect(
         twice = [rid for rid, k in Counter(ids).items() if k > 1]
         assert twice == [], f"{len(twice)} fixes delivered twice without a reconnect"
         assert ids == sent
+
+
+async def test_a_commit_cancelled_mid_write_is_not_written_twice(tmp_path: Path) -> None:
+    # A stop that cancels the commit timer while its insert runs in a thread: the insert
+    # still commits there, so the close that follows must not write the same batch again.
+    cfg = config(tmp_path, commit_interval_s=60, commit_records=10_000, live_window_s=0)
+    sent = [fix(lat=i) for i in range(5)]
+    async with Outbox(cfg) as outbox:
+        for f in sent:
+            await outbox.put("fix", f)
+        db_lock = outbox._db.lock
+        db_lock.acquire()  # the insert waits in its thread for the database
+        try:
+            commit = asyncio.create_task(outbox.flush(), name="commit")
+            await asyncio.sleep(0.1)
+            commit.cancel()
+            await asyncio.sleep(0.1)
+        finally:
+            db_lock.release()
+        with contextlib.suppress(asyncio.CancelledError):
+            await commit
+        assert outbox.depth == len(sent)
+    assert sorted(stored_ids(cfg.path)) == sorted(f.id for f in sent)
