@@ -300,6 +300,28 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     return context
 
 
+class _Window:
+    """One connection's QoS 1 messages awaiting their PUBACK, and what wakes the drain.
+
+    PUBACKs arrive through the link's callback (no task and no timer per message); the drain
+    waits on the one event, with the oldest message's deadline as its bound.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.sent: dict[int, tuple[Outgoing, float]] = {}  # key -> (message, deadline)
+        self.next_key = 0
+        self.error: BaseException | None = None  # the link ended, a PUBACK timed out, ...
+        self.wake = asyncio.Event()
+        self.records = False  # the outbox says records wait
+        self.read = asyncio.Event()  # the drain read the outbox since the watcher last woke it
+
+    def oldest_deadline(self) -> float | None:
+        for _msg, deadline in self.sent.values():
+            return deadline
+        return None
+
+
 class Uplink:
     """The MQTT session: connect, announce, drain the outbox, take commands, reconnect."""
 
@@ -356,9 +378,8 @@ class Uplink:
         self._inflight: set[int] = set()
         self._acked: list[int] = []  # PUBACKed, waiting for outbox.ack
         self._ack_wake = asyncio.Event()
-        self._progress = asyncio.Event()  # set when acked records leave the outbox
-        self._publishing = 0
-        self._idle = asyncio.Event()
+        self._window: _Window | None = None  # the current connection's messages in flight
+        self._idle = asyncio.Event()  # no message awaits its PUBACK
         self._idle.set()
 
     # --- life -------------------------------------------------------------------------------
@@ -618,7 +639,7 @@ class Uplink:
         finally:
             # Whatever is not acknowledged now is sent again on the next connection.
             self._inflight = set(self._acked)
-            self._publishing = 0
+            self._window = None
             self._idle.set()
             if clean:
                 await self._say_offline(client)
@@ -666,12 +687,13 @@ class Uplink:
 
     async def _serve(self, client: MqttLink) -> None:
         """Receive, drain and acknowledge until stop or a failure."""
-        window = asyncio.Semaphore(self._cfg.inflight)
+        window = self._window = _Window(self._cfg.inflight)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name="uplink-receive")
                 tg.create_task(self._ack_loop(), name="uplink-ack")
-                drain = tg.create_task(self._drain(client, tg, window), name="uplink-drain")
+                tg.create_task(self._watch_records(window), name="uplink-watch")
+                drain = tg.create_task(self._drain(client, window), name="uplink-drain")
                 await self._stop.wait()
                 # Take no more records; let those in flight get their PUBACK, for a while.
                 drain.cancel()
@@ -808,28 +830,29 @@ class Uplink:
         except Exception:  # noqa: BLE001 - a failing command must not stop the others
             self._log.exception("mqtt_command_failed", topic=topic)
 
-    async def _drain(
-        self, client: MqttLink, tg: asyncio.TaskGroup, window: asyncio.Semaphore
-    ) -> None:
+    async def _drain(self, client: MqttLink, window: _Window) -> None:
         cfg = self._cfg
-        limit = max(cfg.inflight, cfg.batch_max) if cfg.batch_backlog else cfg.inflight
+        # Read ahead of the window: one outbox read (a thread hop) feeds several round trips.
+        limit = 4 * (max(cfg.inflight, cfg.batch_max) if cfg.batch_backlog else cfg.inflight)
         woke = False  # the outbox said new records wait
         while True:
+            self._check_window(window)
+            window.records = False
             try:
                 records = await self._outbox.next_batch(limit, exclude=self._inflight)
             except TerminalGwError as exc:
                 self._log.warning("outbox_read_failed", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                window.read.set()
             if not records:
                 if woke:
                     # Records said to wait but none came: do not spin on a stale signal.
                     woke = False
                     await asyncio.sleep(0.05)
-                elif self._inflight:
-                    woke = await self._wait_for_work(0.25)
                 else:
-                    woke = await self._outbox.wait_for_records(1.0)
+                    woke = await self._wait(window, 1.0, records=True)
                 continue
             woke = False
             messages = plan_messages(
@@ -841,54 +864,60 @@ class Uplink:
                 hold_tail=len(records) >= limit,
             )
             for msg in messages:
-                await window.acquire()
+                while window.free <= 0:
+                    await self._wait(window, cfg.publish_timeout_s)
                 delay = max(
                     self._msg_bucket.reserve(1), self._byte_bucket.reserve(len(msg.payload))
                 )
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self._inflight.update(msg.seqs)
-                self._publishing += 1
-                self._idle.clear()
-                tg.create_task(self._publish(client, msg, window), name="uplink-publish")
+                self._check_window(window)
+                self._send(client, window, msg)
 
-    async def _wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
-        """Until acks come or new records wait (True), `timeout` at most.
+    def _send(self, client: MqttLink, window: _Window, msg: Outgoing) -> None:
+        key = window.next_key
+        window.next_key += 1
+        window.sent[key] = (msg, time.monotonic() + self._cfg.publish_timeout_s)
+        window.free -= 1
+        self._inflight.update(msg.seqs)
+        self._idle.clear()
 
-        New records go out at once, not after the PUBACKs of those in flight (a round trip
-        on a slow link).
-        """
-        self._progress.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
-                acks = tg.create_task(self._progress.wait(), name="uplink-wait-acks")
-                new = tg.create_task(
-                    self._outbox.wait_for_records(timeout), name="uplink-wait-records"
-                )
-                await asyncio.wait({acks, new}, return_when=asyncio.FIRST_COMPLETED)
-                acks.cancel()
-                new.cancel()
-                return new.done() and not new.cancelled() and new.result()
-        return False
+        def done(refusal: Refusal | None, error: LinkError | None) -> None:
+            self._published(window, key, msg, refusal, error)
 
-    async def _publish(self, client: MqttLink, msg: Outgoing, window: asyncio.Semaphore) -> None:
         try:
-            refusal = await client.publish(
-                msg.topic,
-                msg.payload,
-                qos=1,
-                retain=msg.retain,
-                timeout=self._cfg.publish_timeout_s,
-            )
+            client.publish_nowait(msg.topic, msg.payload, retain=msg.retain, done=done)
         except LinkError as exc:
+            window.sent.pop(key, None)
+            window.free += 1
             raise _LinkDown.of(exc) from exc
-        finally:
-            window.release()
-            self._publishing -= 1
-            if self._publishing <= 0:
-                self._idle.set()
+
+    def _published(
+        self,
+        window: _Window,
+        key: int,
+        msg: Outgoing,
+        refusal: Refusal | None,
+        error: LinkError | None,
+    ) -> None:
+        """A PUBACK (or the end of the link) for one message: from the link's callback."""
+        if window.sent.pop(key, None) is None:
+            return
+        window.free += 1
+        window.wake.set()
+        if not window.sent:
+            self._idle.set()
+        if error is not None:
+            if window.error is None:
+                window.error = _LinkDown.of(error)
+            return
         if refusal is not None:
-            self._refused(msg, refusal)
+            try:
+                self._refused(msg, refusal)
+            except _LinkDown as down:
+                if window.error is None:
+                    window.error = down
+                return
         else:
             self.counters.published += 1
             self.counters.bytes += len(msg.payload)
@@ -896,6 +925,41 @@ class Uplink:
                 self.counters.batches += 1
         self._acked.extend(msg.seqs)
         self._ack_wake.set()
+
+    def _check_window(self, window: _Window) -> None:
+        """Raise what ended this connection's drain: a link error, or a PUBACK overdue."""
+        if window.error is not None:
+            raise window.error
+        deadline = window.oldest_deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            timeout = self._cfg.publish_timeout_s
+            raise _LinkDown(Failure.TIMEOUT, f"timeout: no PUBACK within {timeout:g} s")
+
+    async def _wait(self, window: _Window, bound: float, *, records: bool = False) -> bool:
+        """Until a PUBACK, the end of the link or (with `records`) new records in the outbox,
+        `bound` seconds at most and never past the oldest PUBACK's deadline. True when the
+        outbox said records wait."""
+        window.wake.clear()
+        if records and window.records:
+            return True
+        deadline = window.oldest_deadline()
+        if deadline is not None:
+            bound = min(bound, max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound):
+                await window.wake.wait()
+        self._check_window(window)
+        return records and window.records
+
+    async def _watch_records(self, window: _Window) -> None:
+        """Wake the drain when the outbox has records it has not read (one task a connection)."""
+        while True:
+            if await self._outbox.wait_for_records(60.0):
+                window.records = True
+                window.wake.set()
+                # Signalled until the drain reads: wait for that read before asking again.
+                window.read.clear()
+                await window.read.wait()
 
     def _refused(self, msg: Outgoing, code: Refusal) -> None:
         """The broker refused a record: drop it if that is final, else end the session."""
@@ -953,5 +1017,4 @@ class Uplink:
                 raise
             self._inflight.difference_update(batch)
             self.counters.records += len(batch)
-            self._progress.set()
         return True
