@@ -1,10 +1,12 @@
 """TCP clients of the local servers: written to without waiting, dropped when they lag.
 
-The GNSS pipeline hands each report to every client with a synchronous, non-blocking write:
-no client is ever awaited on the pipeline's path. What a client does not read piles up in
-its transport's buffer; past `max_queue_bytes` the client is dropped (asyncio calls
-`pause_writing` at that bound), so a stalled chartplotter costs a bounded amount of memory
-and never slows the receiver or the other clients.
+The GNSS pipeline hands each report to every client with a synchronous call that never
+blocks: no client is ever awaited on the pipeline's path. What one chunk of receiver bytes
+produces for a client (its sentences, the epoch's TPV and SKY) is gathered and written once,
+at the end of the loop's turn: one system call and one TCP segment instead of one a
+sentence. What a client does not read piles up in its transport's buffer; past
+`max_queue_bytes` the client is dropped, so a stalled chartplotter costs a bounded amount of
+memory and never slows the receiver or the other clients.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Peer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.name = "?"
         self.dropped = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -69,17 +73,33 @@ class Peer(asyncio.Protocol):
         """Called once the client is admitted (a greeting goes here)."""
 
     def send(self, data: bytes) -> None:
-        """Queue `data` for the client; never blocks."""
+        """Queue `data` for the client; never blocks. Written at the end of this turn of the
+        event loop with whatever else is queued by then."""
         t = self.transport
         if t is None or self.dropped or t.is_closing():
             return
-        t.write(data)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes + t.get_write_buffer_size() > self.hub.max_queue_bytes:
+            self.drop("too slow")
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        t = self.transport
+        if t is None or self.dropped or t.is_closing():
+            return
+        t.write(data)  # past the bound, the transport calls pause_writing: dropped
 
     def drop(self, reason: str) -> None:
         """Disconnect at once, discarding what it had not read."""
         if self.dropped:
             return
         self.dropped = True
+        self._pending.clear()
         self.hub.counters[f"dropped_{reason.replace(' ', '_')}"] += 1
         self.hub.log.warning("client dropped", server=self.hub.label, client=self.name, why=reason)
         if self.transport is not None:
