@@ -209,6 +209,7 @@ async def test_real_clients_at_once_get_every_epoch_and_sentence(
                     what="the gps library's TPVs",
                 )
             daemon = s.daemon
+            serve = daemon.board.snapshot()["counters"]["serve"]
             raw_task.cancel()
             nmea_task.cancel()
 
@@ -217,6 +218,11 @@ async def test_real_clients_at_once_get_every_epoch_and_sentence(
     assert len(pipe_w.classes("TPV")) == exp.tpv
     assert len(pipe_w.classes("SKY")) == exp.sky
     assert daemon.records_in["fix_thinned_by_policy"] >= exp.tpv - 3
+    # The health report counts what was served.
+    assert serve["gpsd_tpv"] == exp.tpv
+    assert serve["gpsd_clients"] == (4 if with_library else 3)
+    assert serve["nmea_tcp_sentences"] == len(exp.sentences)
+    assert serve["nmea_udp_datagrams"] == len(exp.sentences)
     # gpspipe -w saw what a gpsd 3.22 client sees first.
     first = json_lines("\n".join(pipe_w.lines[:3]))
     assert [o["class"] for o in first] == ["VERSION", "DEVICES", "WATCH"]
