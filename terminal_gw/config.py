@@ -302,6 +302,30 @@ class DaemonConfig(_Section):
 MAX_TOPIC_BYTES = 1024
 
 
+class GpsdServerConfig(_Section):
+    """[gpsd_server]: the receiver served in gpsd's protocol to the tools on board."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=2947, ge=0, le=65535)
+    device: str = ""
+    max_clients: int = Field(default=16, ge=1, le=1024)
+    max_queue_bytes: Size = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    send_buffer_bytes: Size = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+
+
+class NmeaOutConfig(_Section):
+    """[nmea_out]: the receiver's sentences, as received, over TCP and UDP."""
+
+    tcp_port: int = Field(default=0, ge=0, le=65535)
+    tcp_host: str = "127.0.0.1"
+    udp_host: str = ""
+    udp_port: int = Field(default=10110, ge=1, le=65535)
+    max_clients: int = Field(default=16, ge=1, le=1024)
+    max_queue_bytes: Size = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    send_buffer_bytes: Size = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+
+
 def check_topic_filter(pattern: object) -> object:
     """`pattern` if it is an MQTT topic filter that may name answer topics; ValueError if not."""
     if not isinstance(pattern, str):
@@ -368,6 +392,8 @@ class Config(_Section):
     clock: ClockConfig = ClockConfig()
     daemon: DaemonConfig = DaemonConfig()
     commands: CommandsConfig = CommandsConfig()
+    gpsd_server: GpsdServerConfig = GpsdServerConfig()
+    nmea_out: NmeaOutConfig = NmeaOutConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
 from terminal_gw.sdnotify import Notifier
+from terminal_gw.serve import Serving
 from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter, Direction
@@ -152,6 +153,13 @@ class Daemon:
             max_sentence_len=config.gnss.max_sentence_len,
             allow_no_checksum=config.gnss.allow_no_checksum,
         )
+        # The receiver served to the tools on board (gpsd protocol, NMEA out); off by default,
+        # and then nothing is hooked. Every epoch reaches them, before the reporting policy.
+        self.serving = Serving(
+            config, bps=lambda: None if self.gnss_port is None else self.gnss_port.baud
+        )
+        self.pipeline.sentence_observers.extend(self.serving.sentence_observers)
+        self.gnss_observers = self.serving.payload_observers
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()
         self.sink = CountingSink(self.outbox, self.records_in)
@@ -223,7 +231,9 @@ class Daemon:
         return True
 
     async def accept_gnss(self, payload: Payload, now: float) -> None:
-        """A record from the GNSS pipeline: clock check, reporting policy, outbox."""
+        """A record from the GNSS pipeline: local servers, clock check, reporting policy, outbox."""
+        for observe in self.gnss_observers:
+            observe(payload)
         if isinstance(payload, Fix):
             self.last_fix_mono = time.monotonic()
             self.last_fix = payload
@@ -351,7 +361,7 @@ class Daemon:
         port = self.gnss_port
         if port is not None and port.state is not PortState.OPEN:
             self.board.progress("gnss")
-        for name in ("uplink", "events", "metrics", "commands"):
+        for name in ("uplink", "events", "metrics", "commands", *self.serving.stage_names()):
             info = self.board.stages.get(name)
             if info is not None and info.state == "running":
                 self.board.progress(name)
@@ -369,6 +379,8 @@ class Daemon:
         b.add_counters("records_in", lambda: self.records_in)
         b.add_counters("uplink", self.uplink.counters.as_dict)
         b.add_counters("commands", lambda: self.commands.counters)
+        if self.serving.stages():
+            b.add_counters("serve", self.serving.counters)
         if self.modem is not None:
             modem = self.modem
             b.add_counters("modem", lambda: modem.counters)
@@ -442,7 +454,7 @@ class Daemon:
         stages.append(Stage("commands", self.commands_stage, input=True))
         if self.config.status.metrics_port:
             stages.append(Stage("metrics", self.metrics_stage))
-        return stages + self.extra_stages
+        return stages + self.serving.stages() + self.extra_stages
 
     async def on_stopping(self) -> None:
         """Shutdown: keep what the pipeline holds, commit, publish offline, disconnect."""
