@@ -8,7 +8,6 @@ the retained status topic.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -27,7 +26,6 @@ from terminal_gw.errors import (
     ModemError,
     OutboxFullError,
     StoreError,
-    TerminalGwError,
     TransportError,
 )
 from terminal_gw.gnss.framer import Framer
@@ -582,23 +580,3 @@ def _changed_sections(old: Config, new: Config, ignore: set[str]) -> list[str]:
             if a.get(section, {}).get(key) != value:
                 changed.append(name)
     return changed
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `terminal-gw run`."""
-    parser.add_argument("--config", type=Path, default=None, help="config file")
-
-
-def cli(args: argparse.Namespace) -> int:
-    """`terminal-gw run`: the daemon, until SIGTERM/SIGINT."""
-    from terminal_gw.__main__ import read_config_or_exit
-    from terminal_gw.logs import configure_logging
-
-    config = read_config_or_exit(args.config)
-    configure_logging(args.log_level or config.log.level, config.log.format)
-    try:
-        asyncio.run(Daemon(config, config_path=args.config).run())
-    except TerminalGwError as exc:
-        get_logger("daemon").error("terminal-gw failed", error=str(exc))
-        return 1
-    return 0
