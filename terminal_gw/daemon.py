@@ -33,7 +33,6 @@ from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.gnss.policy import ReportingPolicy
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
-from terminal_gw.modem.at import AtPort
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
@@ -42,6 +41,7 @@ from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
+from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
 from terminal_gw.uplink import Uplink
 
@@ -161,7 +161,7 @@ class Daemon:
                 topic_base=self.base_topic,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("modem"),
-                port_factory=self._open_modem_port if config.modem.record else None,
+                port_factory=self._open_modem_port,
                 log=get_logger("modem"),
                 parts_path=config.outbox.path.parent / "sms_parts.db",
             )
@@ -288,9 +288,10 @@ class Daemon:
                 return None
         return self.recorder
 
-    async def _open_modem_port(self) -> AtPort:
+    async def _open_modem_port(self) -> Port:
+        """The modem's port: the configured serial device, recorded when `[modem] record`."""
         port = await SerialPort.open(self.config.modem.port, self.config.modem.baud)
-        writer = self.capture_writer("modem")
+        writer = self.capture_writer("modem") if self.config.modem.record else None
         return port if writer is None else RecordingPort(port, writer, name="modem")
 
     async def events_stage(self) -> None:

@@ -1,4 +1,5 @@
-"""Health snapshot, the local status file, `terminal-gw status`, and Prometheus metrics."""
+"""Health snapshot, the local status file and its verdict (`terminal-gw status` reads it), and
+Prometheus metrics."""
 
 from __future__ import annotations
 
