@@ -2,12 +2,14 @@
 
     python bench/cli.py [--runs 21] [--tree PATH ...]
 
-Runs each command `--runs` times in a fresh interpreter, interleaved (one of each in turn, so
-a burst of load on the machine hits every command alike), and prints the median and the
-quartiles of each in ms, with `python -c pass` (the interpreter's own start-up) as the
-reference. `--tree PATH` times the package of another checkout side by side (e.g. the commit
-before a change): its `PYTHONPATH` is PATH. `--importtime` prints the slowest imports of each
-command instead (`python -X importtime`).
+Runs each command `--runs` times in a fresh interpreter, interleaved (one of each in turn, so a
+burst of load on the machine hits every command alike), and prints the median and the quartiles
+of each in ms, with `python -c pass` (the interpreter's own start-up) as the reference, and the
+median CPU time (user + system, of the child): on a machine shared with other work the wall
+time mostly measures the wait for a CPU, the CPU time much less so. `--tree PATH` times the
+package of another checkout side by side (e.g. the commit before a change): its `PYTHONPATH` is
+PATH. `--importtime` prints the slowest imports of each command instead (`python -X
+importtime`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,8 +41,14 @@ def _env(tree: Path) -> dict[str, str]:
     return env
 
 
-def time_once(args: list[str], tree: Path) -> float:
-    """Wall seconds of one run, output to /dev/null; a failing run stops the bench."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_once(args: list[str], tree: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one run, output to /dev/null; a failing run stops the bench."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     res = subprocess.run(
         [sys.executable, *args],
@@ -52,7 +61,7 @@ def time_once(args: list[str], tree: Path) -> float:
     took = time.perf_counter() - start
     if res.returncode != 0:
         raise SystemExit(f"{args} failed in {tree}: {res.stderr.decode()[-500:]}")
-    return took
+    return took, _children_cpu() - cpu
 
 
 def slowest_imports(args: list[str], tree: Path, top: int = 12) -> list[tuple[int, str]]:
@@ -92,7 +101,7 @@ def main() -> int:
                 for us, name in slowest_imports(cmd, tree):
                     print(f"  {us / 1000:8.1f}  {name}")
         return 0
-    runs: dict[tuple[Path, str], list[float]] = {}
+    runs: dict[tuple[Path, str], list[tuple[float, float]]] = {}
     for _ in range(args.runs):
         for tree in trees:
             for label, cmd in COMMANDS:
@@ -103,17 +112,26 @@ def main() -> int:
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()},"
         f" load average {os.getloadavg()[0]:.2f}, {args.runs} runs each"
     )
-    print("| command | tree | median ms | quartiles ms | minus `python -c pass` |")
-    print("|---|---|---:|---:|---:|")
-    base = statistics.median(runs[(REPO, COMMANDS[0][0])])
-    for (tree, label), times in runs.items():
-        q1, med, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
-        med = statistics.median(times)
+    print(
+        "| command | tree | median wall ms | quartiles ms | minus `python -c pass` |"
+        " median CPU ms | CPU minus `python -c pass` |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    ref = runs[(REPO, COMMANDS[0][0])]
+    base = statistics.median(w for w, _ in ref)
+    base_cpu = statistics.median(c for _, c in ref)
+    for (tree, label), pairs in runs.items():
+        walls = [w for w, _ in pairs]
+        q1, _, q3 = statistics.quantiles(walls, n=4) if len(walls) > 1 else walls * 3
+        med = statistics.median(walls)
+        cpu = statistics.median(c for _, c in pairs)
         where = "this" if tree == REPO else str(tree)
-        extra = "" if label.startswith("python") else f"{(med - base) * 1000:.0f}"
+        ref_row = label.startswith("python")
+        extra = "" if ref_row else f"{(med - base) * 1000:.0f}"
+        extra_cpu = "" if ref_row else f"{(cpu - base_cpu) * 1000:.0f}"
         print(
             f"| `{label}` | {where} | {med * 1000:.0f} | {q1 * 1000:.0f}-{q3 * 1000:.0f} |"
-            f" {extra} |"
+            f" {extra} | {cpu * 1000:.0f} | {extra_cpu} |"
         )
     return 0
 
