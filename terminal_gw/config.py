@@ -22,7 +22,6 @@ from pydantic import (
 
 from terminal_gw.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/terminal-gw/config.toml")
 ENV_PREFIX = "TGW_"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)

@@ -8,7 +8,6 @@ the retained status topic.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -27,7 +26,6 @@ from terminal_gw.errors import (
     ModemError,
     OutboxFullError,
     StoreError,
-    TerminalGwError,
     TransportError,
 )
 from terminal_gw.gnss.framer import Framer
@@ -35,7 +33,6 @@ from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.gnss.policy import ReportingPolicy
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
-from terminal_gw.modem.at import AtPort
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
@@ -45,6 +42,7 @@ from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
+from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
 from terminal_gw.uplink import Uplink
 
@@ -171,7 +169,7 @@ class Daemon:
                 topic_base=self.base_topic,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("modem"),
-                port_factory=self._open_modem_port if config.modem.record else None,
+                port_factory=self._open_modem_port,
                 log=get_logger("modem"),
                 parts_path=config.outbox.path.parent / "sms_parts.db",
             )
@@ -300,9 +298,10 @@ class Daemon:
                 return None
         return self.recorder
 
-    async def _open_modem_port(self) -> AtPort:
+    async def _open_modem_port(self) -> Port:
+        """The modem's port: the configured serial device, recorded when `[modem] record`."""
         port = await SerialPort.open(self.config.modem.port, self.config.modem.baud)
-        writer = self.capture_writer("modem")
+        writer = self.capture_writer("modem") if self.config.modem.record else None
         return port if writer is None else RecordingPort(port, writer, name="modem")
 
     async def events_stage(self) -> None:
@@ -594,23 +593,3 @@ def _changed_sections(old: Config, new: Config, ignore: set[str]) -> list[str]:
             if a.get(section, {}).get(key) != value:
                 changed.append(name)
     return changed
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `terminal-gw run`."""
-    parser.add_argument("--config", type=Path, default=None, help="config file")
-
-
-def cli(args: argparse.Namespace) -> int:
-    """`terminal-gw run`: the daemon, until SIGTERM/SIGINT."""
-    from terminal_gw.__main__ import read_config_or_exit
-    from terminal_gw.logs import configure_logging
-
-    config = read_config_or_exit(args.config)
-    configure_logging(args.log_level or config.log.level, config.log.format)
-    try:
-        asyncio.run(Daemon(config, config_path=args.config).run())
-    except TerminalGwError as exc:
-        get_logger("daemon").error("terminal-gw failed", error=str(exc))
-        return 1
-    return 0

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from terminal_gw.exit_codes import EXIT_FAILURE as EXIT_BAD_PDU
+from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
 from terminal_gw.modem.sms import (
     PduError,
     Sms,
@@ -24,10 +26,6 @@ from terminal_gw.modem.sms import (
 )
 
 __all__ = ["add_arguments", "cli", "describe"]
-
-EXIT_OK = 0
-EXIT_BAD_PDU = 1
-EXIT_USAGE = 2
 
 _HEADERS = ("+CMGR:", "+CMGL:", "+CMT:", "+CDS:")
 _TYPES = {SmsDeliver: "deliver", SmsSubmit: "submit", SmsStatusReport: "status_report"}

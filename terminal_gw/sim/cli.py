@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from terminal_gw.sim.gnss import GnssSimulator
     from terminal_gw.sim.modem import ModemSimulator
@@ -108,16 +110,16 @@ def _gnss_cli(args: argparse.Namespace) -> int:
     capture = None
     if args.capture is not None and args.fault == "nofix":
         print("error: --fault nofix needs the generated track, not --capture", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.capture is not None:
         try:
             capture = load_capture(args.capture, args.port)
         except TransportError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if not capture:
             print(f"error: {args.capture}: nothing from port {args.port!r}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     track = Track(lat=args.lat, lon=args.lon, speed_kn=args.knots, course_deg=args.course)
     link: Path = args.link or default_link("gnss0")
     with PtyDevice(link) as device:
@@ -139,7 +141,7 @@ def _gnss_cli(args: argparse.Namespace) -> int:
         print(f"  stable link:  {device.path}  (use as [gnss] port)", flush=True)
         print(f"  {source}, {args.rate:g} Hz", flush=True)
         asyncio.run(_run_gnss(sim, args))
-    return 0
+    return EXIT_OK
 
 
 async def _run_with_faults(
@@ -217,10 +219,10 @@ def _modem_cli(args: argparse.Namespace) -> int:
 
     if not (0 <= args.rssi <= 31 or args.rssi == 99):
         print("error: --rssi is 0-31 or 99", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.capacity < 1:
         print("error: --capacity must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     link: Path = args.link or default_link("tiantong0")
     with PtyDevice(link) as device:
         sim = ModemSimulator(
@@ -237,7 +239,7 @@ def _modem_cli(args: argparse.Namespace) -> int:
         if args.incoming_every:
             print(f"  an incoming SMS every {args.incoming_every:g}s", flush=True)
         asyncio.run(_run_modem(sim, args))
-    return 0
+    return EXIT_OK
 
 
 async def _run_modem(sim: ModemSimulator, args: argparse.Namespace) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -46,6 +45,7 @@ from typing import Any, Protocol
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.config import Config, MqttConfig
 from terminal_gw.errors import ConfigError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import SCHEMA_VERSION, EventSink, Status, iso_utc, make_event, new_id
@@ -367,7 +367,9 @@ class Uplink:
         self._stop_budget_s = 3.0
         self._client: MqttLink | None = None  # while connected
         self._link: MqttLink | None = None  # the current connection, also while connecting
-        self._attempt = 0
+        self._retry = Retry(Backoff(self._cfg.backoff_min_s, self._cfg.backoff_max_s))
+        # A refused password or certificate waits the longest, spread over its last tenth.
+        self._auth_backoff = Backoff(self._cfg.auth_backoff_s, self._cfg.auth_backoff_s, jitter=0.1)
         self._reported: str | None = None  # reason of the last failure event, to not repeat it
         self._refusals_reported: set[tuple[str, int]] = set()
         self._inbox = Inbox(inbox_path(config), clock=clock)
@@ -497,16 +499,14 @@ class Uplink:
     def backoff_delay(self, failure: Failure) -> float:
         """The wait before the next attempt: capped exponential with jitter; longest for auth."""
         if failure in LONG_BACKOFF:
-            return self._cfg.auth_backoff_s * random.uniform(0.9, 1.0)  # noqa: S311 - jitter
-        base = min(self._cfg.backoff_max_s, self._cfg.backoff_min_s * 2.0 ** min(self._attempt, 30))
-        self._attempt += 1
-        return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+            return self._auth_backoff.delay(0)
+        return self._retry.next_delay()
 
     async def _back_off(self, down: _LinkDown, session_s: float) -> None:
         # A link that stayed up longer than the longest wait was healthy: start over, but a
         # broker that accepts and drops at once (a duplicate client id) keeps growing the wait.
         if self.state is LinkState.CONNECTED and session_s >= min(self._cfg.backoff_max_s, 60.0):
-            self._attempt = 0
+            self._retry.reset()
         delay = self.backoff_delay(down.failure)
         self._set_state(LinkState.BACKING_OFF, down.reason, down.failure)
         self.retry_at = self._clock() + delay
