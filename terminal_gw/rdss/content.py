@@ -210,7 +210,7 @@ def plan(
             raw = None
         if raw is None or not raw:
             raise CommandError("data must be non-empty hex (pairs of 0-9, A-F)", code="invalid")
-        if mode == "auto" or mode == "code":
+        if mode in {"auto", "code"}:
             candidates.append(("code", raw))
         elif mode == "mixed":
             body = raw if raw[0] == MIXED_LEAD else bytes([MIXED_LEAD]) + raw
@@ -226,7 +226,7 @@ def plan(
         if mode == "code":
             raise CommandError("mode code carries data (hex), not text", code="invalid")
         wanted: tuple[Literal["chinese", "mixed"], ...] = (
-            ("chinese", "mixed") if mode == "auto" else (mode,)  # type: ignore[assignment]
+            ("chinese", "mixed") if mode == "auto" else (mode,)
         )
         errors: list[CommandError] = []
         for m in wanted:

@@ -34,9 +34,9 @@ __all__ = [
     "Feedback",
     "Feedback3",
     "OutputControl",
+    "RdssRecord",
     "Received",
     "Received3",
-    "RdssRecord",
     "SendRequest",
     "SendRequest3",
     "SentenceError",
@@ -525,7 +525,7 @@ def _parse_pwi(values: Sequence[str]) -> BeamPower:
     n = _int()
     rest = [n.read(v) for v in values[3:]]
     beams = tuple(
-        Beam(*rest[i : i + PWI_PER_BEAM])  # type: ignore[arg-type]
+        Beam(*rest[i : i + PWI_PER_BEAM])
         for i in range(0, len(rest), PWI_PER_BEAM)
     )
     return BeamPower(TIME.read(values[0]), n.read(values[1]), n.read(values[2]), beams)
