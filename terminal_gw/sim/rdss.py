@@ -78,7 +78,8 @@ class RdssSimulator:
     faults: set[str] = field(default_factory=set)
     sent: list[SentMessage] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
-    refused: list[bytes] = field(default_factory=list)
+    refused: list[bytes] = field(default_factory=list)  # lines not answered
+    refusals: list[str] = field(default_factory=list)  # sends refused by BDFKI N, why
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # noqa: S311 - noise, not security
@@ -269,7 +270,7 @@ class RdssSimulator:
             enc = "E" if self.encrypted else "N"
             serial = self.user_id.zfill(8)
             body = (
-                f"BDICI,{self.user_id},{serial},0000011,6,{self.interval_s:g},{self.level},{enc},0"
+                f"BDICI,{self.user_id},{serial},0000011,6,{round(self.interval_s)},{self.level},{enc},0"
             )
         else:
             body = "BDICI,0000000,00000000,0000000,0,0,0,N,0"
@@ -281,7 +282,7 @@ class RdssSimulator:
         if self.card and "nocard" not in self.faults:
             fields[0] = self.user_id
             fields[5] = "E" if self.encrypted else "N"
-            fields[13] = f"{self.interval_s:g}"
+            fields[13] = f"{round(self.interval_s)}"
             fields[14] = str(self.level)
         else:
             fields[0] = "0000000"
@@ -289,6 +290,8 @@ class RdssSimulator:
         self._emit(sim_sentence("BDICP," + ",".join(fields)))
 
     def _feedback(self, ok: bool, *, wait: int = 0, why: str = "") -> None:
+        if not ok:
+            self.refusals.append(why)
         if self.dialect == "2.1":
             suppression = {"suppressed": 1, "silence": 2}.get(why, 0)
             yn = "Y" if ok else "N"
