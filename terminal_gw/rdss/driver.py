@@ -232,6 +232,8 @@ class RdssDriver:
         self._beam_kind: str | None = None
         self._waiting: dict[str, str] = {}  # job id -> the wait last reported
         self._started = time.monotonic()
+        #: Fed from a recording (`feed`), without a port: the state does not look at one.
+        self.replaying = False
 
     # ---- public ---------------------------------------------------------------------
 
@@ -239,7 +241,7 @@ class RdssDriver:
     def state(self) -> Literal["ok", "no_card", "detecting", "down"]:
         """ok, no_card, detecting (dialect or card not known yet) or down (port)."""
         port = self._port
-        if port is None or port.state is not PortState.OPEN:
+        if not self.replaying and (port is None or port.state is not PortState.OPEN):
             return "down"
         if self.dialect is None or self.card is None:
             return "detecting"
@@ -436,17 +438,25 @@ class RdssDriver:
             chunk = await port.read()
             if self._tap is not None:
                 self._tap("<", chunk)
-            for sentence in self.framer.feed(chunk):
-                try:
-                    record = parse(sentence)
-                except SentenceError as exc:
-                    self.counters["sentences_bad"] += 1
-                    self._log.info("rdss_bad_sentence", reason=exc.reason, raw=sentence.raw[:80])
-                    continue
+            if await self.feed(chunk):
                 port.mark_alive()
-                self._heard_at = time.monotonic()
-                self.counters["sentences"] += 1
-                await self._on_record(record, sentence)
+
+    async def feed(self, chunk: bytes) -> int:
+        """Act on the sentences `chunk` completes (bytes as the terminal sent them); the
+        number of valid ones. The reader calls it; a replay feeds a recording through it."""
+        valid = 0
+        for sentence in self.framer.feed(chunk):
+            try:
+                record = parse(sentence)
+            except SentenceError as exc:
+                self.counters["sentences_bad"] += 1
+                self._log.info("rdss_bad_sentence", reason=exc.reason, raw=sentence.raw[:80])
+                continue
+            valid += 1
+            self._heard_at = time.monotonic()
+            self.counters["sentences"] += 1
+            await self._on_record(record, sentence)
+        return valid
 
     async def _on_record(self, record: RdssRecord, sentence: Sentence) -> None:
         if isinstance(record, CardInfo | CardInfo3):
@@ -521,7 +531,7 @@ class RdssDriver:
             mode = mode_of("bds3", code)
         sender = sender.lstrip("0").zfill(7)
         key = (sender, str(code), content)
-        mono = time.monotonic()
+        mono = now
         window = self.cfg.duplicate_window_s
         while self._recent and next(iter(self._recent.values())) < mono - window:
             self._recent.popitem(last=False)

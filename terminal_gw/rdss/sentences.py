@@ -524,10 +524,7 @@ def _parse_pwi(values: Sequence[str]) -> BeamPower:
         )
     n = _int()
     rest = [n.read(v) for v in values[3:]]
-    beams = tuple(
-        Beam(*rest[i : i + PWI_PER_BEAM])
-        for i in range(0, len(rest), PWI_PER_BEAM)
-    )
+    beams = tuple(Beam(*rest[i : i + PWI_PER_BEAM]) for i in range(0, len(rest), PWI_PER_BEAM))
     return BeamPower(TIME.read(values[0]), n.read(values[1]), n.read(values[2]), beams)
 
 

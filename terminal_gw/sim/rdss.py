@@ -269,9 +269,8 @@ class RdssSimulator:
         if self.card and "nocard" not in self.faults:
             enc = "E" if self.encrypted else "N"
             serial = self.user_id.zfill(8)
-            body = (
-                f"BDICI,{self.user_id},{serial},0000011,6,{round(self.interval_s)},{self.level},{enc},0"
-            )
+            every = round(self.interval_s)
+            body = f"BDICI,{self.user_id},{serial},0000011,6,{every},{self.level},{enc},0"
         else:
             body = "BDICI,0000000,00000000,0000000,0,0,0,N,0"
         self._emit(sim_sentence(body))

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,22 @@ async def test_messages_in_and_paced_sends_by_command(
     assert {c.port for c in chunks} == {"rdss"}
     assert b"$CCT" in b"".join(c.data for c in chunks if c.direction == ">")
     assert b"$BDT" in b"".join(c.data for c in chunks if c.direction == "<")
+    # Replaying the capture plays the terminal: the same messages come out of the driver.
+    res = subprocess.run(
+        [sys.executable, "-m", "terminal_gw", "replay", "--port", "rdss", "--jsonl", str(capture)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    replayed = [json.loads(line) for line in res.stdout.splitlines()]
+    replayed_rx = [r["payload"] for r in replayed if r["topic"].endswith("/bds/rx")]
+    assert [(m["mode"], m.get("text"), m.get("data"), m["raw"]) for m in replayed_rx] == [
+        (m["mode"], m.get("text"), m.get("data"), m["raw"]) for m in rx
+    ]
+    (last,) = [r["payload"] for r in replayed if r["topic"].endswith("/rdss/status")]
+    assert last["dialect"] == dialect and last["card"]["user_id"] == "0242286"
 
 
 def sub_rx(sub: Subscriber) -> list[dict[str, Any]]:
