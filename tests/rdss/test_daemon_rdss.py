@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,15 +131,21 @@ async def test_messages_in_and_paced_sends_by_command(
     for line in sim.commands:
         assert SAFE_LINE.fullmatch(line), line
     results = {m[1].get("command_id"): m[1] for m in sub.messages if "/cmd-result/" in m[0]}
-    assert results["m-1"]["ok"] and results["m-2"]["ok"]
+    assert results["m-1"]["ok"]
+    assert results["m-2"]["ok"]
     assert results["m-3"]["code"] == "invalid_number"
     assert results["m-4"]["code"] == "invalid"
     assert results[None]["code"] == "invalid"  # the id itself was refused: no id to answer
-    assert states("m-3") == ["failed"] and states("m-4") == ["failed"]
+    assert states("m-3") == ["failed"]
+    assert states("m-4") == ["failed"]
     # Status: retained, with the card and the pacing; the health summary carries it too.
-    assert status["class"] == "RDSS" and status["dialect"] == dialect
-    assert status["card"]["user_id"] == "0242286" and status["card"]["interval_s"] == 2
-    assert status["sends_today"] == 2 and status["last_send"] and status["next_send"]
+    assert status["class"] == "RDSS"
+    assert status["dialect"] == dialect
+    assert status["card"]["user_id"] == "0242286"
+    assert status["card"]["interval_s"] == 2
+    assert status["sends_today"] == 2
+    assert status["last_send"]
+    assert status["next_send"]
     assert health["gauges"]["rdss"].startswith("ok: dialect " + dialect)
     assert health["counters"]["rdss"]["rx"] == 3
     assert health["gauges"]["rdss_sends_today"] == 2
@@ -151,21 +156,24 @@ async def test_messages_in_and_paced_sends_by_command(
     assert b"$CCT" in b"".join(c.data for c in chunks if c.direction == ">")
     assert b"$BDT" in b"".join(c.data for c in chunks if c.direction == "<")
     # Replaying the capture plays the terminal: the same messages come out of the driver.
-    res = subprocess.run(
-        [sys.executable, "-m", "terminal_gw", "replay", "--port", "rdss", "--jsonl", str(capture)],
-        capture_output=True,
-        text=True,
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "terminal_gw", "replay", "--port", "rdss", "--jsonl"),
+        str(capture),
         cwd=REPO,
-        timeout=60,
-        check=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    replayed = [json.loads(line) for line in res.stdout.splitlines()]
+    async with asyncio.timeout(60):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    replayed = [json.loads(line) for line in stdout.decode().splitlines()]
     replayed_rx = [r["payload"] for r in replayed if r["topic"].endswith("/bds/rx")]
     assert [(m["mode"], m.get("text"), m.get("data"), m["raw"]) for m in replayed_rx] == [
         (m["mode"], m.get("text"), m.get("data"), m["raw"]) for m in rx
     ]
     (last,) = [r["payload"] for r in replayed if r["topic"].endswith("/rdss/status")]
-    assert last["dialect"] == dialect and last["card"]["user_id"] == "0242286"
+    assert last["dialect"] == dialect
+    assert last["card"]["user_id"] == "0242286"
 
 
 def sub_rx(sub: Subscriber) -> list[dict[str, Any]]:

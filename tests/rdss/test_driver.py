@@ -27,7 +27,8 @@ async def test_auto_detects_the_dialect_and_remembers_it(tmp_path: Path, dialect
     async with rig(tmp_path, dialect=dialect) as r:
         await wait_until(lambda: r.driver.state == "ok", what="card read")
         assert r.driver.dialect == dialect
-        assert r.driver.card is not None and r.driver.card.user_id == "0242286"
+        assert r.driver.card is not None
+        assert r.driver.card.user_id == "0242286"
         assert r.driver.interval_s() == 60.0
     saved = json.loads((tmp_path / DIALECT_FILE).read_text())
     assert saved["dialect"] == dialect
@@ -64,7 +65,8 @@ async def test_messages_in_every_mode_with_duplicates_fragments_and_garbage(
     rx = r.sink.of("/bds/rx")
     assert [m["mode"] for m in rx] == ["chinese", "code", "mixed"]
     assert rx[0]["text"] == "渔船平安，明日返港。"
-    assert rx[1]["data"] == "0123456789" and "text" not in rx[1]
+    assert rx[1]["data"] == "0123456789"
+    assert "text" not in rx[1]
     assert rx[2]["text"] == "Position 24.45N 你好"
     assert {m["from"] for m in rx} == {"0166166", "0179773"}
     assert all(m["class"] == "BDS_RX" and m["dialect"] == dialect for m in rx)
@@ -82,8 +84,10 @@ async def test_content_that_does_not_decode_is_published_as_data_with_a_reason(
         r.sim.deliver("0166166", data=b"hello", mode="mixed")  # no A4 lead byte
         await r.sink.wait_for(lambda: len(r.sink.of("/bds/rx")) == 2)
     bad, no_lead = r.sink.of("/bds/rx")
-    assert bad["data"] == "FFFE80" and "GB2312" in bad["reason"]
-    assert no_lead["data"] == "68656C6C6F" and "A4" in no_lead["reason"]
+    assert bad["data"] == "FFFE80"
+    assert "GB2312" in bad["reason"]
+    assert no_lead["data"] == "68656C6C6F"
+    assert "A4" in no_lead["reason"]
     assert r.driver.counters["rx_undecodable"] == 2
 
 
@@ -176,10 +180,13 @@ async def test_no_card_is_a_state_an_event_and_fails_sends(tmp_path: Path, diale
         await wait_until(lambda: r.driver.state == "no_card", what="no card seen")
         await r.driver.enqueue("n1", "0166166", text="测试")
         await r.sink.wait_for(lambda: r.sink.states("n1")[-1:] == ["failed"])
-        await r.sink.wait_for(lambda: any(s["state"] == "no_card" for s in r.sink.of("rdss/status")))
+        await r.sink.wait_for(
+            lambda: any(s["state"] == "no_card" for s in r.sink.of("rdss/status"))
+        )
     assert r.sink.of("/bds/tx/n1")[-1]["code"] == "no_card"
     assert [e.kind for e in r.events].count("rdss_no_card") == 1
-    assert r.sim.sent == [] and not any(c.startswith((b"$CCTXA", b"$CCTCQ")) for c in r.sim.commands)
+    assert r.sim.sent == []
+    assert not any(c.startswith((b"$CCTXA", b"$CCTCQ")) for c in r.sim.commands)
 
 
 async def test_a_card_pulled_after_it_was_read_fails_on_the_feedback(tmp_path: Path) -> None:
@@ -189,7 +196,11 @@ async def test_a_card_pulled_after_it_was_read_fails_on_the_feedback(tmp_path: P
         await r.driver.enqueue("p1", "0166166", text="测试")
         await r.sink.wait_for(lambda: r.sink.states("p1")[-1:] == ["failed"])
     failed = r.sink.of("/bds/tx/p1")[-1]
-    assert (failed["code"], failed["reason_code"], failed["reason_name"]) == ("no_card", 5, "no_card")
+    assert (failed["code"], failed["reason_code"], failed["reason_name"]) == (
+        "no_card",
+        5,
+        "no_card",
+    )
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

@@ -3,6 +3,7 @@ sentences and from records built off the field tables; property tests on both di
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,7 @@ REFERENCE = CORPUS / "rdss" / "reference-sentences.txt"
 
 def reference_lines() -> list[bytes]:
     return [
-        line.strip()
-        for line in Path(REFERENCE).read_bytes().splitlines()
-        if line.startswith(b"$")
+        line.strip() for line in Path(REFERENCE).read_bytes().splitlines() if line.startswith(b"$")
     ]
 
 
@@ -76,7 +75,8 @@ def test_reference_values() -> None:
     assert card == CardInfo("0242286", "00242286", "0000011", 6, 60, 3, False, 0)
     assert card.present
     empty = parse_line(b"$BDICI,0000000,00000000,0000000,0,0,0,N,0*0B")
-    assert isinstance(empty, CardInfo) and not empty.present
+    assert isinstance(empty, CardInfo)
+    assert not empty.present
     fki = parse_line(b"$BDFKI,TXA,Y,Y,0,0040*17")
     assert fki == Feedback("TXA", True, True, 0, 40)
     fki3 = parse_line(b"$BDFKI,000000,TCQ,Y,5,0*74")
@@ -101,16 +101,23 @@ def test_bds3_layouts_seen_in_device_output() -> None:
     # The PROTOCOLS.md examples (logged without a checksum: one is added here).
     icp = parse_line(_with_checksum("BDICP,4238473,0,0,3,0,N,2,N,1,0,0,3,1,60,2,0,0,0,0,21,0,0,0"))
     assert icp == CardInfo3("4238473", "0", "0", False, 60, 2)
-    pwi = parse_line(_with_checksum("BDPWI,023628.00,00,04,2,51,44,0,4,50,43,0,11,48,41,0,16,51,44,0"))
+    pwi = parse_line(
+        _with_checksum("BDPWI,023628.00,00,04,2,51,44,0,4,50,43,0,11,48,41,0,16,51,44,0")
+    )
     assert isinstance(pwi, BeamPower)
     assert (pwi.bds2_beams, pwi.bds3_beams) == (0, 4)
     assert pwi.beams[2] == Beam(11, 48, 41, 0)
-    tci = parse_line(_with_checksum("BDTCI,04207733,4207733,2,023242,2,0,90000000000065BEF749B2E2CAD4"))
-    assert tci == Received3("04207733", "4207733", 2, "023242", 2, 0, "90000000000065BEF749B2E2CAD4")
+    tci = parse_line(
+        _with_checksum("BDTCI,04207733,4207733,2,023242,2,0,90000000000065BEF749B2E2CAD4")
+    )
+    assert tci == Received3(
+        "04207733", "4207733", 2, "023242", 2, 0, "90000000000065BEF749B2E2CAD4"
+    )
     # The code-comment BDTXR without checksum, Chinese text in mixed mode.
     body = "A4CDA8D0C5B2E2CAD420D2BBB6FEC8FDCBC4CEE5C1F9C6DFB0CBBEC5CAAE31323334353637383930"
     txr = parse_line(_with_checksum(f"BDTXR,3,0455998,2,,{body}"))
-    assert isinstance(txr, Received) and txr.info_class == 3
+    assert isinstance(txr, Received)
+    assert txr.info_class == 3
     assert decode_content(txr.content, "mixed").text == "通信测试 一二三四五六七八九十1234567890"
 
 
@@ -134,7 +141,8 @@ CONSTRUCTED = [
 @pytest.mark.parametrize("record", CONSTRUCTED, ids=lambda r: type(r).__name__)
 def test_constructed_sentences_roundtrip(record: object) -> None:
     line = build(record)  # type: ignore[arg-type]
-    assert line.endswith(b"\r\n") and line.startswith(b"$")
+    assert line.endswith(b"\r\n")
+    assert line.startswith(b"$")
     assert parse_line(line) == record
 
 
@@ -183,13 +191,17 @@ times = st.one_of(st.none(), st.from_regex(r"\A[0-9]{6}(\.[0-9]{2})?\Z"))
 records = st.one_of(
     st.builds(SendRequest, digits, small, small, hexs),
     st.builds(Received, small, digits, small, times, hexs),
-    st.builds(Feedback, st.sampled_from(["TXA", "ICA", "RMO"]), st.booleans(), st.booleans(), small, num),
+    st.builds(
+        Feedback, st.sampled_from(["TXA", "ICA", "RMO"]), st.booleans(), st.booleans(), small, num
+    ),
     st.builds(Feedback3, times, st.sampled_from(["TCQ", "ICR"]), st.booleans(), small, num),
     st.builds(CardQuery, small, st.integers(0, 99)),
     st.builds(CardQuery3, small, st.integers(0, 99)),
     st.builds(CardInfo, digits, digits, digits, small, num, small, st.booleans(), num),
     st.builds(CardInfo3, digits, digits, digits, st.booleans(), num, small),
-    st.builds(BeamStatus, st.integers(0, 99), st.integers(0, 99), st.tuples(*[st.integers(0, 4)] * 10)),
+    st.builds(
+        BeamStatus, st.integers(0, 99), st.integers(0, 99), st.tuples(*[st.integers(0, 4)] * 10)
+    ),
     st.builds(
         BeamPower,
         times,
@@ -197,7 +209,9 @@ records = st.one_of(
         st.integers(0, 99),
         st.lists(st.builds(Beam, num, num, num, small), max_size=12).map(tuple),
     ),
-    st.builds(OutputControl, st.sampled_from(["BSI", "PWI", "ZDA"]), small, st.one_of(st.none(), num)),
+    st.builds(
+        OutputControl, st.sampled_from(["BSI", "PWI", "ZDA"]), small, st.one_of(st.none(), num)
+    ),
     st.builds(SendRequest3, digits, small, small, small, hexs, small),
     st.builds(Received3, digits, digits, small, times, small, small, hexs),
 )
@@ -212,10 +226,8 @@ def test_build_then_parse_gives_the_record_back(record: object) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_raise_only_the_projects_errors(data: bytes) -> None:
-    try:
+    with contextlib.suppress(TerminalGwError):
         parse_line(data)
-    except TerminalGwError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
@@ -230,7 +242,5 @@ def test_any_fields_behind_a_valid_checksum_raise_only_the_projects_errors(
     from terminal_gw.gnss.framer import nmea_checksum
 
     for s in framer.feed(b"$" + body + b"*%02X\r\n" % nmea_checksum(body)):
-        try:
+        with contextlib.suppress(TerminalGwError):
             parse(s)
-        except TerminalGwError:
-            pass
