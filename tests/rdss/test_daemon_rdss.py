@@ -88,7 +88,13 @@ async def test_messages_in_and_paced_sends_by_command(
             async with aiomqtt.Client("127.0.0.1", broker.port, identifier="dash") as dash:
                 for command in (
                     {"id": "m-1", "to": "0166166", "text": bad_text},
-                    {"id": "m-2", "to": "166166", "data": "0102AB", "mode": "code"},
+                    {
+                        "id": "m-2",
+                        "to": "166166",
+                        "data": "0102AB",
+                        "mode": "code",
+                        "class": "normal",
+                    },
                     {"id": "m-3", "to": "0166166,1\r\n$CCTXA", "text": "x"},
                     {"id": "m-4", "to": "0166166", "data": "31*0"},
                     {"id": "m$5", "to": "0166166", "text": "x"},
