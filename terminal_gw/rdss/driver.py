@@ -95,6 +95,8 @@ TO_DIGITS: dict[Dialect, int] = {"2.1": 7, "bds3": 8}
 DIALECT_FILE = "rdss_dialect.json"
 TICK_S = 0.5
 INFO_CLASS = {1: "normal", 2: "express", 3: "broadcast", 4: "query_result", 5: "query_result"}
+#: The command names of BDFKI feedback to a send.
+SEND_COMMANDS = frozenset({"TXA", "TCQ"})
 #: 2.1 BDFKI transmit suppression values.
 SUPPRESSION = {1: "suppressed", 2: "radio_silence", 3: "suppressed"}
 #: Feedback reasons a send waits on (then retried); others fail it.
@@ -232,6 +234,7 @@ class RdssDriver:
         self._beam_kind: str | None = None
         self._waiting: dict[str, str] = {}  # job id -> the wait last reported
         self._started = time.monotonic()
+        self._usage_at = time.monotonic()
         #: Fed from a recording (`feed`), without a port: the state does not look at one.
         self.replaying = False
 
@@ -472,7 +475,9 @@ class RdssDriver:
             await self._receive(record, sentence)
         elif isinstance(record, Feedback | Feedback3):
             fut = self._feedback
-            if fut is not None and not fut.done():
+            if record.command not in SEND_COMMANDS:
+                self.counters["feedback_other"] += 1  # e.g. to CCICA or CCRMO
+            elif fut is not None and not fut.done():
                 fut.set_result(record)
             else:
                 self.counters["feedback_unexpected"] += 1
@@ -583,9 +588,16 @@ class RdssDriver:
             if port.state is PortState.OPEN:
                 if port.opens != self._opens_seen:
                     self._opens_seen = port.opens
-                    self.card = None  # ask again: the terminal may have changed
+                    # Ask again at once: the terminal (or its card) may have changed. The
+                    # card known so far stands meanwhile: sends are sized by it, not by the
+                    # configured fallback.
                     self._asked_at = -float("inf")
                 await self._ask_card(port)
+            if time.monotonic() - self._usage_at > 60.0:
+                # Today's sends: the count starts again at 00:00 UTC.
+                self._usage_at = time.monotonic()
+                with contextlib.suppress(StoreError):
+                    await self._refresh_usage()
             if self._unstored:
                 held, self._unstored = self._unstored, []
                 for payload in held:
@@ -598,15 +610,18 @@ class RdssDriver:
         since_ask = mono - self._asked_at
         unanswered = self._answered_at < self._asked_at
         quiet = mono - self._heard_at > self.cfg.stale_after_s / 2
+        asked = self._asked_at != -float("inf")
+        pending = self.card is None or unanswered
         due = (
-            self.card is None
-            and (self._asked_at == -float("inf") or since_ask > self.cfg.answer_timeout_s)
-        ) or (since_ask > self.cfg.card_query_interval_s or (quiet and since_ask > 5.0))
+            not asked
+            or (pending and since_ask > self.cfg.answer_timeout_s)
+            or since_ask > self.cfg.card_query_interval_s
+            or (quiet and since_ask > 5.0)
+        )
         if not due:
             return
         auto = self.cfg.dialect == "auto"
-        asked = self._asked_at != -float("inf")
-        if auto and self.card is None and unanswered and self.dialect is not None and asked:
+        if auto and unanswered and self.dialect is not None and asked:
             # The remembered dialect did not answer: ask in both again.
             self.counters["dialect_redetect"] += 1
             self.dialect = None

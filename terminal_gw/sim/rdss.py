@@ -76,6 +76,10 @@ class RdssSimulator:
     seed: int = 1
     on_recreate: Callable[[str], None] | None = None
     faults: set[str] = field(default_factory=set)
+    #: Also answer card queries and output control with BDFKI (some terminals do).
+    feedback_all: bool = False
+    #: Seconds before a send is answered (the terminal transmitting).
+    answer_delay_s: float = 0.0
     sent: list[SentMessage] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
     refused: list[bytes] = field(default_factory=list)  # lines not answered
@@ -245,6 +249,12 @@ class RdssSimulator:
             return
         parts = body.split(",")
         name, args = parts[0], parts[1:]
+        if self.feedback_all and name in ("CCICA", "CCRMO", "CCICR"):
+            if self.dialect == "2.1":
+                self._emit(sim_sentence(f"BDFKI,{name[2:]},Y,Y,0,0000"))
+            else:
+                hms = datetime.now(UTC).strftime("%H%M%S")
+                self._emit(sim_sentence(f"BDFKI,{hms},{name[2:]},Y,0,0"))
         if name == "CCICA" and self.dialect == "2.1":
             self._card_21()
         elif name == "CCICR" and self.dialect == "bds3":
@@ -302,6 +312,13 @@ class RdssSimulator:
             self._emit(sim_sentence(f"BDFKI,{hms},TCQ,{yn},{reason},{wait}"))
 
     def _send(self, line: bytes, to: str, mode: str, content: str) -> None:
+        if self.answer_delay_s > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.answer_delay_s, self._answer_send, line, to, mode, content)
+        else:
+            self._answer_send(line, to, mode, content)
+
+    def _answer_send(self, line: bytes, to: str, mode: str, content: str) -> None:
         now = time.monotonic()
         if not self.card or "nocard" in self.faults:
             self._feedback(False, why="nocard")

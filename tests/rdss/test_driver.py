@@ -115,6 +115,22 @@ async def test_two_sends_the_second_waits_for_the_service_interval(
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
+async def test_feedback_to_other_commands_is_not_taken_for_a_send(
+    tmp_path: Path, dialect: str
+) -> None:
+    kwargs = {"interval_s": 60, "feedback_all": True, "answer_delay_s": 1.5}
+    async with rig(tmp_path, dialect=dialect, sim_kwargs=kwargs, card_query_interval_s=0.5) as r:
+        await wait_until(lambda: r.driver.state == "ok")
+        r.sim.refuse_next_send(60)
+        await r.driver.enqueue("f1", "0166166", data="0102")
+        await r.sink.wait_for(lambda: "waiting_interval" in r.sink.states("f1"))
+        await wait_until(lambda: r.driver.counters["feedback_other"] >= 4, what="more ICA feedback")
+    # The send's own BDFKI N (wait 60) decided, not a BDFKI Y to a card query.
+    assert r.sink.states("f1") == ["queued", "sending", "waiting_interval"]
+    assert r.sim.sent == []
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_a_feedback_wait_is_waited_then_retried(tmp_path: Path, dialect: str) -> None:
     async with rig(tmp_path, dialect=dialect, sim_kwargs={"interval_s": 1}) as r:
         await wait_until(lambda: r.driver.state == "ok")
