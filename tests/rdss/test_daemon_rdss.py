@@ -284,6 +284,83 @@ async def test_sigkill_right_after_a_message_is_read_publishes_it_once_after_res
     assert rx["text"] == "救援请求：船体进水。"
 
 
+async def test_faults_through_the_daemon_no_beams_unplug_no_card(
+    tmp_path: Path, broker: Broker
+) -> None:
+    device = PtyDevice(tmp_path / "dev" / "rdss0")
+    sim = RdssSimulator(device, dialect="bds3", interval_s=1)
+    config = make_config(
+        tmp_path,
+        "none",
+        broker.port,
+        rdss={"port": device.path, **FAST, "card_query_interval_s": 1.0, "status_interval_s": 1},
+    )
+    daemon = Daemon(config)
+    sub = Subscriber(broker.port, f"{BASE}/#")
+    ready = asyncio.Event()
+
+    def status(state: str) -> Any:
+        return lambda m: m[0] == f"{BASE}/rdss/status" and m[1]["state"] == state
+
+    def tx(bds_id: str, state: str) -> Any:
+        return lambda m: m[0] == f"{BASE}/bds/tx/{bds_id}" and m[1]["state"] == state
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sub_task = tg.create_task(sub.run(ready), name="subscriber")
+            await ready.wait()
+            sim.set_fault("nobeams")
+            sim_task = tg.create_task(sim.run(), name="rdss-sim")
+            daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
+            await sub.wait_for(status("ok"), timeout=20)
+            await wait_until(lambda: daemon.rdss is not None and daemon.rdss.beams_ok() is False)
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="dash") as dash:
+                await dash.publish(
+                    f"{BASE}/cmd/bds/send",
+                    json.dumps({"id": "f-1", "to": "4207733", "text": "测试"}),
+                    qos=1,
+                )
+                await sub.wait_for(tx("f-1", "waiting_signal"), timeout=20)
+                assert sim.sent == []
+                sim.set_fault("nobeams", on=False)
+                await sub.wait_for(tx("f-1", "sent"), timeout=20)
+                # Unplug and back: the status says down, then ok again.
+                sim.unplug(1.0)
+                await sub.wait_for(status("down"), timeout=20)
+                await wait_until(lambda: daemon.rdss is not None and daemon.rdss.state == "ok")
+                await sub.wait_for(
+                    lambda m: status("ok")(m) and m[1]["time"] > _last(sub, "down")["time"],
+                    timeout=20,
+                )
+                # The card pulled: the next card answer says so, and a send fails.
+                sim.set_fault("nocard")
+                await sub.wait_for(status("no_card"), timeout=20)
+                await dash.publish(
+                    f"{BASE}/cmd/bds/send",
+                    json.dumps({"id": "f-2", "to": "4207733", "text": "测试"}),
+                    qos=1,
+                )
+                await sub.wait_for(tx("f-2", "failed"), timeout=20)
+            daemon.supervisor.stop_requested.set()
+            await daemon_task
+            sim_task.cancel()
+            sub_task.cancel()
+    finally:
+        device.close()
+    waiting = next(m[1] for m in sub.messages if tx("f-1", "waiting_signal")(m))
+    assert waiting["code"] == "no_signal"
+    failed = next(m[1] for m in sub.messages if tx("f-2", "failed")(m))
+    assert failed["code"] == "no_card"
+    assert len(sim.sent) == 1
+    events = [m[1]["kind"] for m in sub.messages if m[0] == f"{BASE}/event"]
+    assert {"port_closed", "port_open", "rdss_no_card", "rdss_dialect"} <= set(events)
+
+
+def _last(sub: Subscriber, state: str) -> dict[str, Any]:
+    found = [m[1] for m in sub.messages if m[0] == f"{BASE}/rdss/status" and m[1]["state"] == state]
+    return found[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("role", choices=["child"])
