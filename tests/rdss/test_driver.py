@@ -3,20 +3,31 @@ messages in (every mode, duplicates, fragments, garbage), paced sends, feedback 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from terminal_gw.config import RdssConfig
 from terminal_gw.errors import CommandError
 from terminal_gw.gnss.framer import Framer
-from terminal_gw.rdss.driver import DIALECT_FILE
+from terminal_gw.rdss.driver import DIALECT_FILE, RdssDriver
 from terminal_gw.rdss.store import RdssStore
-from tests.rdss.rig import rig
+from terminal_gw.sim.rdss import sim_sentence
+from tests.rdss.rig import Sink, rig
 from tests.waiting import wait_until
 
 DIALECTS = ["2.1", "bds3"]
+_fields = st.text(alphabet="0123456789ABCDEFNYE.", max_size=12)
+_sentences = st.builds(
+    lambda address, values: sim_sentence(",".join([address, *values])),
+    st.sampled_from(["BDTXR", "BDTCI", "BDFKI", "BDICI", "BDICP", "BDBSI", "BDPWI", "CCTXA"]),
+    st.lists(_fields, max_size=24),
+)
 #: What a host sentence may look like on the wire: nothing but the address, digits, hex,
 #: commas between fields and the checksum.
 SAFE_LINE = re.compile(rb"\$CC[A-Z]{3}(,[0-9A-Z.]*)*\*[0-9A-F]{2}")
@@ -338,3 +349,29 @@ def test_sim_output_frames_with_the_gnss_framer_split_at_every_byte() -> None:
     for i in range(len(line)):
         out += framer.feed(b"\x00\xff" + line[i : i + 1] if i == 0 else line[i : i + 1])
     assert [parse(s) for s in out] == [parse(out[0])] * 2
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.binary(max_size=60), _sentences), max_size=12))
+def test_the_driver_takes_any_bytes_and_any_well_framed_values(
+    tmp_path_factory: pytest.TempPathFactory, pieces: list[bytes]
+) -> None:
+    tmp = tmp_path_factory.mktemp("feed")
+    sink = Sink()
+    driver = RdssDriver(
+        RdssConfig(port="/dev/null"),
+        sink,
+        RdssStore(tmp / "rdss.db"),
+        topic_base="tgw/d",
+        state_dir=tmp,
+    )
+    driver.replaying = True
+
+    async def feed() -> None:
+        for piece in pieces:
+            await driver.feed(piece)
+
+    asyncio.run(feed())
+    for _, payload, _ in sink.items:
+        payload.to_json()  # every record it stored is a valid payload
+    assert driver.status_payload().to_json()
