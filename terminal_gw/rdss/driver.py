@@ -880,6 +880,7 @@ class RdssDriver:
                     fb = await fut
             except TimeoutError:
                 self.counters["tx_unconfirmed"] += 1
+                self.sends_today += 1  # in the ledger: it may have been transmitted
                 self.last_send = sent_at
                 self.next_send = sent_at + self.interval_s()
                 await self._fail(

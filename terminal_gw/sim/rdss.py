@@ -80,6 +80,8 @@ class RdssSimulator:
     feedback_all: bool = False
     #: Seconds before a send is answered (the terminal transmitting).
     answer_delay_s: float = 0.0
+    #: False: sends are transmitted but never answered with BDFKI (a mute terminal).
+    answer_sends: bool = True
     sent: list[SentMessage] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
     refused: list[bytes] = field(default_factory=list)  # lines not answered
@@ -339,4 +341,5 @@ class RdssSimulator:
             return
         self._last_send = now
         self.sent.append(SentMessage(to, int(mode) if mode.isdigit() else -1, content, now, line))
-        self._feedback(True)
+        if self.answer_sends:
+            self._feedback(True)

@@ -7,18 +7,20 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from terminal_gw.config import RdssConfig
-from terminal_gw.errors import CommandError
+from terminal_gw.errors import CommandError, StoreError
 from terminal_gw.gnss.framer import Framer
 from terminal_gw.rdss.driver import DIALECT_FILE, RdssDriver
 from terminal_gw.rdss.store import RdssStore
-from terminal_gw.sim.rdss import sim_sentence
-from tests.rdss.rig import Sink, rig
+from terminal_gw.sim.rdss import RdssSimulator, sim_sentence
+from terminal_gw.transport.pty import PtyDevice
+from tests.rdss.rig import FAST, Sink, rig
 from tests.waiting import wait_until
 
 DIALECTS = ["2.1", "bds3"]
@@ -375,3 +377,67 @@ def test_the_driver_takes_any_bytes_and_any_well_framed_values(
     for _, payload, _ in sink.items:
         payload.to_json()  # every record it stored is a valid payload
     assert driver.status_payload().to_json()
+
+
+async def test_a_send_without_feedback_fails_unconfirmed_and_still_counts(
+    tmp_path: Path,
+) -> None:
+    kwargs = {"interval_s": 2, "answer_sends": False}
+    async with rig(tmp_path, sim_kwargs=kwargs, feedback_timeout_s=0.5) as r:
+        await wait_until(lambda: r.driver.state == "ok")
+        await r.driver.enqueue("u1", "0166166", text="一")
+        await r.driver.enqueue("u2", "0166166", text="二")
+        await r.sink.wait_for(lambda: r.sink.states("u2")[-1:] == ["failed"])
+    first = r.sink.of("/bds/tx/u1")[-1]
+    assert first["code"] == "unconfirmed"
+    # It may have gone out (it did): not sent again, and the next one still kept the interval.
+    assert len(r.sim.sent) == 2
+    assert r.sim.sent[1].at - r.sim.sent[0].at >= 2.0 - 0.05
+    assert r.sim.refusals == []
+    assert r.driver.sends_today == 2
+
+
+class _FlakySink(Sink):
+    """An outbox that refuses the first `fail` short messages (a full disk, say)."""
+
+    def __init__(self, fail: int) -> None:
+        super().__init__()
+        self.fail = fail
+
+    async def put(
+        self, topic: str, payload: Any, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        if topic.endswith("/bds/rx") and self.fail:
+            self.fail -= 1
+            raise StoreError("disk full", reason="disk full")
+        await super().put(topic, payload, retain=retain, sync=sync)
+
+
+async def test_a_message_the_store_refuses_is_kept_and_stored_later(tmp_path: Path) -> None:
+    device = PtyDevice(tmp_path / "rdss0")
+    sim = RdssSimulator(device)
+    sink = _FlakySink(fail=2)
+    driver = RdssDriver(
+        RdssConfig(port=device.path, **FAST),
+        sink,
+        RdssStore(tmp_path / "rdss.db"),
+        topic_base="tgw/d",
+        state_dir=tmp_path,
+    )
+    await driver.open()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(sim.run()), tg.create_task(driver.run())]
+            try:
+                await wait_until(lambda: driver.state == "ok")
+                sim.deliver("0166166", text="重要", mode="chinese")
+                await sink.wait_for(lambda: len(sink.of("/bds/rx")) == 1)
+            finally:
+                for task in tasks:
+                    task.cancel()
+    finally:
+        await driver.close()
+        device.close()
+    assert sink.of("/bds/rx")[0]["text"] == "重要"
+    assert driver.counters["rx_store_failed"] == 2
+    assert driver.counters["rx"] == 1
