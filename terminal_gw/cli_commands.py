@@ -16,11 +16,7 @@ _TABLE: list[tuple[str, str, str]] = [
     ("run", "run the daemon", "terminal_gw.daemon"),
     ("replay", "replay captures through the pipeline", "terminal_gw.replay"),
     ("record", "record serial traffic to a capture file", "terminal_gw.transport.record"),
-    (
-        "simulate",
-        "simulate a GNSS receiver, a modem or an RDSS terminal on a pty",
-        "terminal_gw.sim.cli",
-    ),
+    ("simulate", "simulate a GNSS receiver, modem or RDSS terminal", "terminal_gw.sim.cli"),
     ("demo", "simulators, daemon and broker together, with a live view", "terminal_gw.demo"),
     ("status", "show the running daemon's state", "terminal_gw.status"),
     ("outbox", "inspect the outbox: stats, export", "terminal_gw.outbox_cli"),
