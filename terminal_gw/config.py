@@ -186,9 +186,59 @@ class ModemConfig(_Section):
         return self
 
 
+#: BDS-3 BDFKI reason codes as one public implementation numbers them; vendors differ, so
+#: `[rdss.reasons]` may renumber them.
+RdssReason = Literal[
+    "interval", "suppressed", "radio_silence", "power_not_locked", "no_card", "no_permission"
+]
+DEFAULT_RDSS_REASONS: dict[str, RdssReason] = {
+    "1": "interval",
+    "2": "suppressed",
+    "3": "radio_silence",
+    "4": "power_not_locked",
+    "5": "no_card",
+    "6": "no_permission",
+}
+
+
 class RdssConfig(_Section):
+    """The BeiDou short-message (RDSS) terminal: dialect, pacing, beams, send queue."""
+
     port: PortPath = "none"
     baud: Baud = 115200
+    dialect: Literal["2.1", "bds3", "auto"] = "auto"
+    path: Path | None = None
+    stale_after_s: float = Field(default=120.0, gt=0)
+    answer_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    card_query_interval_s: float = Field(default=600.0, gt=0)
+    beam_interval_s: int = Field(default=10, ge=1, le=255)
+    min_beam_power: int = Field(default=1, ge=0, le=4)
+    min_beam_cn0: int = Field(default=35, ge=0, le=99)
+    beams_max_age_s: float = Field(default=60.0, gt=0)
+    interval_s: float = Field(default=60.0, ge=0)
+    level: int = Field(default=1, ge=1, le=4)
+    bds3_scope: Literal["regional", "global"] = "regional"
+    comm_class_normal: int = Field(default=1, ge=0, le=9)
+    comm_class_express: int = Field(default=0, ge=0, le=9)
+    frequency_point: int = Field(default=2, ge=1, le=5)
+    inbound_ack: Literal[1, 2] = 1
+    feedback_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    max_tries: int = Field(default=3, ge=1, le=100)
+    suppression_retry_s: float = Field(default=60.0, gt=0)
+    duplicate_window_s: float = Field(default=2.0, ge=0)
+    max_sends_per_hour: int = Field(default=30, ge=0)
+    max_sends_per_day: int = Field(default=200, ge=0)
+    status_interval_s: float = Field(default=300.0, gt=0)
+    history_days: float = Field(default=30.0, gt=0)
+    reasons: dict[str, RdssReason] = Field(default_factory=lambda: dict(DEFAULT_RDSS_REASONS))
+    record: bool = False
+
+    @model_validator(mode="after")
+    def _reason_codes(self) -> RdssConfig:
+        for code in self.reasons:
+            if not code.isdigit() or int(code) == 0:
+                raise ValueError(f"reasons: {code!r} is not a reason code (1-9...)")
+        return self
 
 
 class MqttConfig(_Section):

@@ -36,6 +36,9 @@ from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
+from terminal_gw.rdss.command import bds_send_spec
+from terminal_gw.rdss.driver import RdssDriver
+from terminal_gw.rdss.store import RdssStore
 from terminal_gw.sdnotify import Notifier
 from terminal_gw.serve import Serving
 from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
@@ -192,6 +195,22 @@ class Daemon:
             log=get_logger("uplink"),
         )
         self.commands.responder = self.uplink
+        # BeiDou short messages: the driver, its send queue, and the bds/send command.
+        self.rdss: RdssDriver | None = None
+        if config.rdss.port != "none":
+            state_dir = config.outbox.path.parent
+            self.rdss = RdssDriver(
+                config.rdss,
+                self.sink,
+                RdssStore(config.rdss.path or state_dir / "rdss.db"),
+                topic_base=self.base_topic,
+                state_dir=state_dir,
+                events=self.emit,
+                on_progress=lambda: self.board.progress("rdss"),
+                tap=self._rdss_tap if config.rdss.record else None,
+                log=get_logger("rdss"),
+            )
+            self.commands.commands["bds/send"] = bds_send_spec(self.rdss)
         self.gnss_port: ReconnectingPort | None = None
         self.recorder: TapWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
@@ -304,6 +323,16 @@ class Daemon:
         writer = self.capture_writer("modem") if self.config.modem.record else None
         return port if writer is None else RecordingPort(port, writer, name="modem")
 
+    def _rdss_tap(self, direction: Direction, data: bytes) -> None:
+        writer = self.capture_writer("rdss")
+        if writer is not None:
+            writer.write("rdss", direction, data, time.time())
+
+    async def rdss_stage(self) -> None:
+        """The BeiDou short-message terminal: card, beams, messages in, the send queue."""
+        assert self.rdss is not None
+        await self.rdss.run()
+
     async def events_stage(self) -> None:
         """Move queued events into the outbox."""
         while True:
@@ -386,6 +415,17 @@ class Daemon:
             b.add_gauge("modem", lambda: f"{modem.state}: {modem.reason}")
             b.add_gauge("modem_rssi", lambda: modem.rssi)
             b.add_gauge("modem_registration", lambda: modem.reg)
+        if self.rdss is not None:
+            rdss = self.rdss
+            b.add_counters("rdss", lambda: rdss.counters)
+            b.add_counters("rdss_framer", lambda: rdss.framer.counters)
+            b.add_gauge("rdss", rdss.summary)
+            b.add_gauge("rdss_beams_ok", rdss.beams_ok)
+            b.add_gauge("rdss_sends_today", lambda: rdss.sends_today)
+            b.add_gauge(
+                "rdss_next_send",
+                lambda: None if rdss.next_send is None else iso_utc(rdss.next_send),
+            )
         b.add_gauge("outbox_depth", lambda: self.outbox.depth)
         b.add_gauge("outbox_oldest_age_s", self._outbox_age)
         b.add_gauge("outbox_error", lambda: self.outbox.store_error)
@@ -450,6 +490,8 @@ class Daemon:
             stages.insert(0, Stage("gnss", self.gnss_stage, input=True))
         if self.modem is not None:
             stages.insert(0, Stage("modem", self.modem_stage, input=True))
+        if self.rdss is not None:
+            stages.insert(0, Stage("rdss", self.rdss_stage, input=True))
         stages.append(Stage("commands", self.commands_stage, input=True))
         if self.config.status.metrics_port:
             stages.append(Stage("metrics", self.metrics_stage))
@@ -516,7 +558,8 @@ class Daemon:
 
     def _warn_if_no_device(self) -> None:
         """With both device ports "none" nothing is read: say so, in the log and as an event."""
-        if self.config.gnss.port != "none" or self.config.modem.port != "none":
+        ports = (self.config.gnss.port, self.config.modem.port, self.config.rdss.port)
+        if any(port != "none" for port in ports):
             return
         message = (
             'no device stage runs: [gnss] port and [modem] port are both "none", so nothing is'
@@ -545,7 +588,10 @@ class Daemon:
         await self.outbox.open()
         try:
             await self.command_store.open()
+            if self.rdss is not None:
+                await self.rdss.open()
         except StoreError:
+            await self.command_store.close()
             await self.outbox.close()
             raise
         self.log.info(
@@ -566,6 +612,8 @@ class Daemon:
             )
         finally:
             await self.command_store.close()
+            if self.rdss is not None:
+                await self.rdss.close()
             await self.outbox.close()
             self.clock.close()
             if self.recorder is not None:

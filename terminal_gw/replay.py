@@ -151,7 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port",
         default=None,
         help=f"port of own-format captures to replay: {MODEM_PORT!r} plays the modem side to "
-        f"the modem driver, any other port goes through the GNSS pipeline (default: "
+        "the modem driver, 'rdss' plays the RDSS terminal to the RDSS driver, any other port "
+        f"goes through the GNSS pipeline (default: "
         f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session)",
     )
     # Its own dest: without --config, replay uses fixed names instead of the default config.
@@ -841,6 +842,19 @@ def cli(args: argparse.Namespace) -> int:
             return EXIT_USAGE
 
     port: str | None = args.port
+    if port == "rdss":
+        from terminal_gw.config import RdssConfig
+        from terminal_gw.rdss.replay import replay_rdss
+
+        rdss = config.rdss if args.replay_config is not None else RdssConfig()
+        return replay_rdss(
+            readers,
+            rdss,
+            base=f"{prefix}/{device}",
+            jsonl=args.jsonl,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     gnss_side = port != MODEM_PORT
     # Without --port the modem side comes along, but only sessions the driver can play.
     modem_side = port is None or port == MODEM_PORT
