@@ -241,6 +241,29 @@ class RdssConfig(_Section):
         return self
 
 
+OutboxClass = Literal["sms", "bds", "command", "event", "status", "fix", "sky"]
+
+
+def _message_classes() -> list[OutboxClass]:
+    return ["sms", "bds", "command"]
+
+
+class LinkProfileConfig(_Section):
+    """One `[[links]]` profile: what may use a network link, and how much of it a day."""
+
+    name: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    interface: str = "*"  # glob on the network interface that carries the broker's traffic
+    encoding: Literal["json", "compact"] = "json"
+    classes: list[OutboxClass] | None = None  # None: every class
+    position_interval_s: float = Field(default=0.0, ge=0)
+    batch_max_records: int | None = Field(default=None, ge=1, le=10_000)
+    batch_max_age_s: float | None = Field(default=None, ge=0)
+    budget_bytes_per_day: Size | None = None
+    budget_messages_per_day: int | None = Field(default=None, ge=0)
+    over_budget_classes: list[OutboxClass] = Field(default_factory=_message_classes)
+    keepalive_s: int | None = Field(default=None, ge=5, le=65535)
+
+
 class MqttConfig(_Section):
     host: str = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -443,6 +466,17 @@ class Config(_Section):
     commands: CommandsConfig = CommandsConfig()
     gpsd_server: GpsdServerConfig = GpsdServerConfig()
     nmea_out: NmeaOutConfig = NmeaOutConfig()
+    links: list[LinkProfileConfig] = Field(
+        default_factory=lambda: [LinkProfileConfig()], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _link_names(self) -> Config:
+        names = [p.name for p in self.links]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"links: the profile name {name!r} is used twice")
+        return self
 
     @model_validator(mode="before")
     @classmethod

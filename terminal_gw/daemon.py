@@ -20,6 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.clock import ClockWatch
 from terminal_gw.commands import CommandRunner, CommandStore
+from terminal_gw.commands.link import link_set_spec
 from terminal_gw.config import Config, load_config
 from terminal_gw.errors import (
     ConfigError,
@@ -211,6 +212,7 @@ class Daemon:
                 log=get_logger("rdss"),
             )
             self.commands.commands["bds/send"] = bds_send_spec(self.rdss)
+        self.commands.commands["link/set"] = link_set_spec(self.uplink)
         self.gnss_port: ReconnectingPort | None = None
         self.recorder: TapWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
@@ -406,6 +408,7 @@ class Daemon:
         b.add_counters("sentences", lambda: self.pipeline.counters)
         b.add_counters("records_in", lambda: self.records_in)
         b.add_counters("uplink", self.uplink.counters.as_dict)
+        b.add_gauge("link_profile", self.uplink.link_summary)
         b.add_counters("commands", lambda: self.commands.counters)
         if self.serving.stages():
             b.add_counters("serve", self.serving.counters)

@@ -883,6 +883,7 @@ class _Db:
         live_after: float,
         newest_pending: Collection[str] = (),
         after: Mapping[str, int] | None = None,
+        classes: Collection[str] | None = None,
     ) -> tuple[list[Record], set[int], dict[str, list[int]]]:
         """The next `limit` committed records in drain order, the seqs that went ahead as
         live, and per class the skipped seqs the scan passed over. Classes in
@@ -900,6 +901,8 @@ class _Db:
                     break
                 level: list[tuple[Any, ...]] = []
                 for cls in (c for c, p in CLASS_PRIORITY.items() if p == prio):
+                    if classes is not None and cls not in classes:
+                        continue
                     start = after.get(cls, 0)
                     ahead = sum(1 for s in skip if s > start)
                     rows = conn.execute(_SELECT_OLDEST, (cls, start, limit + ahead)).fetchall()
@@ -1805,8 +1808,11 @@ class Outbox:
 
     # ---- reading and acknowledging ------------------------------------------------------
 
-    async def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[Record]:
-        """The next records in drain order, skipping seqs in `exclude`.
+    async def next_batch(
+        self, limit: int, exclude: Collection[int] = (), classes: Collection[str] | None = None
+    ) -> list[Record]:
+        """The next records in drain order, skipping seqs in `exclude` (and, with `classes`,
+        records of other classes: they wait for a link that may carry them).
 
         Within a priority level the committed records come first, then those not yet committed
         (the batch), each with a negative seq that `ack` and `exclude` take like any other.
@@ -1829,6 +1835,8 @@ class Outbox:
                 if isinstance(row_seq, int):
                     skip.add(row_seq)  # committed while in flight
             waiting = list(self._pending)
+            if classes is not None:
+                waiting = [r for r in waiting if r.cls in classes]
             newest = {r.cls: r for r in waiting if r.cls in LIVE_CLASSES}
             rows: list[Record] = []
             live: set[int] = set()
@@ -1846,6 +1854,7 @@ class Outbox:
                         live_after,
                         set(newest),
                         dict(self._cursor),
+                        None if classes is None else frozenset(classes),
                     )
                 except sqlite3.Error as exc:
                     self._log.error("outbox cannot read", reason=str(exc))

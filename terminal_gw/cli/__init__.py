@@ -32,7 +32,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("replay", "replay captures through the pipeline", "terminal_gw.cli.replay"),
     ("record", "record serial traffic to a capture file", "terminal_gw.cli.record"),
-    ("simulate", "simulate a GNSS receiver or a modem on a pty", "terminal_gw.cli.simulate"),
+    ("simulate", "simulate a GNSS receiver, modem or RDSS terminal", "terminal_gw.cli.simulate"),
     (
         "demo",
         "simulators, daemon and broker together, with a live view",

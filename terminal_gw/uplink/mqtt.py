@@ -33,6 +33,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.uplink.links import WireCount, wire_count
+
 
 class Failure(StrEnum):
     """Why a connection failed or ended."""
@@ -387,6 +389,11 @@ class MqttLink:
         if code.is_failure:
             raise LinkError(Failure.REFUSED, f"refused: subscribing to {topic} failed: {code}")
         return int(code.value)
+
+    def wire_count(self) -> WireCount | None:
+        """What this connection carried so far, by the kernel's TCP counters."""
+        sock = self._client.socket()
+        return None if sock is None else wire_count(sock)
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received message (PUBACK): the broker forgets it."""
