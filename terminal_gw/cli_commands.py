@@ -20,7 +20,7 @@ _TABLE: list[tuple[str, str, str]] = [
     ("demo", "simulators, daemon and broker together, with a live view", "terminal_gw.demo"),
     ("status", "show the running daemon's state", "terminal_gw.status"),
     ("outbox", "inspect the outbox: stats, export", "terminal_gw.outbox_cli"),
-    ("decode", "decode modem data: SMS PDUs to JSON lines", "terminal_gw.modem.decode_cli"),
+    ("decode", "decode SMS PDUs or a compact batch to JSON lines", "terminal_gw.modem.decode_cli"),
 ]
 
 
