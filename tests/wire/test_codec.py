@@ -352,10 +352,12 @@ sys.path.insert(0, sys.argv[2])  # this checkout, before any installed copy
 for name in ("pydantic", "pydantic_core", "structlog", "paho", "serial", "serial_asyncio_fast",
              "pynmeagps", "gsm0338", "aiomqtt", "psycopg"):
     sys.modules[name] = None  # any import of these fails
+before = set(sys.modules)
 from terminal_gw.wire import decode_batch
 records = decode_batch(bytes.fromhex(sys.argv[1]))
 allowed = set(sys.stdlib_module_names) | {"terminal_gw", "zstandard", "_cffi_backend"}
-foreign = sorted({m.split(".")[0] for m in sys.modules} - allowed)
+loaded = {name.split(".")[0] for name in set(sys.modules) - before}
+foreign = sorted(loaded - allowed)
 print(len(records), foreign)
 """
 
