@@ -86,7 +86,11 @@ def vectors() -> dict[str, tuple[str, list[dict[str, Any]], bool]]:
     ]
     return {
         "one-fix": ("one fix, every common field, id derived from device and time", one, False),
-        "track-gap": ("five fixes and a no-fix epoch a minute later; track absent once", track, False),
+        "track-gap": (
+            "five fixes and a no-fix epoch a minute later; track absent once",
+            track,
+            False,
+        ),
         "ids-and-extras": (
             "a UUID id, a text id, no id, the antimeridian, a pole, a time not in ms form and an"
             " unknown key (both carried as extra JSON)",
