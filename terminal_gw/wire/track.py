@@ -212,6 +212,11 @@ def _golomb_bits(zs: Sequence[int], k: int) -> int:
     return sum(2 * ((z >> k) + 1).bit_length() - 1 + k for z in zs)
 
 
+def _best_k(zs: Sequence[int]) -> int:
+    sizes = [_golomb_bits(zs, k) for k in range(16)]
+    return sizes.index(min(sizes))
+
+
 # --- the report ------------------------------------------------------------------------------
 #
 # magic "T\x81" | t0: 32 bits unix s | lat0: 25 bits signed 1e-5 deg | lon0: 26 bits signed |
@@ -260,7 +265,7 @@ def _encode(points: Sequence[Point], grid_dm: int) -> bytes | None:
         gy.append(py + ry)
         dts.append(dt)
         t_prev = t
-    ks = [min(range(16), key=lambda k, zs=zs: _golomb_bits(zs, k)) for zs in (zdt, zx, zy)]
+    ks = [_best_k(zs) for zs in (zdt, zx, zy)]
     bits = _Bits()
     bits.put(t0, 32)
     bits.put(lat0, 25)
