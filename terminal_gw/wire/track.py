@@ -17,8 +17,8 @@ docs/wire-format.md, "Track reports".
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from terminal_gw.errors import ParseError
 
@@ -33,6 +33,7 @@ __all__ = [
     "encode_report",
     "is_report",
     "simplify",
+    "split_reports",
     "track_errors",
 ]
 
@@ -69,6 +70,7 @@ class Report:
     points: tuple[Point, ...]  # as the receiver decodes them
     first_fix: int  # index of the oldest input fix covered (older ones did not fit)
     grid_m: float
+    fixes: int = 0  # input fixes covered, from first_fix on
 
 
 # --- local metric coordinates ----------------------------------------------------------------
@@ -109,15 +111,18 @@ def _sed(
     return worst, at
 
 
+def _plane_xy(points: Sequence[Point]) -> tuple[list[tuple[float, float]], list[float]]:
+    plane = _Plane(points[0].lat, points[0].lon)
+    return [plane.xy(p.lat, p.lon) for p in points], [p.t for p in points]
+
+
 def simplify(points: Sequence[Point], max_error_m: float) -> list[int]:
     """Indices of the points to keep (first and last always) so that the track interpolated in
     time between them is within `max_error_m` of every point."""
     n = len(points)
     if n <= 2:
         return list(range(n))
-    plane = _Plane(points[0].lat, points[0].lon)
-    xy = [plane.xy(p.lat, p.lon) for p in points]
-    ts = [p.t for p in points]
+    xy, ts = _plane_xy(points)
     keep = {0, n - 1}
     stack = [(0, n - 1)]
     while stack:
@@ -129,6 +134,56 @@ def simplify(points: Sequence[Point], max_error_m: float) -> list[int]:
             keep.add(at)
             stack += [(a, at), (at, b)]
     return sorted(keep)
+
+
+def _split_levels(points: Sequence[Point]) -> list[float]:
+    """For each point, the largest tolerance at which `simplify` still keeps it (endpoints:
+    infinity), so that `simplify(points, tol)` is the points whose level exceeds tol: one pass
+    for every tolerance."""
+    n = len(points)
+    levels = [math.inf] * n
+    if n <= 2:
+        return levels
+    xy, ts = _plane_xy(points)
+    for i in range(1, n - 1):
+        levels[i] = 0.0
+    stack = [(0, n - 1, math.inf)]
+    while stack:
+        a, b, cap = stack.pop()
+        if b - a < 2:
+            continue
+        worst, at = _sed(xy, ts, a, b)
+        if worst <= 0.0:
+            continue  # every point between lies on the line: never needed
+        level = min(worst, cap)
+        levels[at] = level
+        stack += [(a, at, level), (at, b, level)]
+    return levels
+
+
+def _max_error(
+    plane: _Plane, xy: Sequence[tuple[float, float]], ts: Sequence[float], report: Sequence[Point]
+) -> float:
+    """The largest distance of the fixes (metres in `plane`, times `ts`) from the report's
+    positions at their times; the same figure as max(track_errors(...)), faster."""
+    rxy = [plane.xy(p.lat, p.lon) for p in report]
+    rts = [p.t for p in report]
+    last = len(report) - 1
+    worst = 0.0
+    j = 0
+    hypot = math.hypot
+    for (px, py), t in zip(xy, ts, strict=True):
+        while j < last - 1 and rts[j + 1] < t:
+            j += 1
+        k = j + 1 if j < last else j
+        span = rts[k] - rts[j]
+        f = (t - rts[j]) / span if span > 0 else 0.0
+        f = 0.0 if f < 0.0 else 1.0 if f > 1.0 else f
+        (xa, ya), (xb, yb) = rxy[j], rxy[k]
+        d = hypot(px - xa - f * (xb - xa), py - ya - f * (yb - ya))
+        if d > worst:
+            worst = d
+    return worst
 
 
 def track_errors(track: Sequence[Point], report: Sequence[Point]) -> list[float]:
@@ -332,10 +387,18 @@ def _attempt(points: Sequence[Point], max_error_m: float, max_bytes: int) -> Rep
     budget = max_error_m - 0.8
     if budget <= 0.2:
         return None
+    levels = _split_levels(points)
+    plane = _Plane(points[0].lat, points[0].lon)
+    xy = [plane.xy(p.lat, p.lon) for p in points]
+    ts = [p.t for p in points]
+
+    def error(report: Report) -> float:
+        return _max_error(plane, xy, ts, report.points)
+
     for share in (0.2, 0.35, 0.5):
         grid_dm = max(1, min(255, int(budget * share * math.sqrt(2) * 10)))
         safe = budget - grid_dm / 10 / math.sqrt(2)
-        found = _encode_within(points, grid_dm, safe, max_error_m)
+        found = _encode_within(points, levels, grid_dm, safe, max_error_m, error)
         if found is None or len(found.data) > max_bytes:
             continue
         if best is None or len(found.data) < len(best.data):
@@ -344,10 +407,15 @@ def _attempt(points: Sequence[Point], max_error_m: float, max_bytes: int) -> Rep
 
 
 def _encode_within(
-    points: Sequence[Point], grid_dm: int, safe_tol: float, max_error_m: float
+    points: Sequence[Point],
+    levels: Sequence[float],
+    grid_dm: int,
+    safe_tol: float,
+    max_error_m: float,
+    error: Callable[[Report], float],
 ) -> Report | None:
     def build(tol: float) -> Report | None:
-        data = _encode([points[i] for i in simplify(points, tol)], grid_dm)
+        data = _encode([p for p, level in zip(points, levels, strict=True) if level > tol], grid_dm)
         return None if data is None else Report(data, tuple(decode_report(data)), 0, grid_dm / 10)
 
     good = build(safe_tol)
@@ -357,7 +425,7 @@ def _encode_within(
     for _ in range(_TOL_STEPS):
         mid = (lo + hi) / 2
         candidate = build(mid)
-        if candidate is not None and max(track_errors(points, candidate.points)) <= max_error_m:
+        if candidate is not None and error(candidate) <= max_error_m:
             lo, good = mid, candidate if len(candidate.data) <= len(good.data) else good
         else:
             hi = mid
@@ -373,7 +441,7 @@ def encode_report(
         return None
     whole = _attempt(points, max_error_m, max_bytes)
     if whole is not None:
-        return whole
+        return replace(whole, fixes=len(points))
     lo, hi = 0, len(points) - 1  # invariant: points[hi:] fits, points[lo:] does not
     found = _attempt(points[hi:], max_error_m, max_bytes)
     if found is None:
@@ -385,4 +453,40 @@ def encode_report(
             lo = mid
         else:
             hi, found = mid, attempt
-    return Report(found.data, found.points, hi, found.grid_m)
+    return Report(found.data, found.points, hi, found.grid_m, len(points) - hi)
+
+
+def split_reports(
+    points: Sequence[Point], *, max_error_m: float = 10.0, max_bytes: int = BDS_SHORT_MESSAGE_BYTES
+) -> list[Report]:
+    """The whole track as consecutive reports, oldest first, each as long as fits one message
+    (for a backlog of reports, and to measure what a channel carries)."""
+    out: list[Report] = []
+    start, guess = 0, 64
+    while start < len(points):
+        lo = start + 1
+        first = _attempt(points[start:lo], max_error_m, max_bytes)
+        if first is None:
+            start += 1  # a lone fix that cannot be written (before 1970, say): skipped
+            continue
+        best = first
+        hi = min(len(points), start + guess)
+        while hi > lo:  # grow until it does not fit or the track ends
+            attempt = _attempt(points[start:hi], max_error_m, max_bytes)
+            if attempt is None:
+                break
+            lo, best = hi, attempt
+            hi = min(len(points), start + 2 * (hi - start))
+        else:
+            hi = len(points) + 1
+        while hi - lo > 1:  # points[start:lo] fits, points[start:hi] does not
+            mid = (lo + hi) // 2
+            attempt = _attempt(points[start:mid], max_error_m, max_bytes)
+            if attempt is None:
+                hi = mid
+            else:
+                lo, best = mid, attempt
+        out.append(replace(best, first_fix=start, fixes=lo - start))
+        guess = max(2, lo - start)
+        start = lo
+    return out
