@@ -47,6 +47,8 @@ _M_PER_DEG = 111_195.0  # metres per degree of latitude (mean Earth radius 6371.
 _LL_SCALE = 100_000  # the first point's lat/lon in 1e-5 degree
 _MAX_POINTS = 255
 _TOL_STEPS = 5
+#: How close the search for the longest track that fits comes: within 1/64 of its length.
+_SEARCH_SLACK = 64
 
 
 class ReportError(ParseError):
@@ -162,10 +164,15 @@ def _split_levels(points: Sequence[Point]) -> list[float]:
 
 
 def _max_error(
-    plane: _Plane, xy: Sequence[tuple[float, float]], ts: Sequence[float], report: Sequence[Point]
+    plane: _Plane,
+    xy: Sequence[tuple[float, float]],
+    ts: Sequence[float],
+    report: Sequence[Point],
+    limit: float,
 ) -> float:
     """The largest distance of the fixes (metres in `plane`, times `ts`) from the report's
-    positions at their times; the same figure as max(track_errors(...)), faster."""
+    positions at their times, the same figure as max(track_errors(...)), faster; the first one
+    over `limit` as soon as it is seen."""
     rxy = [plane.xy(p.lat, p.lon) for p in report]
     rts = [p.t for p in report]
     last = len(report) - 1
@@ -182,6 +189,8 @@ def _max_error(
         (xa, ya), (xb, yb) = rxy[j], rxy[k]
         d = hypot(px - xa - f * (xb - xa), py - ya - f * (yb - ya))
         if d > worst:
+            if d > limit:
+                return d
             worst = d
     return worst
 
@@ -274,21 +283,23 @@ def _best_k(zs: Sequence[int]) -> int:
 
 # --- the report ------------------------------------------------------------------------------
 #
-# magic "T\x81" | t0: 32 bits unix s | lat0: 25 bits signed 1e-5 deg | lon0: 26 bits signed |
-# grid: 8 bits (decimetres, 1-255) | count-1: 8 bits | k_dt, k_x, k_y: 4 bits each |
-# per point after the first: Exp-Golomb(k_dt) zigzag(dt - previous dt) (s),
-#   Exp-Golomb(k_x) zigzag(x - predicted x), Exp-Golomb(k_y) zigzag(y - predicted y) (grid
-#   units; predicted: the previous point plus its velocity times dt, in integers).
+# The layout is in docs/wire-format.md ("Track reports"); k_dt = 15 means "even times": the
+# intervals are one step and a last one, both in the header, no time bits per point.
+
+_EVEN = 15
 
 
 def _predict(gx: list[int], gy: list[int], dts: list[int], dt: int) -> tuple[int, int]:
+    """Where the next grid point is expected: with three intervals alike, the previous point
+    plus its velocity plus its change (a steady turn); else plus the velocity scaled to this
+    interval. Integers only, so every decoder predicts the very same point."""
     if len(gx) < 2 or dts[-1] <= 0:
         return (gx[-1], gy[-1]) if gx else (0, 0)
+    if len(gx) >= 3 and dt == dts[-1] == dts[-2]:
+        return 3 * gx[-1] - 3 * gx[-2] + gx[-3], 3 * gy[-1] - 3 * gy[-2] + gy[-3]
+    d = dts[-1]
     vx, vy = gx[-1] - gx[-2], gy[-1] - gy[-2]
-    # Integer arithmetic (floor division) so every decoder predicts the very same grid point.
-    return gx[-1] + (vx * dt * 2 + dts[-1]) // (2 * dts[-1]), gy[-1] + (vy * dt * 2 + dts[-1]) // (
-        2 * dts[-1]
-    )
+    return gx[-1] + (2 * vx * dt + d) // (2 * d), gy[-1] + (2 * vy * dt + d) // (2 * d)
 
 
 def _encode(points: Sequence[Point], grid_dm: int) -> bytes | None:
@@ -320,7 +331,9 @@ def _encode(points: Sequence[Point], grid_dm: int) -> bytes | None:
         gy.append(py + ry)
         dts.append(dt)
         t_prev = t
-    ks = [_best_k(zs) for zs in (zdt, zx, zy)]
+    intervals = dts[1:]
+    even = len(intervals) >= 2 and all(d == intervals[0] for d in intervals[:-1])
+    ks = [_EVEN if even else min(_best_k(zdt), _EVEN - 1), _best_k(zx), _best_k(zy)]
     bits = _Bits()
     bits.put(t0, 32)
     bits.put(lat0, 25)
@@ -329,8 +342,12 @@ def _encode(points: Sequence[Point], grid_dm: int) -> bytes | None:
     bits.put(len(points) - 1, 8)
     for k in ks:
         bits.put(k, 4)
+    if even:
+        bits.golomb(intervals[0] - 1, 0)
+        bits.golomb(intervals[-1] - 1, 0)
     for a, b, c in zip(zdt, zx, zy, strict=True):
-        bits.golomb(a, ks[0])
+        if not even:
+            bits.golomb(a, ks[0])
         bits.golomb(b, ks[1])
         bits.golomb(c, ks[2])
     return REPORT_MAGIC + bits.bytes()
@@ -361,8 +378,12 @@ def decode_report(data: bytes) -> list[Point]:
     gx, gy, dts = [0], [0], [0]
     t = t0
     out = [Point(float(t0), lat0 / _LL_SCALE, lon0 / _LL_SCALE)]
-    for _ in range(n - 1):
-        dt = dts[-1] + _unzz(r.golomb(ks[0]))
+    even = (r.golomb(0) + 1, r.golomb(0) + 1) if ks[0] == _EVEN else None
+    for i in range(1, n):
+        if even is not None:
+            dt = even[1] if i == n - 1 else even[0]
+        else:
+            dt = dts[-1] + _unzz(r.golomb(ks[0]))
         if dt <= 0:
             raise ReportError("track report time goes back", reason="bad_time")
         px, py = _predict(gx, gy, dts, dt)
@@ -393,22 +414,76 @@ def _attempt(points: Sequence[Point], max_error_m: float, max_bytes: int) -> Rep
     ts = [p.t for p in points]
 
     def error(report: Report) -> float:
-        return _max_error(plane, xy, ts, report.points)
+        return _max_error(plane, xy, ts, report.points, max_error_m)
 
     for share in (0.2, 0.35, 0.5):
         grid_dm = max(1, min(255, int(budget * share * math.sqrt(2) * 10)))
         safe = budget - grid_dm / 10 / math.sqrt(2)
-        found = _encode_within(points, levels, grid_dm, safe, max_error_m, error)
-        if found is None or len(found.data) > max_bytes:
-            continue
-        if best is None or len(found.data) < len(best.data):
-            best = found
+        for found in (
+            _dp_within(
+                points, levels, grid_dm=grid_dm, safe_tol=safe, max_error_m=max_error_m, error=error
+            ),
+            _uniform_within(points, grid_dm=grid_dm, max_error_m=max_error_m, error=error),
+        ):
+            if found is None or len(found.data) > max_bytes:
+                continue
+            if best is None or len(found.data) < len(best.data):
+                best = found
     return best
 
 
-def _encode_within(
+def _every(points: Sequence[Point], step_s: int) -> list[Point]:
+    """The first fix at or after each multiple of `step_s` from the first, and the last: points
+    a constant time apart cost one bit each for their time."""
+    out = [points[0]]
+    due = round(points[0].t) + step_s
+    for p in points[1:-1]:
+        if round(p.t) >= due:
+            out.append(p)
+            due = round(p.t) + step_s
+    if len(points) > 1:
+        out.append(points[-1])
+    return out
+
+
+def _uniform_within(
+    points: Sequence[Point],
+    *,
+    grid_dm: int,
+    max_error_m: float,
+    error: Callable[[Report], float],
+) -> Report | None:
+    """Points evenly spaced in time, as far apart as the error allows (searched)."""
+
+    def build(step: int) -> Report | None:
+        data = _encode(_every(points, step), grid_dm)
+        if data is None:
+            return None
+        report = Report(data, tuple(decode_report(data)), 0, grid_dm / 10)
+        return report if error(report) <= max_error_m else None
+
+    span = round(points[-1].t - points[0].t)
+    lo = max(1, -(-span // (_MAX_POINTS - 1)))  # no more points than a report holds
+    hi = max(lo + 1, span + 1)
+    good = build(lo)
+    if good is None:
+        return None
+    while hi - lo > 1:  # the error grows with the step, not strictly: the last good is kept
+        mid = (lo + hi) // 2
+        candidate = build(mid)
+        if candidate is None:
+            hi = mid
+        else:
+            lo = mid
+            if len(candidate.data) <= len(good.data):
+                good = candidate
+    return good
+
+
+def _dp_within(
     points: Sequence[Point],
     levels: Sequence[float],
+    *,
     grid_dm: int,
     safe_tol: float,
     max_error_m: float,
@@ -439,21 +514,30 @@ def encode_report(
     message of `max_bytes` within `max_error_m`; None when not even the last fix fits."""
     if not points:
         return None
-    whole = _attempt(points, max_error_m, max_bytes)
-    if whole is not None:
-        return replace(whole, fixes=len(points))
-    lo, hi = 0, len(points) - 1  # invariant: points[hi:] fits, points[lo:] does not
-    found = _attempt(points[hi:], max_error_m, max_bytes)
+    n = len(points)
+    # From the newest fix back, doubling, then halving the step: the cost of an attempt grows
+    # with its length, so the long ones that cannot fit are tried once at most.
+    found = _attempt(points[n - 1 :], max_error_m, max_bytes)
     if found is None:
         return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        attempt = _attempt(points[mid:], max_error_m, max_bytes)
+    good, bad = 1, n + 1  # the newest `good` fixes fit; the newest `bad` do not (or too many)
+    size = 64
+    while good < n:
+        size = min(size, n)
+        attempt = _attempt(points[n - size :], max_error_m, max_bytes)
         if attempt is None:
-            lo = mid
+            bad = size
+            break
+        good, found = size, attempt
+        size *= 2
+    while bad - good > max(1, good // _SEARCH_SLACK) and good < n:
+        mid = (good + bad) // 2
+        attempt = _attempt(points[n - mid :], max_error_m, max_bytes)
+        if attempt is None:
+            bad = mid
         else:
-            hi, found = mid, attempt
-    return Report(found.data, found.points, hi, found.grid_m, len(points) - hi)
+            good, found = mid, attempt
+    return Report(found.data, found.points, n - good, found.grid_m, good)
 
 
 def split_reports(
@@ -479,7 +563,8 @@ def split_reports(
             hi = min(len(points), start + 2 * (hi - start))
         else:
             hi = len(points) + 1
-        while hi - lo > 1:  # points[start:lo] fits, points[start:hi] does not
+        # points[start:lo] fits, points[start:hi] does not
+        while hi - lo > max(1, (lo - start) // _SEARCH_SLACK):
             mid = (lo + hi) // 2
             attempt = _attempt(points[start:mid], max_error_m, max_bytes)
             if attempt is None:

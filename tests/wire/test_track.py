@@ -22,6 +22,7 @@ from terminal_gw.wire.track import (
     encode_report,
     is_report,
     simplify,
+    split_reports,
     track_errors,
 )
 
@@ -50,32 +51,40 @@ def test_simplify_keeps_every_fix_within_the_bound() -> None:
     assert max(errors) <= 5.0
 
 
-def test_half_an_hour_in_one_short_message_within_10_m() -> None:
-    pts = vessel(1800)
+def test_an_hour_in_one_short_message_within_10_m() -> None:
+    pts = vessel(3600)
     report = encode_report(pts, max_error_m=10.0, max_bytes=BDS_SHORT_MESSAGE_BYTES)
     assert report is not None
-    assert report.first_fix == 0  # all of it fits
+    assert (report.first_fix, report.fixes) == (0, 3600)  # all of it fits
     assert len(report.data) <= BDS_SHORT_MESSAGE_BYTES
     assert is_report(report.data)
     decoded = decode_report(report.data)
     assert decoded == list(report.points)
     assert decoded[0].t == pts[0].t
     assert decoded[-1].t == pts[-1].t
-    assert max(track_errors(pts, decoded)) <= 10.0
+    errors = track_errors(pts, decoded)
+    assert len(errors) == len(pts)
+    assert max(errors) <= 10.0
 
 
-def test_an_hour_in_one_sms_and_the_newest_part_in_a_short_message() -> None:
-    pts = vessel(3600)
-    sms = encode_report(pts, max_error_m=10.0, max_bytes=SMS_BYTES)
-    assert sms is not None
-    assert (sms.first_fix, len(sms.data) <= SMS_BYTES) == (0, True)
-    assert max(track_errors(pts, decode_report(sms.data))) <= 10.0
+def test_a_longer_track_gives_its_newest_part_and_splits_into_reports() -> None:
+    pts = vessel(2 * 3600)
     short = encode_report(pts, max_error_m=10.0, max_bytes=BDS_SHORT_MESSAGE_BYTES)
     assert short is not None
-    assert 0 < short.first_fix < len(pts) // 2  # the newest half hour or more
+    assert short.first_fix > 0
+    assert short.first_fix + short.fixes == len(pts)
     decoded = decode_report(short.data)
     assert decoded[-1].t == pts[-1].t
     assert max(track_errors(pts[short.first_fix :], decoded)) <= 10.0
+    reports = split_reports(pts, max_error_m=10.0, max_bytes=BDS_SHORT_MESSAGE_BYTES)
+    assert sum(r.fixes for r in reports) == len(pts)
+    assert 2 <= len(reports) <= 3
+    start = 0
+    for r in reports:
+        assert r.first_fix == start
+        assert len(r.data) <= BDS_SHORT_MESSAGE_BYTES
+        assert max(track_errors(pts[start : start + r.fixes], decode_report(r.data))) <= 10.0
+        start += r.fixes
 
 
 def test_the_antimeridian_and_a_stationary_vessel() -> None:
