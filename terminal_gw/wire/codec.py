@@ -319,9 +319,10 @@ def _ms(text: object) -> int | None:
         dt = datetime.fromisoformat(text[:-1] + "+00:00")
     except ValueError:
         return None
+    # The pattern fixes every width and fromisoformat checks every range, so a text that
+    # parses is the canonical text of its time: formatting it again gives it back.
     delta = dt - _EPOCH
-    ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    return ms if _iso(ms) == text else None
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def _uuid_text(value: int) -> str:
@@ -376,6 +377,9 @@ def _quantise(value: object, exp: int) -> int | None:
     return k if abs(k) < _VALUE_LIMIT else None
 
 
+_SCALE = {e: 10**-e for e in range(-18, 0)}
+
+
 def _small_int(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= _VALUE_LIMIT:
         return None
@@ -418,7 +422,11 @@ def _split(fix: Mapping[str, Any]) -> tuple[dict[int, int | bool | str], dict[st
                     cols[m.bit] = members[m.key]
             continue
         if f.kind == FLOAT:
-            stored = _quantise(value, f.exp)
+            if type(value) is float and value - value == 0.0 and f.exp < 0:  # the common case
+                k = round(value * _SCALE[f.exp])
+                stored = k if -_VALUE_LIMIT < k < _VALUE_LIMIT else None
+            else:
+                stored = _quantise(value, f.exp)
         elif f.kind == INT:
             stored = _small_int(value)
         elif f.kind == ENUM:
