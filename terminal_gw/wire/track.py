@@ -17,10 +17,13 @@ docs/wire-format.md, "Track reports".
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from terminal_gw.errors import ParseError
+from terminal_gw.wire.codec import _iso as _iso_ms
+from terminal_gw.wire.codec import _ms, derived_id
 
 __all__ = [
     "BDS_SHORT_MESSAGE_BYTES",
@@ -32,6 +35,8 @@ __all__ = [
     "decode_report",
     "encode_report",
     "is_report",
+    "points_from_fixes",
+    "report_fixes",
     "simplify",
     "split_reports",
     "track_errors",
@@ -574,4 +579,45 @@ def split_reports(
         out.append(replace(best, first_fix=start, fixes=lo - start))
         guess = max(2, lo - start)
         start = lo
+    return out
+
+
+def points_from_fixes(fixes: Iterable[Mapping[str, Any]]) -> list[Point]:
+    """The positions of TPV payloads (2D or 3D fixes with a time), oldest first, one a second
+    at most (the first fix of each second is kept)."""
+    out: list[Point] = []
+    for fix in fixes:
+        ms = _ms(fix.get("time"))
+        lat, lon, mode = fix.get("lat"), fix.get("lon"), fix.get("mode")
+        if ms is None or not isinstance(mode, int) or mode < 2:
+            continue
+        if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+            continue
+        t = ms / 1000
+        if out and round(t) <= round(out[-1].t):
+            continue
+        out.append(Point(t, float(lat), float(lon)))
+    return out
+
+
+def report_fixes(points: Sequence[Point], device: str, source: str) -> list[dict[str, Any]]:
+    """A decoded report's points as TPV payloads for `gnss/fix` (mode 2, `source` saying how
+    they came), with ids derived from the device and time: the same report decoded twice
+    gives the same ids, so consumers drop the copy."""
+    out = []
+    for p in points:
+        ms = round(p.t * 1000)
+        out.append(
+            {
+                "id": derived_id(device, "TPV", ms),
+                "v": 1,
+                "class": "TPV",
+                "time": _iso_ms(ms),
+                "mode": 2,
+                "lat": round(p.lat, 7),
+                "lon": round(p.lon, 7),
+                "clock": "gnss",
+                "source": source,
+            }
+        )
     return out

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from terminal_gw.errors import ParseError
+from terminal_gw.models import Fix, iso_utc
 from terminal_gw.sim.gnss import Track
 from terminal_gw.wire.track import (
     BDS_SHORT_MESSAGE_BYTES,
@@ -21,6 +22,8 @@ from terminal_gw.wire.track import (
     decode_report,
     encode_report,
     is_report,
+    points_from_fixes,
+    report_fixes,
     simplify,
     split_reports,
     track_errors,
@@ -145,3 +148,32 @@ def test_bad_reports_raise_report_error_only() -> None:
         broken = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
         with contextlib.suppress(ReportError):  # anything else fails the test
             decode_report(broken)
+
+
+def test_from_fixes_to_a_report_and_back_to_fixes() -> None:
+    pts = vessel(600)
+    fixes: list[dict[str, object]] = [
+        {
+            "class": "TPV",
+            "time": iso_utc(p.t),
+            "mode": 3,
+            "lat": p.lat,
+            "lon": p.lon,
+        }
+        for p in pts
+    ]
+    fixes.insert(
+        6, {"class": "TPV", "time": iso_utc(pts[5].t + 0.2), "mode": 3, "lat": 0.0, "lon": 0.0}
+    )
+    fixes.insert(11, {"class": "TPV", "time": iso_utc(pts[9].t + 0.5), "mode": 1})
+    assert points_from_fixes(fixes) == pts  # one a second, fixes only
+    report = encode_report(pts, max_error_m=10.0, max_bytes=SMS_BYTES)
+    assert report is not None
+    decoded = decode_report(report.data)
+    shore = report_fixes(decoded, "vessel-042", "bds")
+    assert shore == report_fixes(decode_report(report.data), "vessel-042", "bds")
+    assert len({f["id"] for f in shore}) == len(shore)
+    first = shore[0]
+    assert (first["class"], first["mode"], first["source"]) == ("TPV", 2, "bds")
+    assert first["time"] == iso_utc(pts[0].t)
+    assert Fix.model_validate({k: v for k, v in first.items() if k != "source"})
