@@ -693,7 +693,7 @@ def _decode(body: bytes) -> Iterator[dict[str, Any]]:
             for _ in range(k):
                 try:
                     obj = json.loads(r.text("extra"))
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, RecursionError) as exc:  # nested too deep
                     raise WireError(f"extra is not JSON: {exc}", reason="bad_extra") from exc
                 if not isinstance(obj, dict):
                     raise WireError("extra is not a JSON object", reason="bad_extra")

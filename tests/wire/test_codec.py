@@ -319,6 +319,19 @@ def test_random_bytes_after_the_magic(tail: bytes) -> None:
             decode_batch(head + tail)
 
 
+def test_extra_json_nested_too_deep_is_refused() -> None:
+    fixes = [tpv(T0_MS, mode=1, note=[])]
+    data = encode_batch(fixes, DEVICE, compress=False)
+    deep = b'{"note":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    old = b'{"note":[]}'
+    assert data.endswith(bytes([len(old)]) + old)
+    n = len(deep)
+    varint = bytes([n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14])
+    with pytest.raises(WireError) as info:
+        decode_batch(data[: -len(old) - 1] + varint + deep)
+    assert info.value.reason == "bad_extra"
+
+
 def test_a_huge_claimed_count_is_refused_before_allocating() -> None:
     with pytest.raises(WireError) as info:
         decode_batch(b"TB\x01\x00\x01x" + b"\xff\xff\xff\xff\x0f")
@@ -354,6 +367,7 @@ for name in ("pydantic", "pydantic_core", "structlog", "paho", "serial", "serial
     sys.modules[name] = None  # any import of these fails
 before = set(sys.modules)
 from terminal_gw.wire import decode_batch
+from terminal_gw.wire.track import decode_report, is_report
 records = decode_batch(bytes.fromhex(sys.argv[1]))
 allowed = set(sys.stdlib_module_names) | {"terminal_gw", "zstandard", "_cffi_backend"}
 loaded = {name.split(".")[0] for name in set(sys.modules) - before}
@@ -362,7 +376,7 @@ print(len(records), foreign)
 """
 
 
-def test_the_decoder_needs_only_the_standard_library_and_zstandard() -> None:
+def test_the_decoders_need_only_the_standard_library_and_zstandard() -> None:
     fixes = [tpv(T0_MS + 1000 * i, mode=3, lat=1.0, lon=2.0, clock="gnss") for i in range(200)]
     data = encode_batch(fixes, DEVICE)
     assert data[3] == 1  # compressed: zstandard is loaded

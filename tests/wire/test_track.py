@@ -177,3 +177,11 @@ def test_from_fixes_to_a_report_and_back_to_fixes() -> None:
     assert (first["class"], first["mode"], first["source"]) == ("TPV", 2, "bds")
     assert first["time"] == iso_utc(pts[0].t)
     assert Fix.model_validate({k: v for k, v in first.items() if k != "source"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=14, max_size=120))
+def test_random_bytes_after_the_magic_raise_report_error_only(tail: bytes) -> None:
+    with contextlib.suppress(ReportError):
+        points = decode_report(b"T\x81" + tail)
+        assert all(-90 <= p.lat <= 90 and -180 <= p.lon < 180 for p in points)
