@@ -41,7 +41,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("status", "show the running daemon's state", "terminal_gw.cli.status"),
     ("outbox", "inspect the outbox: stats, export", "terminal_gw.cli.outbox"),
     ("schema", "print the JSON Schema of the payloads", "terminal_gw.cli.schema"),
-    ("decode", "decode modem data: SMS PDUs to JSON lines", "terminal_gw.cli.decode"),
+    ("decode", "decode SMS PDUs or a compact batch to JSON lines", "terminal_gw.cli.decode"),
 )
 
 

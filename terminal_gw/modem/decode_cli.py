@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the PDUs start at the TPDU (no service-centre address in front)",
     )
+    from terminal_gw.wire import cli as batch_cli
+
+    batch_cli.add_arguments(sub)
 
 
 def _iso(t: datetime) -> str:
@@ -111,6 +114,10 @@ def _inputs(args: argparse.Namespace) -> Iterator[str]:
 
 def cli(args: argparse.Namespace) -> int:
     """Decode each PDU; exit 1 when any did not decode."""
+    if args.what == "batch":
+        from terminal_gw.wire import cli as batch_cli
+
+        return batch_cli.cli(args)
     if not args.pdus and sys.stdin.isatty():
         print("error: give PDUs as arguments or on standard input, one a line", file=sys.stderr)
         return EXIT_USAGE
