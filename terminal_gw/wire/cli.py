@@ -15,13 +15,12 @@ import string
 import sys
 from pathlib import Path
 
+from terminal_gw.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from terminal_gw.wire.codec import WireError, decode_batch
 
 __all__ = ["add_arguments", "cli"]
 
-EXIT_OK = 0
-EXIT_BAD_BATCH = 1
-EXIT_USAGE = 2
+EXIT_BAD_BATCH = EXIT_FAILURE
 
 _HEX = frozenset(string.hexdigits.encode() + string.whitespace.encode())
 
