@@ -9,11 +9,17 @@ Epochs follow the receiver's cycle:
   epochs of their own, one per cycle (a second sentence of one address starts the next): they
   never merge into the next epoch that has a time, so a stale no-fix RMC cannot hide the
   date (or the fix) of the first cycle that has one.
+* An epoch with a time of day that closes before the receiver has sent any date (its GGA
+  comes before the cycle's RMC, the Telit HE910's first fix) is held back until a date comes,
+  at most MAX_UNDATED_EPOCHS epochs, and then published with that date; a date is never
+  guessed. A receiver that sends no date at all gets system-clock times, marked
+  `clock: "system"`.
 * Like gpsd, the assembler learns the cycle's last sentence: once the same sentence has ended
   two epochs in a row (and appears once per epoch), its arrival completes the epoch at once.
   Untimed sentences that still follow it belong to the epoch just reported (the receiver sent
-  them late, e.g. the rx210's occasional no-fix GSA after its GGA): they update the satellite
-  state but never the next epoch's fix, and the learned end is dropped.
+  them late: the rx210's occasional no-fix GSA after its GGA, the BU-353's GSV every few
+  seconds after its ZDA): never the next epoch's fix; their GSA becomes the used set, their
+  view a second Sky of the reported epoch; and the learned end is dropped.
 
 A fix needs evidence. A position is reported (mode 2 or 3) only when a sentence vouches for
 it: RMC or GLL with status A (and a mode indicator other than N), GNS with a mode other than
@@ -82,6 +88,9 @@ USED_HOLD_S = SKY_HOLD_S
 #: Most GSA + GSV sentences one epoch keeps (a 10-system, multi-signal receiver sends ~60):
 #: a stream that never sends a time of day must not grow an epoch without bound.
 MAX_EPOCH_SENTENCES = 256
+#: Most epochs held back waiting for the receiver's first date (RMC or ZDA); a receiver that
+#: sends none in that time gets its fixes stamped with the system clock, and says so.
+MAX_UNDATED_EPOCHS = 10
 #: Fewest satellites a GGA must count for its position to stand on its own.
 GGA_MIN_SATELLITES = 3
 
@@ -185,6 +194,10 @@ class EpochAssembler:
         self._ender: str | None = None
         self._closed_tod: int | None = None
         self._closed_early = False
+        self._closed_stamp: tuple[str, Clock, float] | None = None  # ISO time, clock, time
+        # Epochs with a time of day closed before any date was known, waiting for one.
+        self._undated: list[_Epoch] = []
+        self._hold_given_up = False
         self.epochs = 0
         self.fixes = 0
         self.skies = 0
@@ -209,8 +222,7 @@ class EpochAssembler:
             address = msg.talker + type(msg).__name__
         ep = self._epoch
         if key is not None:
-            if self._late is not None:
-                self._late = None  # late sentences of a reported epoch: state only, done
+            out.extend(self._finish_late())
             if ep is not None and ep.tod is not None:
                 if key != ep.tod:
                     self._learn_ender()
@@ -263,10 +275,38 @@ class EpochAssembler:
 
     def flush(self, now: float) -> list[Payload]:
         """Records of the epoch still open."""
+        out = self._finish_late()
         ep = self._epoch
-        if ep is None:
+        if ep is not None:
+            out.extend(self._close(ep))
+        for held in self._undated:  # the stream ended before any date came
+            out.extend(self._records(held, None))
+        self._undated.clear()
+        return out
+
+    def _finish_late(self) -> list[Payload]:
+        """Sentences that came after a reported epoch's learned end: their GSA becomes the
+        used set, their satellite view a Sky of that epoch (a later one than it had)."""
+        late, self._late = self._late, None
+        if late is None:
             return []
-        return self._close(ep)
+        if self._undated and self._undated[-1].tod == late.tod:
+            held = self._undated[-1]  # not reported yet: it simply gets them
+            held.gsa.extend(late.gsa)
+            held.view = late.view or held.view
+            return []
+        if self._closed_stamp is None:
+            return []
+        iso, clock, t = self._closed_stamp
+        if late.gsa:
+            self._last_used = (clock, t, frozenset(self._used_of(late)))
+        if late.view is None:
+            return []
+        sky = self._sky(late, iso, clock, t)
+        if sky is None:
+            return []
+        self.skies += 1
+        return [sky]
 
     def _learn_ender(self) -> None:
         last = self._last_address
@@ -348,10 +388,11 @@ class EpochAssembler:
             )
         ]
 
-    def _epoch_time(self, ep: _Epoch) -> tuple[str | None, float | None]:
-        """(ISO time, unix seconds) of the epoch from GNSS date and time of day."""
+    def _epoch_date(self, ep: _Epoch) -> dt.date | None:
+        """The GNSS date of the epoch: its own ZDA/RMC date, else the last one carried over
+        (a day later when the time of day jumped back by more than half a day)."""
         if ep.tod is None or ep.tod == NO_TIME:
-            return None, None
+            return None
         date = None
         if ep.zda is not None and ep.zda.date is not None:
             date = ep.zda.date
@@ -363,10 +404,9 @@ class EpochAssembler:
             if self._last_tod is not None and self._last_tod - ep.tod > _HALF_DAY_MS:
                 date += dt.timedelta(days=1)
         self._last_tod = ep.tod
-        if date is None:
-            return None, None
-        self._date = date
-        return _iso(date, ep.tod), _unix(date, ep.tod)
+        if date is not None:
+            self._date = date
+        return date
 
     def _close(self, ep: _Epoch) -> list[Payload]:
         self._epoch = None
@@ -375,23 +415,57 @@ class EpochAssembler:
         self._closed_tod = ep.tod
         self._closed_early = False
         self.epochs += 1
+        date = self._epoch_date(ep)
         out: list[Payload] = []
-        iso, unix = self._epoch_time(ep)
+        if date is None:
+            if ep.tod not in (None, NO_TIME) and not self._hold_given_up:
+                if len(self._undated) < MAX_UNDATED_EPOCHS:
+                    # A time of day but no date yet: wait for the date (mostly the next
+                    # epoch's RMC) rather than publish a guess.
+                    self._undated.append(ep)
+                    return out
+                self._hold_given_up = True  # a receiver that sends no date at all
+            for held in self._undated:
+                out.extend(self._records(held, None))
+            self._undated.clear()
+            out.extend(self._records(ep, None))
+            return out
+        self._hold_given_up = False
+        assert ep.tod is not None
+        for held in self._undated:
+            assert held.tod is not None
+            # A held epoch later in the day than the dating one was before midnight.
+            back = held.tod - ep.tod > _HALF_DAY_MS
+            out.extend(self._records(held, date - dt.timedelta(days=1) if back else date))
+        self._undated.clear()
+        out.extend(self._records(ep, date))
+        return out
+
+    def _records(self, ep: _Epoch, date: dt.date | None) -> list[Payload]:
+        """The Fix and Sky of a closed epoch, dated `date` (None: the system clock's time)."""
+        out: list[Payload] = []
         clock: Clock = "gnss"
-        if iso is None:
-            iso, clock = iso_utc(ep.now), "system"
-        t = unix if unix is not None else ep.now
-        used: set[tuple[int, int]] = {(s.gnssid, s.svid) for g in ep.gsa for s in g.used}
+        if date is not None and ep.tod is not None:
+            iso, unix = _iso(date, ep.tod), _unix(date, ep.tod)
+            t = unix
+        else:
+            iso, clock, t = iso_utc(ep.now), "system", ep.now
+        self._closed_stamp = (iso, clock, t)
+        used = self._used_of(ep)
         if ep.gsa:
             self._last_used = (clock, t, frozenset(used))
         if ep.gga or ep.rmc or ep.gns or ep.gll or ep.vtg:
-            out.append(self._fix(ep, iso, clock, t, unix is not None, used))
+            out.append(self._fix(ep, iso, clock, t, gnss_time=date is not None, used=used))
             self.fixes += 1
         sky = self._sky(ep, iso, clock, t)
         if sky is not None:
             out.append(sky)
             self.skies += 1
         return out
+
+    @staticmethod
+    def _used_of(ep: _Epoch) -> set[tuple[int, int]]:
+        return {(s.gnssid, s.svid) for g in ep.gsa for s in g.used}
 
     def _position(self, ep: _Epoch) -> tuple[float, float] | None:
         """The vouched-for position of the epoch (see the module docstring), or None."""
@@ -441,6 +515,7 @@ class EpochAssembler:
         iso: str,
         clock: Clock,
         t: float,
+        *,
         gnss_time: bool,
         used: set[tuple[int, int]],
     ) -> Fix:
