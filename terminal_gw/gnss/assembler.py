@@ -148,7 +148,8 @@ class _Epoch:
     gst: GST | None = None
     pgrmz: PGRMZ | None = None
     gsa: list[GSA] = field(default_factory=list)
-    view: list[_SatRow] | None = None  # a satellite view completed in this epoch
+    view_rows: dict[tuple[int, int], _SatRow] | None = None  # a view completed in it
+    view: list[_SatRow] | None = None  # its copy when the epoch closes
     timed: set[str] = field(default_factory=set)  # talker + type of its timed sentences
     size: int = 0
 
@@ -181,9 +182,7 @@ class EpochAssembler:
         self._building: dict[tuple[int, int], _SatRow] = {}
         self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
         # Newest GSA group: satellites used, and the clock and time of its epoch.
-        self._gsa_group: set[tuple[int, int]] = set()
         self._last_used: tuple[Clock, float, frozenset[tuple[int, int]]] | None = None
-        self._after_gsa = False  # the previous sentence was a GSA
         self._after_gsv = False  # the previous sentence was a GSV
         self._antenna: str | None = None
         # Cycle-end learning: addresses seen in the epoch being read, the last one, and the
@@ -238,6 +237,9 @@ class EpochAssembler:
             self._ender = self._ender_candidate = None
             if self._late is None:
                 self._late = _Epoch(self._closed_tod, now)
+            elif self._late.size >= MAX_EPOCH_SENTENCES:
+                self.oversized += 1
+                self._late = _Epoch(self._closed_tod, now)
             self._put(self._late, msg)
             return out
         if ep is not None and ep.size >= MAX_EPOCH_SENTENCES:
@@ -260,7 +262,6 @@ class EpochAssembler:
     def sentence_done(self, address: str) -> list[Payload]:
         """Note every framed sentence (decoded or not); reports the epoch if it ends the cycle."""
         kind = address[-3:]
-        self._after_gsa = kind == "GSA"
         self._after_gsv = kind == "GSV"
         if len(self._seen) > MAX_EPOCH_SENTENCES:
             self._seen.clear()  # only bounds memory: such an epoch has no learnable end
@@ -290,6 +291,7 @@ class EpochAssembler:
         late, self._late = self._late, None
         if late is None:
             return []
+        self._take_view(late)
         if self._undated and self._undated[-1].tod == late.tod:
             held = self._undated[-1]  # not reported yet: it simply gets them
             held.gsa.extend(late.gsa)
@@ -322,9 +324,6 @@ class EpochAssembler:
         if isinstance(msg, GSA):
             ep.gsa.append(msg)
             ep.size += 1
-            if not self._after_gsa:
-                self._gsa_group = set()
-            self._gsa_group.update((s.gnssid, s.svid) for s in msg.used)
         elif isinstance(msg, GSV):
             ep.size += 1
             self._gsv(ep, msg)
@@ -364,7 +363,7 @@ class EpochAssembler:
             if v.ss is not None and (row.ss is None or v.ss > row.ss):
                 row.ss, row.sigid = v.ss, v.sigid
         if msg.msg_num is None or msg.num_msg is None or msg.msg_num >= msg.num_msg:
-            ep.view = list(rows.values())
+            ep.view_rows = rows
 
     def _antenna_event(self, msg: TXT, now: float) -> list[Payload]:
         m = _ANTENNA_RE.search(msg.text.upper())
@@ -415,6 +414,7 @@ class EpochAssembler:
         self._closed_tod = ep.tod
         self._closed_early = False
         self.epochs += 1
+        self._take_view(ep)
         date = self._epoch_date(ep)
         out: list[Payload] = []
         if date is None:
@@ -462,6 +462,17 @@ class EpochAssembler:
             out.append(sky)
             self.skies += 1
         return out
+
+    @staticmethod
+    def _take_view(ep: _Epoch) -> None:
+        # A copy: a group that goes on (another system's GSV, in the next epoch) must not
+        # change a view already held for later epochs.
+        if ep.view_rows is not None:
+            ep.view = [
+                _SatRow(r.prn, r.gnssid, r.svid, r.sigid, r.az, r.el, r.ss)
+                for r in ep.view_rows.values()
+            ]
+            ep.view_rows = None
 
     @staticmethod
     def _used_of(ep: _Epoch) -> set[tuple[int, int]]:
