@@ -393,3 +393,23 @@ def test_the_first_fix_before_any_date_waits_for_the_date_instead_of_guessing() 
     fixes = of(Fix, run(*bodies))
     assert len(fixes) == 15
     assert {f.clock for f in fixes} == {"system"}
+
+
+def test_a_view_sent_after_the_learned_cycle_end_is_a_second_sky_of_that_epoch() -> None:
+    cycle = (
+        "GPGGA,0814{s}.000,5541.1965,N,03737.2923,E,1,6,2.56,66.2,M,14.5,M,,",
+        "GNGSA,A,3,03,19,27,13,,,,,,,,,2.75,2.56,1.00",
+        "GNRMC,0814{s}.000,A,5541.1965,N,03737.2923,E,0.39,332.00,260514,,,A",
+        "GPZDA,0814{s}.000,26,05,2014,,",
+    )
+    bodies = [b.format(s=s) for s in ("12", "13", "14", "15") for b in cycle]
+    bodies += [
+        "GPGSV,1,1,02,03,27,059,14,19,24,073,16",  # after the ZDA that ends each cycle
+        *[b.format(s="16") for b in cycle],
+    ]
+    records = run(*bodies)
+    skies = of(Sky, records)
+    assert [s.time for s in skies][:1] == ["2014-05-26T08:14:15.000Z"]
+    assert [(s.svid, s.used) for s in skies[0].satellites] == [(3, True), (19, True)]
+    fixes = of(Fix, records)
+    assert [f.mode for f in fixes] == [3] * 5  # the late GSV changed no fix
