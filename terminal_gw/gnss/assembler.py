@@ -495,11 +495,9 @@ class EpochAssembler:
             and gga.lat is not None
             and gga.lon is not None
             and (
-                gga.num_sv is None
-                or gga.num_sv >= GGA_MIN_SATELLITES
+                (gga.num_sv is not None and gga.num_sv >= GGA_MIN_SATELLITES)
                 or any(g.nav_mode in (2, 3) for g in ep.gsa)
             )
-            and (gga.num_sv is not None or any(g.nav_mode in (2, 3) for g in ep.gsa))
         ):
             return gga.lat, gga.lon
         if (
