@@ -150,7 +150,7 @@ class _Epoch:
     gsa: list[GSA] = field(default_factory=list)
     view_rows: dict[tuple[int, int], _SatRow] | None = None  # a view completed in it
     view: list[_SatRow] | None = None  # its copy when the epoch closes
-    timed: set[str] = field(default_factory=set)  # talker + type of its timed sentences
+    timed: set[str] = field(default_factory=set)  # NO_TIME epochs: talker + type sent
     size: int = 0
 
 
@@ -217,11 +217,15 @@ class EpochAssembler:
         address = ""
         if isinstance(msg, _TIMED):
             t = msg.time
-            key = _tod_ms(t) if t is not None else NO_TIME
-            address = msg.talker + type(msg).__name__
+            if t is not None:
+                key = _tod_ms(t)
+            else:
+                key = NO_TIME
+                address = msg.talker + type(msg).__name__
         ep = self._epoch
         if key is not None:
-            out.extend(self._finish_late())
+            if self._late is not None:
+                out.extend(self._finish_late())
             if ep is not None and ep.tod is not None:
                 if key != ep.tod:
                     self._learn_ender()
@@ -254,7 +258,7 @@ class EpochAssembler:
             self._closed_early = False
         elif ep.tod is None and key is not None:
             ep.tod = key
-        if key is not None:
+        if key == NO_TIME:
             ep.timed.add(address)
         self._put(ep, msg)
         return out
