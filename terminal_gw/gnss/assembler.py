@@ -1,10 +1,47 @@
 """Epoch assembler: decoded messages in, one Fix (TPV) and one Sky (SKY) per epoch out.
 
-An epoch is the group of sentences sharing one UTC time of day; sentences without a time
-(GSA, GSV, VTG) belong to the epoch being read. An epoch is complete when a sentence with
-another time of day arrives, or at flush. Like gpsd, the assembler also learns the receiver's
-cycle: once the same sentence has ended two epochs in a row (and appears once per epoch),
-its arrival completes the epoch at once instead of one epoch later.
+Epochs follow the receiver's cycle:
+
+* An epoch is the group of sentences sharing one UTC time of day; sentences without a time
+  field (GSA, GSV, VTG, PGRMZ) belong to the epoch being read. A sentence of a timed type
+  (GGA, RMC, GNS, GLL, ZDA, GST) with another time of day completes the epoch.
+* Timed types sent with an empty time field (a receiver without a fix: `$GPRMC,,V,...`) form
+  epochs of their own, one per cycle (a second sentence of one address starts the next): they
+  never merge into the next epoch that has a time, so a stale no-fix RMC cannot hide the
+  date (or the fix) of the first cycle that has one.
+* An epoch with a time of day that closes before the receiver has sent any date (its GGA
+  comes before the cycle's RMC, the Telit HE910's first fix) is held back until a date comes,
+  at most MAX_UNDATED_EPOCHS epochs, and then published with that date; a date is never
+  guessed. A receiver that sends no date at all gets system-clock times, marked
+  `clock: "system"`.
+* Like gpsd, the assembler learns the cycle's last sentence: once the same sentence has ended
+  two epochs in a row (and appears once per epoch), its arrival completes the epoch at once.
+  Untimed sentences that still follow it belong to the epoch just reported (the receiver sent
+  them late: the rx210's occasional no-fix GSA after its GGA, the BU-353's GSV every few
+  seconds after its ZDA): never the next epoch's fix; their GSA becomes the used set, their
+  view a second Sky of the reported epoch; and the learned end is dropped.
+
+A fix needs evidence. A position is reported (mode 2 or 3) only when a sentence vouches for
+it: RMC or GLL with status A (and a mode indicator other than N), GNS with a mode other than
+N, or GGA with quality 1 or more and at least 3 satellites used (or a 2D/3D GSA in the same
+epoch). A GGA with quality 1 and 0 satellites (Hemisphere, without a fix) vouches for nothing.
+When the vouching sentences of one epoch give different positions, GLL wins, then GGA, GNS,
+RMC: on the chartplotter relay in the corpus (B&G Zeus²) GLL is the sentence whose position
+belongs to its time (its RMC lags a second, its GGA at times leads one), and GGA carries the
+altitude its position belongs to.
+
+Mode: the epoch's GSA (highest), else Garmin's PGRMZ, else 3 with an altitude (GGA, GNS or
+PGRMZ), else 3 when the previous epoch was a 3D fix at most MODE_CARRY_MAX_GAP_S earlier
+(receivers that send GGA every other second, or GLL between GGAs: the fix did not lose a
+dimension in between), else 2.
+
+Sky: the satellite view is built from GSV groups, which may span epochs (Garmin 17N); a group
+starts with part 1 after a sentence that is not a GSV, and is complete at its last part. An
+epoch reports the view completed in it, else the last complete view for up to SKY_HOLD_S
+(receivers that send GSV once a minute, like the Ericsson GRU 04, get a view in every epoch).
+A satellite is `used` when the newest GSA lists it and it has a signal (an SNR) in the view:
+like gpsd, a satellite without SNR is not marked used (the view says it is not tracked).
+Signals of one satellite are merged into one row (strongest SNR kept), used if any is.
 """
 
 from __future__ import annotations
@@ -16,20 +53,46 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from terminal_gw.gnss.decoder import GGA, GLL, GNS, GSA, GST, GSV, RMC, TXT, VTG, ZDA, Message
+from terminal_gw.gnss.decoder import (
+    GGA,
+    GLL,
+    GNS,
+    GSA,
+    GST,
+    GSV,
+    PGRMZ,
+    RMC,
+    TXT,
+    VTG,
+    ZDA,
+    Message,
+)
 from terminal_gw.gnss.numbering import GNSS_NAMES
 from terminal_gw.models import Clock, Fix, Payload, Satellite, Sky, iso_utc, make_event, new_id
 
 KNOTS_TO_MPS = 1852.0 / 3600.0
+FEET_TO_M = 0.3048
 _DAY_MS = 86_400_000
 _HALF_DAY_MS = _DAY_MS // 2
+#: Epoch key of timed sentence types sent with an empty time field.
+NO_TIME = -1
 #: Longest gap between two epochs over which climb is still derived from altitude.
 CLIMB_MAX_GAP_S = 10.0
-#: How long a satellite view stays valid for epochs whose receiver sent no GSV.
-SKY_HOLD_S = 5.0
+#: Longest gap over which a 3D fix carries its mode to an epoch that says nothing of it.
+MODE_CARRY_MAX_GAP_S = 10.0
+#: How long a satellite view stays valid for epochs whose receiver sent no GSV: a receiver
+#: that sends its view once a minute keeps one in every epoch; an older view is not repeated.
+SKY_HOLD_S = 90.0
+#: How long the newest GSA's satellites stay the used ones for a view without its own GSA.
+USED_HOLD_S = SKY_HOLD_S
 #: Most GSA + GSV sentences one epoch keeps (a 10-system, multi-signal receiver sends ~60):
 #: a stream that never sends a time of day must not grow an epoch without bound.
 MAX_EPOCH_SENTENCES = 256
+#: Most epochs held back waiting for the receiver's first date (RMC or ZDA); a receiver that
+#: sends none in that time gets its fixes stamped with the system clock, and says so.
+MAX_UNDATED_EPOCHS = 10
+#: Fewest satellites a GGA must count for its position to stand on its own.
+GGA_MIN_SATELLITES = 3
 
 #: GGA quality -> gpsd fix status (0 unknown, 1 GPS, 2 DGPS, 3 RTK fixed, 4 RTK float,
 #: 5 dead reckoning, 6 GNSS+DR, 7 time only, 8 simulated).
@@ -68,9 +131,13 @@ def _unix(date: dt.date, tod_ms: int) -> float:
     return midnight.timestamp() + tod_ms / 1000.0
 
 
+#: Sentence types that carry a time of day (their arrival can complete an epoch).
+_TIMED = (GGA, RMC, GNS, GLL, ZDA, GST)
+
+
 @dataclass
 class _Epoch:
-    tod: int | None
+    tod: int | None  # None: only untimed sentences so far; NO_TIME: timed types without time
     now: float
     gga: GGA | None = None
     rmc: RMC | None = None
@@ -79,8 +146,11 @@ class _Epoch:
     vtg: VTG | None = None
     zda: ZDA | None = None
     gst: GST | None = None
+    pgrmz: PGRMZ | None = None
     gsa: list[GSA] = field(default_factory=list)
-    gsv: list[GSV] = field(default_factory=list)
+    view_rows: dict[tuple[int, int], _SatRow] | None = None  # a view completed in it
+    view: list[_SatRow] | None = None  # its copy when the epoch closes
+    timed: set[str] = field(default_factory=set)  # NO_TIME epochs: talker + type sent
     size: int = 0
 
 
@@ -100,12 +170,20 @@ class EpochAssembler:
 
     def __init__(self) -> None:
         self._epoch: _Epoch | None = None
+        # Untimed sentences received after a learned cycle end, before the next timed one.
+        self._late: _Epoch | None = None
         self._date: dt.date | None = None
         self._last_tod: int | None = None
         self._last_alt: tuple[float, float] | None = None  # (unix time, altitude)
-        # Last satellite view: (clock of its time, its time, rows); GNSS time when known so
-        # a replay at any speed holds it as long as the live stream would.
+        self._last_mode: tuple[float, int] | None = None  # (time, mode) of the last fix
+        # Satellite view: the group being read (merged rows by satellite) and the last
+        # complete one with the clock and time of its epoch, GNSS time when known, so a replay
+        # at any speed holds it as long as the live stream would.
+        self._building: dict[tuple[int, int], _SatRow] = {}
         self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
+        # Newest GSA group: satellites used, and the clock and time of its epoch.
+        self._last_used: tuple[Clock, float, frozenset[tuple[int, int]]] | None = None
+        self._after_gsv = False  # the previous sentence was a GSV
         self._antenna: str | None = None
         # Cycle-end learning: addresses seen in the epoch being read, the last one, and the
         # address that ended the previous epoch (candidate) or the last two (ender).
@@ -115,6 +193,10 @@ class EpochAssembler:
         self._ender: str | None = None
         self._closed_tod: int | None = None
         self._closed_early = False
+        self._closed_stamp: tuple[str, Clock, float] | None = None  # ISO time, clock, time
+        # Epochs with a time of day closed before any date was known, waiting for one.
+        self._undated: list[_Epoch] = []
+        self._hold_given_up = False
         self.epochs = 0
         self.fixes = 0
         self.skies = 0
@@ -131,29 +213,60 @@ class EpochAssembler:
         if isinstance(msg, TXT):
             return self._antenna_event(msg, now)
         out: list[Payload] = []
-        t = getattr(msg, "time", None)
-        tod = _tod_ms(t) if isinstance(t, dt.time) else None
+        key: int | None = None
+        address = ""
+        if isinstance(msg, _TIMED):
+            t = msg.time
+            if t is not None:
+                key = _tod_ms(t)
+            else:
+                key = NO_TIME
+                address = msg.talker + type(msg).__name__
         ep = self._epoch
-        if ep is not None and tod is not None and ep.tod is not None and tod != ep.tod:
-            self._learn_ender()
-            out.extend(self._close(ep))
-            ep = None
+        if key is not None:
+            if self._late is not None:
+                out.extend(self._finish_late())
+            if ep is not None and ep.tod is not None:
+                if key != ep.tod:
+                    self._learn_ender()
+                    out.extend(self._close(ep))
+                    ep = None
+                elif key == NO_TIME and address in ep.timed:
+                    # Without times a repeated sentence is the next cycle.
+                    out.extend(self._close(ep))
+                    ep = None
+        elif ep is None and self._closed_early:
+            # An untimed sentence after the learned cycle end: it belongs to the epoch just
+            # reported, so that end was wrong; keep it out of the next epoch's fix.
+            self._ender = self._ender_candidate = None
+            if self._late is None:
+                self._late = _Epoch(self._closed_tod, now)
+            elif self._late.size >= MAX_EPOCH_SENTENCES:
+                self.oversized += 1
+                self._late = _Epoch(self._closed_tod, now)
+            self._put(self._late, msg)
+            return out
         if ep is not None and ep.size >= MAX_EPOCH_SENTENCES:
             self.oversized += 1
             out.extend(self._close(ep))
             ep = None
         if ep is None:
-            if tod is not None and tod == self._closed_tod and self._closed_early:
+            if key is not None and key == self._closed_tod and self._closed_early:
                 # More of an epoch already reported: the learned cycle end was wrong.
                 self._ender = self._ender_candidate = None
-            ep = self._epoch = _Epoch(tod, now)
-        elif ep.tod is None and tod is not None:
-            ep.tod = tod
+            ep = self._epoch = _Epoch(key, now)
+            self._closed_early = False
+        elif ep.tod is None and key is not None:
+            ep.tod = key
+        if key == NO_TIME:
+            ep.timed.add(address)
         self._put(ep, msg)
         return out
 
     def sentence_done(self, address: str) -> list[Payload]:
         """Note every framed sentence (decoded or not); reports the epoch if it ends the cycle."""
+        kind = address[-3:]
+        self._after_gsv = kind == "GSV"
         if len(self._seen) > MAX_EPOCH_SENTENCES:
             self._seen.clear()  # only bounds memory: such an epoch has no learnable end
         self._seen[address] += 1
@@ -167,10 +280,39 @@ class EpochAssembler:
 
     def flush(self, now: float) -> list[Payload]:
         """Records of the epoch still open."""
+        out = self._finish_late()
         ep = self._epoch
-        if ep is None:
+        if ep is not None:
+            out.extend(self._close(ep))
+        for held in self._undated:  # the stream ended before any date came
+            out.extend(self._records(held, None))
+        self._undated.clear()
+        return out
+
+    def _finish_late(self) -> list[Payload]:
+        """Sentences that came after a reported epoch's learned end: their GSA becomes the
+        used set, their satellite view a Sky of that epoch (a later one than it had)."""
+        late, self._late = self._late, None
+        if late is None:
             return []
-        return self._close(ep)
+        self._take_view(late)
+        if self._undated and self._undated[-1].tod == late.tod:
+            held = self._undated[-1]  # not reported yet: it simply gets them
+            held.gsa.extend(late.gsa)
+            held.view = late.view or held.view
+            return []
+        if self._closed_stamp is None:
+            return []
+        iso, clock, t = self._closed_stamp
+        if late.gsa:
+            self._last_used = (clock, t, frozenset(self._used_of(late)))
+        if late.view is None:
+            return []
+        sky = self._sky(late, iso, clock, t)
+        if sky is None:
+            return []
+        self.skies += 1
+        return [sky]
 
     def _learn_ender(self) -> None:
         last = self._last_address
@@ -181,15 +323,14 @@ class EpochAssembler:
         else:
             self._ender_candidate, self._ender = last, None
 
-    @staticmethod
-    def _put(ep: _Epoch, msg: Message) -> None:
+    def _put(self, ep: _Epoch, msg: Message) -> None:
         # First of each kind wins: a second GGA in one epoch (e.g. GPGGA and GNGGA) repeats it.
         if isinstance(msg, GSA):
             ep.gsa.append(msg)
             ep.size += 1
         elif isinstance(msg, GSV):
-            ep.gsv.append(msg)
             ep.size += 1
+            self._gsv(ep, msg)
         elif isinstance(msg, GGA):
             ep.gga = ep.gga or msg
         elif isinstance(msg, RMC):
@@ -204,6 +345,29 @@ class EpochAssembler:
             ep.zda = ep.zda or msg
         elif isinstance(msg, GST):
             ep.gst = ep.gst or msg
+        elif isinstance(msg, PGRMZ):
+            ep.pgrmz = ep.pgrmz or msg
+
+    def _gsv(self, ep: _Epoch, msg: GSV) -> None:
+        """Merge one GSV part into the view being read; a last part completes it."""
+        if msg.msg_num in (None, 1) and not self._after_gsv:
+            self._building = {}
+        rows = self._building
+        for v in msg.sats:
+            key = (v.sat.gnssid, v.sat.svid)
+            row = rows.get(key)
+            if row is None:
+                rows[key] = _SatRow(v.sat.prn, v.sat.gnssid, v.sat.svid, v.sigid, v.az, v.el, v.ss)
+                continue
+            if row.az is None:
+                row.az = v.az
+            if row.el is None:
+                row.el = v.el
+            # Keep the strongest signal's strength and id.
+            if v.ss is not None and (row.ss is None or v.ss > row.ss):
+                row.ss, row.sigid = v.ss, v.sigid
+        if msg.msg_num is None or msg.num_msg is None or msg.msg_num >= msg.num_msg:
+            ep.view_rows = rows
 
     def _antenna_event(self, msg: TXT, now: float) -> list[Payload]:
         m = _ANTENNA_RE.search(msg.text.upper())
@@ -227,10 +391,11 @@ class EpochAssembler:
             )
         ]
 
-    def _epoch_time(self, ep: _Epoch) -> tuple[str | None, float | None]:
-        """(ISO time, unix seconds) of the epoch from GNSS date and time of day."""
-        if ep.tod is None:
-            return None, None
+    def _epoch_date(self, ep: _Epoch) -> dt.date | None:
+        """The GNSS date of the epoch: its own ZDA/RMC date, else the last one carried over
+        (a day later when the time of day jumped back by more than half a day)."""
+        if ep.tod is None or ep.tod == NO_TIME:
+            return None
         date = None
         if ep.zda is not None and ep.zda.date is not None:
             date = ep.zda.date
@@ -242,10 +407,9 @@ class EpochAssembler:
             if self._last_tod is not None and self._last_tod - ep.tod > _HALF_DAY_MS:
                 date += dt.timedelta(days=1)
         self._last_tod = ep.tod
-        if date is None:
-            return None, None
-        self._date = date
-        return _iso(date, ep.tod), _unix(date, ep.tod)
+        if date is not None:
+            self._date = date
+        return date
 
     def _close(self, ep: _Epoch) -> list[Payload]:
         self._epoch = None
@@ -254,59 +418,145 @@ class EpochAssembler:
         self._closed_tod = ep.tod
         self._closed_early = False
         self.epochs += 1
+        self._take_view(ep)
+        date = self._epoch_date(ep)
         out: list[Payload] = []
-        iso, unix = self._epoch_time(ep)
+        if date is None:
+            if ep.tod not in (None, NO_TIME) and not self._hold_given_up:
+                if len(self._undated) < MAX_UNDATED_EPOCHS:
+                    # A time of day but no date yet: wait for the date (mostly the next
+                    # epoch's RMC) rather than publish a guess.
+                    self._undated.append(ep)
+                    return out
+                self._hold_given_up = True  # a receiver that sends no date at all
+            for held in self._undated:
+                out.extend(self._records(held, None))
+            self._undated.clear()
+            out.extend(self._records(ep, None))
+            return out
+        self._hold_given_up = False
+        assert ep.tod is not None
+        for held in self._undated:
+            assert held.tod is not None
+            # A held epoch later in the day than the dating one was before midnight.
+            back = held.tod - ep.tod > _HALF_DAY_MS
+            out.extend(self._records(held, date - dt.timedelta(days=1) if back else date))
+        self._undated.clear()
+        out.extend(self._records(ep, date))
+        return out
+
+    def _records(self, ep: _Epoch, date: dt.date | None) -> list[Payload]:
+        """The Fix and Sky of a closed epoch, dated `date` (None: the system clock's time)."""
+        out: list[Payload] = []
         clock: Clock = "gnss"
-        if iso is None:
-            iso, clock = iso_utc(ep.now), "system"
-        used = {(s.gnssid, s.svid) for g in ep.gsa for s in g.used}
+        if date is not None and ep.tod is not None:
+            iso, unix = _iso(date, ep.tod), _unix(date, ep.tod)
+            t = unix
+        else:
+            iso, clock, t = iso_utc(ep.now), "system", ep.now
+        self._closed_stamp = (iso, clock, t)
+        used = self._used_of(ep)
+        if ep.gsa:
+            self._last_used = (clock, t, frozenset(used))
         if ep.gga or ep.rmc or ep.gns or ep.gll or ep.vtg:
-            out.append(self._fix(ep, iso, clock, unix, used))
+            out.append(self._fix(ep, iso, clock, t, gnss_time=date is not None, used=used))
             self.fixes += 1
-        view_time = (clock, unix if unix is not None else ep.now)
-        sky = self._sky(ep, iso, view_time, used)
+        sky = self._sky(ep, iso, clock, t)
         if sky is not None:
             out.append(sky)
             self.skies += 1
         return out
+
+    @staticmethod
+    def _take_view(ep: _Epoch) -> None:
+        # A copy: a group that goes on (another system's GSV, in the next epoch) must not
+        # change a view already held for later epochs.
+        if ep.view_rows is not None:
+            ep.view = [
+                _SatRow(r.prn, r.gnssid, r.svid, r.sigid, r.az, r.el, r.ss)
+                for r in ep.view_rows.values()
+            ]
+            ep.view_rows = None
+
+    @staticmethod
+    def _used_of(ep: _Epoch) -> set[tuple[int, int]]:
+        return {(s.gnssid, s.svid) for g in ep.gsa for s in g.used}
+
+    def _position(self, ep: _Epoch) -> tuple[float, float] | None:
+        """The vouched-for position of the epoch (see the module docstring), or None."""
+        gll, gga, gns, rmc = ep.gll, ep.gga, ep.gns, ep.rmc
+        if (
+            gll is not None
+            and gll.valid
+            and gll.pos_mode != "N"
+            and gll.lat is not None
+            and gll.lon is not None
+        ):
+            return gll.lat, gll.lon
+        if (
+            gga is not None
+            and gga.quality not in (None, 0)
+            and gga.lat is not None
+            and gga.lon is not None
+            and (
+                (gga.num_sv is not None and gga.num_sv >= GGA_MIN_SATELLITES)
+                or any(g.nav_mode in (2, 3) for g in ep.gsa)
+            )
+        ):
+            return gga.lat, gga.lon
+        if (
+            gns is not None
+            and gns.pos_mode
+            and gns.pos_mode[0] != "N"
+            and gns.lat is not None
+            and gns.lon is not None
+        ):
+            return gns.lat, gns.lon
+        if (
+            rmc is not None
+            and rmc.valid
+            and (rmc.pos_mode or "A")[0] != "N"
+            and rmc.lat is not None
+            and rmc.lon is not None
+        ):
+            return rmc.lat, rmc.lon
+        return None
 
     def _fix(
         self,
         ep: _Epoch,
         iso: str,
         clock: Clock,
-        unix: float | None,
+        t: float,
+        *,
+        gnss_time: bool,
         used: set[tuple[int, int]],
     ) -> Fix:
-        gga, rmc, gns, gll, vtg = ep.gga, ep.rmc, ep.gns, ep.gll, ep.vtg
-        has_fix = (
-            (gga is not None and gga.quality not in (None, 0) and gga.lat is not None)
-            or (
-                gns is not None
-                and gns.pos_mode is not None
-                and gns.lat is not None
-                and set(gns.pos_mode) != {"N"}
-            )
-            or (rmc is not None and rmc.valid and rmc.lat is not None)
-            or (gll is not None and gll.valid and gll.lat is not None)
-        )
+        gga, rmc, vtg, pgrmz = ep.gga, ep.rmc, ep.vtg, ep.pgrmz
+        position = self._position(ep)
         gsa_modes = [g.nav_mode for g in ep.gsa if g.nav_mode in (1, 2, 3)]
-        alt_src = gga if gga is not None and gga.alt is not None else gns
+        alt_src = gga if gga is not None and gga.alt is not None else ep.gns
         alt = alt_src.alt if alt_src is not None else None
         sep = alt_src.sep if alt_src is not None else None
+        if alt is None and pgrmz is not None and pgrmz.alt_ft is not None:
+            alt = round(pgrmz.alt_ft * FEET_TO_M, 4)
         mode: Literal[1, 2, 3]
-        if not has_fix:
+        if position is None:
             mode = 1
         elif gsa_modes:
             mode = 3 if max(gsa_modes) == 3 else 2 if max(gsa_modes) == 2 else 1
+        elif pgrmz is not None and pgrmz.mode is not None:
+            mode = 3 if pgrmz.mode == 3 else 2 if pgrmz.mode == 2 else 1
+        elif alt is not None:
+            mode = 3
         else:
-            mode = 3 if alt is not None else 2
+            last = self._last_mode
+            carried = last is not None and last[1] == 3 and 0 <= t - last[0] <= MODE_CARRY_MAX_GAP_S
+            mode = 3 if carried else 2
+        self._last_mode = (t, mode)
         values: dict[str, object] = {}
-        if mode >= 2:
-            for src in (gga, gns, rmc, gll):
-                if src is not None and src.lat is not None and src.lon is not None:
-                    values["lat"], values["lon"] = src.lat, src.lon
-                    break
+        if mode >= 2 and position is not None:
+            values["lat"], values["lon"] = position
         if mode == 3 and alt is not None:
             values["altMSL"] = alt
             if sep is not None:
@@ -334,12 +584,12 @@ class EpochAssembler:
         if status is not None:
             values["status"] = status
         alt_now = values.get("altMSL")  # always sent with a 3D fix; altHAE needs geoidSep too
-        if unix is not None and isinstance(alt_now, float):
+        if gnss_time and isinstance(alt_now, float):
             if self._last_alt is not None:
-                gap = unix - self._last_alt[0]
+                gap = t - self._last_alt[0]
                 if 0 < gap <= CLIMB_MAX_GAP_S:
                     values["climb"] = round((alt_now - self._last_alt[1]) / gap, 3)
-            self._last_alt = (unix, alt_now)
+            self._last_alt = (t, alt_now)
         else:
             self._last_alt = None
         gst = ep.gst
@@ -363,25 +613,26 @@ class EpochAssembler:
             values["used"] = per
         elif gga is not None and gga.num_sv is not None:
             values["uSat"] = gga.num_sv
-        if ep.gsv:
-            values["nSat"] = len(_merge(ep.gsv))
+        if ep.view is not None:
+            values["nSat"] = len(ep.view)
         return Fix.model_validate(
             {"id": new_id(int(ep.now * 1000)), "time": iso, "mode": mode, "clock": clock, **values}
         )
 
-    def _sky(
-        self, ep: _Epoch, iso: str, view_time: tuple[Clock, float], used: set[tuple[int, int]]
-    ) -> Sky | None:
-        clock, t = view_time
+    def _sky(self, ep: _Epoch, iso: str, clock: Clock, t: float) -> Sky | None:
         last = self._last_view
-        if ep.gsv:
-            rows = _merge(ep.gsv)
+        if ep.view is not None:
+            rows = ep.view
             self._last_view = (clock, t, rows)
-        elif ep.gsa and last is not None and last[0] == clock and 0 <= t - last[1] <= SKY_HOLD_S:
+        elif last is not None and last[0] == clock and 0 <= t - last[1] <= SKY_HOLD_S:
             rows = last[2]
         else:
             # No satellite view known: an empty list would claim none are in view.
             return None
+        lu = self._last_used
+        used: frozenset[tuple[int, int]] = frozenset()
+        if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:
+            used = lu[2]
         sats = [
             Satellite(
                 PRN=r.prn,
@@ -391,7 +642,7 @@ class EpochAssembler:
                 az=r.az,
                 el=r.el,
                 ss=r.ss,
-                used=(r.gnssid, r.svid) in used,
+                used=(r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0,
             )
             for r in rows
         ]
@@ -403,7 +654,7 @@ class EpochAssembler:
             time=iso,
             satellites=sats,
             nSat=len(sats),
-            uSat=len(used) if ep.gsa else sum(s.used for s in sats),
+            uSat=sum(s.used for s in sats),
             pdop=pdop,
             hdop=hdop,
             vdop=vdop,
@@ -416,23 +667,3 @@ def _dops(ep: _Epoch) -> tuple[float | None, float | None, float | None]:
     hdop = next((g.hdop for g in ep.gsa if g.hdop is not None), None)
     vdop = next((g.vdop for g in ep.gsa if g.vdop is not None), None)
     return pdop, hdop, vdop
-
-
-def _merge(groups: list[GSV]) -> list[_SatRow]:
-    """Satellites of all GSV sentences merged by (gnssid, svid), first-seen order."""
-    rows: dict[tuple[int, int], _SatRow] = {}
-    for g in groups:
-        for v in g.sats:
-            key = (v.sat.gnssid, v.sat.svid)
-            row = rows.get(key)
-            if row is None:
-                rows[key] = _SatRow(v.sat.prn, v.sat.gnssid, v.sat.svid, v.sigid, v.az, v.el, v.ss)
-                continue
-            if row.az is None:
-                row.az = v.az
-            if row.el is None:
-                row.el = v.el
-            # Keep the strongest signal's strength and id.
-            if v.ss is not None and (row.ss is None or v.ss > row.ss):
-                row.ss, row.sigid = v.ss, v.sigid
-    return list(rows.values())

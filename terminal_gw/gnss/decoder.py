@@ -1,7 +1,9 @@
 """Decoder: framed sentences in, typed messages out (pynmeagps for the field layouts).
 
 Only the sentence types the assembler uses are decoded; everything else is counted and
-skipped. Empty fields become None, never zero. GSA and GSV (most of the traffic, flat
+skipped. Of the proprietary sentences only Garmin's `$PGRMZ` (altitude and fix mode, what
+Garmin handhelds send instead of an altitude in GLL-only seconds) is decoded; it is still
+counted as proprietary. Empty fields become None, never zero. GSA and GSV (most of the traffic, flat
 layouts) are split from their field tables here; the other types go through pynmeagps.
 """
 
@@ -91,6 +93,7 @@ class GLL:
     valid: bool
     lat: float | None
     lon: float | None
+    pos_mode: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,15 @@ class GSV:
 
 
 @dataclass(frozen=True, slots=True)
+class PGRMZ:
+    """Garmin altitude: whole feet (as sent) and fix mode 1-3."""
+
+    talker: str
+    alt_ft: int | None
+    mode: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TXT:
     """Free text from the receiver."""
 
@@ -166,7 +178,7 @@ class TXT:
     text: str
 
 
-Message = GGA | RMC | GNS | GLL | VTG | ZDA | GST | GSA | GSV | TXT
+Message = GGA | RMC | GNS | GLL | VTG | ZDA | GST | GSA | GSV | PGRMZ | TXT
 
 
 def _a(m: Any, name: str) -> Any:
@@ -194,6 +206,15 @@ def _t(v: Any) -> dt.time | None:
     return v if isinstance(v, dt.time) else None
 
 
+def _tf(m: Any, fields: tuple[str, ...], index: int) -> dt.time | None:
+    """The time of day; None when the field is empty. A time field that is there but is not
+    a time (corrupted in transit, checksum intact) makes the whole sentence untrustworthy."""
+    t = _t(_a(m, "time"))
+    if t is None and len(fields) > index and fields[index].strip():
+        raise ValueError(f"not a time of day: {fields[index]!r}")
+    return t
+
+
 def _d(v: Any) -> dt.date | None:
     return v if isinstance(v, dt.date) else None
 
@@ -204,10 +225,10 @@ def _dop(v: Any) -> float | None:
     return d if d is not None and 0 < d < 99 else None
 
 
-def _gga(m: Any, talker: str, _fields: tuple[str, ...]) -> GGA:
+def _gga(m: Any, talker: str, fields: tuple[str, ...]) -> GGA:
     return GGA(
         talker,
-        _t(_a(m, "time")),
+        _tf(m, fields, 0),
         _f(_a(m, "lat")),
         _f(_a(m, "lon")),
         _i(_a(m, "quality")),
@@ -218,13 +239,13 @@ def _gga(m: Any, talker: str, _fields: tuple[str, ...]) -> GGA:
     )
 
 
-def _rmc(m: Any, talker: str, _fields: tuple[str, ...]) -> RMC:
+def _rmc(m: Any, talker: str, fields: tuple[str, ...]) -> RMC:
     mv = _f(_a(m, "mv"))
     if mv is not None and _a(m, "mvEW") == "W":
         mv = -mv
     return RMC(
         talker,
-        _t(_a(m, "time")),
+        _tf(m, fields, 0),
         _a(m, "status") == "A",
         _f(_a(m, "lat")),
         _f(_a(m, "lon")),
@@ -236,10 +257,10 @@ def _rmc(m: Any, talker: str, _fields: tuple[str, ...]) -> RMC:
     )
 
 
-def _gns(m: Any, talker: str, _fields: tuple[str, ...]) -> GNS:
+def _gns(m: Any, talker: str, fields: tuple[str, ...]) -> GNS:
     return GNS(
         talker,
-        _t(_a(m, "time")),
+        _tf(m, fields, 0),
         _f(_a(m, "lat")),
         _f(_a(m, "lon")),
         _s(_a(m, "posMode")),
@@ -250,9 +271,14 @@ def _gns(m: Any, talker: str, _fields: tuple[str, ...]) -> GNS:
     )
 
 
-def _gll(m: Any, talker: str, _fields: tuple[str, ...]) -> GLL:
+def _gll(m: Any, talker: str, fields: tuple[str, ...]) -> GLL:
     return GLL(
-        talker, _t(_a(m, "time")), _a(m, "status") == "A", _f(_a(m, "lat")), _f(_a(m, "lon"))
+        talker,
+        _tf(m, fields, 4),
+        _a(m, "status") == "A",
+        _f(_a(m, "lat")),
+        _f(_a(m, "lon")),
+        _s(_a(m, "posMode")),
     )
 
 
@@ -262,16 +288,16 @@ def _vtg(m: Any, talker: str, _fields: tuple[str, ...]) -> VTG:
     )
 
 
-def _zda(m: Any, talker: str, _fields: tuple[str, ...]) -> ZDA:
+def _zda(m: Any, talker: str, fields: tuple[str, ...]) -> ZDA:
     date = None
     if _a(m, "day") != "" and _a(m, "month") != "" and _a(m, "year") != "":
         date = dt.date(int(_a(m, "year")), int(_a(m, "month")), int(_a(m, "day")))
-    return ZDA(talker, _t(_a(m, "time")), date)
+    return ZDA(talker, _tf(m, fields, 0), date)
 
 
-def _gst(m: Any, talker: str, _fields: tuple[str, ...]) -> GST:
+def _gst(m: Any, talker: str, fields: tuple[str, ...]) -> GST:
     return GST(
-        talker, _t(_a(m, "time")), _f(_a(m, "stdLat")), _f(_a(m, "stdLong")), _f(_a(m, "stdAlt"))
+        talker, _tf(m, fields, 0), _f(_a(m, "stdLat")), _f(_a(m, "stdLong")), _f(_a(m, "stdAlt"))
     )
 
 
@@ -337,6 +363,15 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
     return GSV(talker, _i(fields[0]), _i(fields[1]), _i(fields[2]), tuple(sats))
 
 
+def _pgrmz(fields: tuple[str, ...]) -> PGRMZ:
+    # 0 altitude, 1 unit (`f`: feet, the only one Garmin sends), 2 fix mode (1 none, 2 2D, 3 3D)
+    alt = None
+    if len(fields) > 1 and fields[1] == "f" and fields[0]:
+        alt = int(float(fields[0]))  # Garmin sends whole feet; gpsd reads them the same way
+    mode = _i(fields[2]) if len(fields) > 2 else None
+    return PGRMZ("PG", alt, mode if mode in (1, 2, 3) else None)
+
+
 def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
     return TXT(talker, str(_a(m, "text")))
 
@@ -387,7 +422,13 @@ class Decoder:
             if key not in self._counters and len(self._counters) >= self._key_limit:
                 key = "proprietary.other"
             self._counters[key] += 1
-            return None
+            if address != "PGRMZ":
+                return None
+            try:
+                return _pgrmz(fields)
+            except (ValueError, OverflowError):
+                self._counters["decode_error"] += 1
+                return None
         else:
             talker, kind = address[:2], address[2:]
             if talker not in TALKERS:

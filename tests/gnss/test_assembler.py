@@ -247,3 +247,169 @@ def test_a_stream_without_times_cannot_grow_an_epoch_without_bound() -> None:
         out += p.feed(gsv, now=1.0)
     assert p.counters["epochs_oversized"] == 3
     assert len(of(Sky, out)) == 3
+
+
+# -- rules decided against gpsd's corpus (see the assembler's docstring) ---------------------
+
+GGA_FIX = "GPGGA,{t},4221.8237733,N,07101.9411707,W,1,{n},3.3,10.835,M,-33.320,M,,"
+
+
+def test_a_gga_with_quality_1_and_no_satellites_is_not_a_fix() -> None:
+    # Hemisphere without a fix: quality 1, 0 satellites, a position it does not vouch for.
+    records = run(
+        "GPZDA,194049.00,07,09,2018,00,00",
+        GGA_FIX.format(t="194050.00", n="00"),
+        "GPVTG,330.63,T,345.26,M,0.00,N,0.00,K,A",
+        "GPZDA,194050.00,07,09,2018,00,00",
+    )
+    fix = of(Fix, records)[-1]
+    assert fix.time == "2018-09-07T19:40:50.000Z"
+    assert (fix.mode, fix.lat, fix.altMSL) == (1, None, None)
+    four = of(Fix, run("GPZDA,194057.50,07,09,2018,00,00", GGA_FIX.format(t="194057.50", n="04")))
+    assert (four[-1].mode, four[-1].altMSL) == (3, 10.835)
+
+
+def test_no_fix_sentences_without_a_time_stay_out_of_the_first_timed_epoch() -> None:
+    no_fix = ("GPGGA,,,,,,0,,,,M,,M,,", "GPGSA,A,1,,,,,,,,,,,,,,,", "GPRMC,,V,,,,,,,,,,N")
+    records = run(
+        *no_fix,
+        *no_fix,
+        "GPGGA,105153.71,5050.4122,N,00420.8266,E,1,04,2.25,109.44,M,,M,,",
+        "GPGSA,A,3,15,17,24,28,,,,,,,,,4.00,2.25,3.25",
+        "GPRMC,105153.71,A,5050.4122,N,00420.8266,E,0.14,303.60,120319,,,A",
+    )
+    fixes = of(Fix, records)
+    assert [f.mode for f in fixes] == [1, 1, 3]  # one no-fix record per cycle
+    assert [f.clock for f in fixes] == ["system", "system", "gnss"]
+    assert fixes[-1].time == "2019-03-12T10:51:53.710Z"  # the date its own cycle brought
+
+
+def test_a_late_no_fix_gsa_does_not_wipe_the_next_valid_fix() -> None:
+    cycle = ("GNRMC,1840{s}.00,V,,,,,,,030416,,,N", "GNGGA,1840{s}.00,,,,,0,04,28.71,,,,,,")
+    bodies = [b.format(s=s) for s in ("57", "58", "59") for b in cycle]
+    bodies += [
+        "GNGSA,A,1,31,21,,,,,,,,,,,53.32,28.64,44.97",  # after the learned end (GGA)
+        "GNRMC,184102.00,A,5000.14318,N,00838.63715,E,0.419,,030416,,,A",
+        "GNGGA,184102.00,5000.14318,N,00838.63715,E,1,05,3.62,159.6,M,47.6,M,,",
+    ]
+    fix = of(Fix, run(*bodies))[-1]
+    assert fix.time == "2016-04-03T18:41:02.000Z"
+    assert (fix.mode, fix.altMSL) == (3, 159.6)
+
+
+def test_garmin_pgrmz_gives_the_altitude_and_mode_of_a_gll_second() -> None:
+    records = run(
+        "GPRMC,225308,A,4527.458,S,16709.165,E,000.0,094.5,060601,024.1,E",
+        "GPGGA,225308,4527.458,S,16709.165,E,1,05,2.1,14.7,M,1.1,M,,",
+        "GPGSA,A,3,01,,,,13,20,22,,,,28,,3.1,2.1,2.0",
+        "GPGLL,4527.458,S,16709.165,E,225309,A",
+        "PGRMZ,48,f,3",
+    )
+    gll = of(Fix, records)[-1]
+    assert gll.time == "2001-06-06T22:53:09.000Z"
+    assert (gll.mode, gll.altMSL) == (3, 14.6304)  # 48 ft
+
+
+def test_when_positions_disagree_gll_wins_then_gga_then_rmc() -> None:
+    records = run(
+        "GPRMC,094737,A,5251.0093,N,00518.8170,E,5.6,230.5,200818,1.4,E,A",
+        "GPGGA,094737,5251.0085,N,00518.8151,E,1,12,0.60,-4,M,46.8,M,,",
+        "GPGLL,5251.0084,N,00518.8149,E,094737,A,A",
+        "GPRMC,094738,A,5251.0084,N,00518.8149,E,5.8,235.1,200818,1.4,E,A",
+        "GPGGA,094738,5251.0074,N,00518.8132,E,1,12,0.60,-4,M,46.8,M,,",
+    )
+    first, second = of(Fix, records)
+    assert (round(first.lat or 0, 9), round(first.lon or 0, 9)) == (52.85014, 5.313581667)
+    assert round(second.lat or 0, 9) == 52.850123333  # GGA before RMC
+    assert first.speed == 2.881  # speed and track still from the RMC
+
+
+def test_a_second_with_only_rmc_keeps_the_3d_of_the_second_before() -> None:
+    records = run(
+        "GPRMC,045849.000,A,3519.9048,N,13640.2631,E,0.10,92.17,270705,,",
+        "GPGSA,A,3,09,05,14,26,,,,,,,,,2.9,2.2,1.9",
+        "GPRMC,045850.000,A,3519.9047,N,13640.2631,E,0.11,99.12,270705,,",
+        "GPRMC,045851.000,A,3519.9046,N,13640.2631,E,0.12,114.35,270705,,",
+    )
+    assert [f.mode for f in of(Fix, records)] == [3, 3, 3]
+    alone = of(Fix, run("GPRMC,045850.000,A,3519.9047,N,13640.2631,E,0.11,99.12,270705,,"))
+    assert alone[0].mode == 2  # nothing says more than 2D
+
+
+def test_a_satellite_without_snr_is_not_marked_used() -> None:
+    records = run(
+        "GPRMC,223251.00,A,3757.92653,N,12231.94543,W,0.068,338.51,210416,0.00,E,A,V",
+        "GPGSA,A,3,07,30,15,,,,,,,,,,2.88,1.20,2.62,1",
+        "GPGSV,1,1,03,07,32,111,29,30,61,093,28,15,18,314,,1",
+    )
+    (sky,) = of(Sky, records)
+    assert [(s.svid, s.used) for s in sky.satellites] == [(7, True), (30, True), (15, False)]
+    assert sky.uSat == 2
+
+
+def test_a_view_sent_once_a_minute_is_repeated_until_it_is_too_old() -> None:
+    p = GnssPipeline()
+    out = p.feed(
+        nmea(
+            "GNGNS,213715.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,",
+            "GNZDA,213715.000,12,02,2026,,",
+            "GPGSA,A,3,24,19,,,,,,,,,,,1.75,0.93,1.48",
+            "GNGNS,213716.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,",
+            "GPGSV,1,1,02,24,35,234,31,19,42,060,26",
+            "GNGNS,213816.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,",
+            "GNGNS,213847.000,4111.59903,N,11156.54809,W,AANN,13,0.93,01482.5,-016.5,,",
+        ),
+        now=1.0,
+    )
+    out += p.flush(now=2.0)
+    skies = of(Sky, out)
+    assert [s.time for s in skies] == ["2026-02-12T21:37:16.000Z", "2026-02-12T21:38:16.000Z"]
+    assert all(s.used for s in skies[1].satellites)  # the GSA of the epoch before the view
+
+
+def test_a_gsv_group_spread_over_several_epochs_is_one_view() -> None:
+    records = run(
+        "GPRMC,093801,A,4527.458,S,16709.165,E,000.0,094.5,160305,024.1,E",
+        "GPGSV,2,1,05,01,78,221,47,03,09,042,40,04,05,242,38,06,04,149,30",
+        "GPRMC,093802,A,4527.458,S,16709.165,E,000.0,094.5,160305,024.1,E",
+        "GPGSV,2,2,05,13,37,235,48",
+    )
+    skies = of(Sky, records)
+    assert [s.time for s in skies] == ["2005-03-16T09:38:02.000Z"]
+    assert [s.svid for s in skies[0].satellites] == [1, 3, 4, 6, 13]
+
+
+def test_the_first_fix_before_any_date_waits_for_the_date_instead_of_guessing() -> None:
+    records = run(
+        "GPGGA,094736,5251.0094,N,00518.8172,E,1,12,0.60,-4,M,46.8,M,,",
+        "GPRMC,094737,A,5251.0093,N,00518.8170,E,5.6,230.5,200818,1.4,E,A",
+    )
+    assert [(f.time, f.clock) for f in of(Fix, records)] == [
+        ("2018-08-20T09:47:36.000Z", "gnss"),
+        ("2018-08-20T09:47:37.000Z", "gnss"),
+    ]
+    # A receiver that never sends a date: system time after the wait, and marked so.
+    bodies = [GGA_FIX.format(t=f"1940{s:02d}.00", n="08") for s in range(15)]
+    fixes = of(Fix, run(*bodies))
+    assert len(fixes) == 15
+    assert {f.clock for f in fixes} == {"system"}
+
+
+def test_a_view_sent_after_the_learned_cycle_end_is_a_second_sky_of_that_epoch() -> None:
+    cycle = (
+        "GPGGA,0814{s}.000,5541.1965,N,03737.2923,E,1,6,2.56,66.2,M,14.5,M,,",
+        "GNGSA,A,3,03,19,27,13,,,,,,,,,2.75,2.56,1.00",
+        "GNRMC,0814{s}.000,A,5541.1965,N,03737.2923,E,0.39,332.00,260514,,,A",
+        "GPZDA,0814{s}.000,26,05,2014,,",
+    )
+    bodies = [b.format(s=s) for s in ("12", "13", "14", "15") for b in cycle]
+    bodies += [
+        "GPGSV,1,1,02,03,27,059,14,19,24,073,16",  # after the ZDA that ends each cycle
+        *[b.format(s="16") for b in cycle],
+    ]
+    records = run(*bodies)
+    skies = of(Sky, records)
+    assert [s.time for s in skies][:1] == ["2014-05-26T08:14:15.000Z"]
+    assert [(s.svid, s.used) for s in skies[0].satellites] == [(3, True), (19, True)]
+    fixes = of(Fix, records)
+    assert [f.mode for f in fixes] == [3] * 5  # the late GSV changed no fix

@@ -206,3 +206,22 @@ def test_proprietary_counters_by_type_stay_bounded() -> None:
     assert dec.counters["proprietary.PX0000"] == 1
     assert dec.counters["proprietary.other"] == 100 - 32
     assert len(dec.counters) <= 5 + 32 + 1
+
+
+def test_garmin_pgrmz_is_decoded_and_still_counted_as_proprietary() -> None:
+    from terminal_gw.gnss.decoder import PGRMZ
+
+    msgs, dec = decode("PGRMZ,246,f,3", "PGRMZ,,f,1")
+    assert msgs == [PGRMZ("PG", 246, 3), PGRMZ("PG", None, 1)]
+    assert dec.counters["proprietary.PGRMZ"] == 2
+
+
+def test_a_time_field_that_is_not_a_time_makes_the_sentence_a_decode_error() -> None:
+    msgs, dec = decode(
+        "GPGGA,|19322|1.00,|2037.|72792,N,08704.08478,W,1,04,1.7,-30.40,M,-13.9,M,,",
+        "GPGGA,,,,,,0,,,,M,,M,,",
+    )
+    assert len(msgs) == 1
+    assert isinstance(msgs[0], GGA)
+    assert msgs[0].time is None  # empty: no time, not an error
+    assert dec.counters["decode_error"] == 1
