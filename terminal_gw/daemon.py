@@ -151,6 +151,7 @@ class Daemon:
         self.pipeline = GnssPipeline(
             max_sentence_len=config.gnss.max_sentence_len,
             allow_no_checksum=config.gnss.allow_no_checksum,
+            prefer=config.gnss.prefer,
         )
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()
