@@ -249,6 +249,18 @@ PYUBX2_DECODERS: dict[tuple[int, int], Callable[[Any], NavMessage]] = {
     (NAV, 0x61): _eoe,
 }
 
+#: Payload length of each message pyubx2 decodes: it reads a shorter payload as if padded
+#: with zeros, so a runt is refused here first.
+PYUBX2_LENGTHS: dict[tuple[int, int], int] = {
+    (NAV, 0x04): 18,
+    (NAV, 0x21): 20,
+    (NAV, 0x20): 16,
+    (NAV, 0x06): 52,
+    (NAV, 0x02): 28,
+    (NAV, 0x12): 36,
+    (NAV, 0x61): 4,
+}
+
 #: What pyubx2 raises on a payload it cannot read.
 PYUBX2_ERRORS = (UBXParseError, UBXMessageError, UBXTypeError)
 
@@ -264,5 +276,7 @@ def decode_ubx(frame: BinaryFrame) -> NavMessage | None:
     lib = PYUBX2_DECODERS.get(key)
     if lib is None:
         return None
+    if len(frame.payload) < PYUBX2_LENGTHS[key]:
+        raise ValueError(f"UBX {key}: {len(frame.payload)} bytes, needs {PYUBX2_LENGTHS[key]}")
     msg = UBXReader.parse(frame.raw, validate=VALNONE)
     return lib(msg)
