@@ -52,7 +52,8 @@ EVENT_QUEUE_MAX = 10_000
 
 
 def _framer_validator(config: Config) -> Validator:
-    """A fresh check for auto-baud: True once a checksum-valid sentence framed."""
+    """A fresh check for auto-baud: True once a checksum-valid sentence or binary frame
+    (UBX, CASIC) framed."""
     framer = Framer(
         max_sentence_len=config.gnss.max_sentence_len,
         allow_no_checksum=False,
@@ -60,7 +61,8 @@ def _framer_validator(config: Config) -> Validator:
 
     def valid(chunk: bytes) -> bool:
         framer.feed(chunk)
-        return framer.counters.get("good", 0) > 0
+        c = framer.counters
+        return c.get("good", 0) + c.get("ubx_good", 0) + c.get("casic_good", 0) > 0
 
     return valid
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import struct
 from functools import cache
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyubx2 import GET, UBXMessage, UBXReader
 
+from terminal_gw.config import load_config
+from terminal_gw.errors import ConfigError
 from terminal_gw.gnss.binary import BinaryAssembler, SourceSelector, utc_ms
 from terminal_gw.gnss.casic import LAYOUTS, decode_casic
 from terminal_gw.gnss.framer import BinaryFrame, Framer, Sentence, nmea_checksum
@@ -473,3 +476,19 @@ def test_arbitrary_bytes_after_a_sync_never_raise(tail: bytes) -> None:
         f = Framer()
         for x in f.feed(tail) + f.flush():
             assert isinstance(x, Sentence | BinaryFrame)
+
+
+def test_binary_frames_count_as_valid_data_for_the_port() -> None:
+    p = GnssPipeline()
+    p.feed(casic(0x0A, 0x04, bytes(64)), now=5.0)
+    assert p.last_valid_sentence == 5.0
+
+
+def test_prefer_is_validated_with_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[device]\nid = "v1"\n[gnss]\nprefer = "nmea"\n')
+    assert load_config(path).gnss.prefer == "nmea"
+    path.write_text('[device]\nid = "v1"\n[gnss]\nprefer = "both"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any(loc == "gnss.prefer" for loc, _msg in err.value.problems)
