@@ -143,7 +143,6 @@ class _Epoch:
     whole_view: tuple[BinarySat, ...] | None = None
     parts: dict[int, tuple[BinarySat, ...]] = field(default_factory=dict)
     gps_week: int | None = None
-    names: list[str] = field(default_factory=list)
 
 
 _GPS_EPOCH_MS = 315_964_800_000  # 1980-01-06 in unix ms
@@ -207,7 +206,6 @@ class BinaryAssembler:
 
     @staticmethod
     def _put(ep: _Epoch, msg: NavMessage) -> None:
-        ep.names.append(msg.name)
         rank = msg.rank
         ranks = ep.ranks
         for key, value in msg.values.items():

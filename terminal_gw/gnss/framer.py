@@ -113,6 +113,12 @@ def nmea_checksum(body: bytes) -> int:
     return x
 
 
+def _sync_in(data: bytes) -> int:
+    """Index of the first UBX or CASIC sync in `data` after its first byte, or -1."""
+    cuts = [i for i in (data.find(UBX_SYNC, 1), data.find(CASIC_SYNC, 1)) if i > 0]
+    return min(cuts) if cuts else -1
+
+
 class Framer:
     """Split a byte stream into checked sentences; bounded memory, never raises on input."""
 
@@ -195,14 +201,16 @@ class Framer:
             if first != _DOLLAR:
                 d = buf.find(b"$", pos)
                 stop = n if d < 0 else d
-                # A binary frame may come before the next `$`: stop at its sync.
-                for sync in (UBX_SYNC, CASIC_SYNC):
-                    e = buf.find(sync, pos, stop)
-                    if e >= 0:
-                        stop = e
-                if stop == n and n > pos and buf[n - 1] in (_UBX0, _CASIC0) and not final:
-                    stop = n - 1  # maybe the first byte of a sync: decide with the next chunk
                 seg = buf[pos:stop]
+                if not seg.isascii():
+                    # A binary frame may come before the next `$`: stop at its sync.
+                    for sync in (UBX_SYNC, CASIC_SYNC):
+                        e = buf.find(sync, pos, stop)
+                        if e >= 0:
+                            stop = e
+                    if stop == n and buf[n - 1] in (_UBX0, _CASIC0) and not final:
+                        stop = n - 1  # maybe the first byte of a sync: decide with the next chunk
+                    seg = buf[pos:stop]
                 garbage = len(seg) - seg.count(b"\r") - seg.count(b"\n")
                 if garbage:
                     self._counters["garbage_bytes"] += garbage
@@ -211,7 +219,7 @@ class Framer:
             # At a `$`: the line ends at the first CR, LF or next `$`, within max_len bytes.
             limit = min(n, pos + max_len + 1)
             end = limit
-            for marker in (b"\r", b"\n", b"$", UBX_SYNC, CASIC_SYNC):
+            for marker in (b"\r", b"\n", b"$"):
                 e = buf.find(marker, pos + 1, end)
                 if e >= 0:
                     end = e
@@ -223,11 +231,19 @@ class Framer:
                     continue
                 if not final:
                     break  # wait for more bytes
-            if end < n and buf[end] in (_DOLLAR, _UBX0, _CASIC0):
+            line = bytes(buf[pos:end])
+            if not line.isascii():
+                # A binary frame may begin inside the line: the sentence before it was cut
+                # short (looked for only here, so that clean NMEA pays one isascii a line).
+                cut = _sync_in(line)
+                if cut > 0:
+                    self._counters["truncated"] += 1
+                    pos += cut
+                    continue
+            if end < n and buf[end] == _DOLLAR:
                 self._counters["truncated"] += 1
                 pos = end
                 continue
-            line = bytes(buf[pos:end])
             pos = end + 1 if end < n else end
             sentence = self._check(line)
             if sentence is not None:

@@ -118,6 +118,12 @@ def test_a_sentence_cut_short_by_a_binary_frame_is_dropped_and_the_frame_kept() 
     out = f.feed(gga[:30] + frame + gga) + f.flush()
     assert [x.raw for x in out] == [frame, gga.rstrip(b"\r\n")]
     assert f.counters["truncated"] == 1
+    # A frame longer than a sentence may be: the cut sentence is overlong, the frame kept.
+    long_frame = ubx(0x01, 0x35, bytes(8 + 12 * 30))
+    f = Framer()
+    out = f.feed(gga[:30] + long_frame + gga) + f.flush()
+    assert [x.raw for x in out] == [long_frame, gga.rstrip(b"\r\n")]
+    assert f.counters["overlong"] == 1
 
 
 def test_a_length_beyond_the_limit_is_a_false_sync_and_memory_stays_bounded() -> None:
