@@ -13,8 +13,6 @@ import struct
 from collections import Counter
 from collections.abc import Mapping
 
-from pyubx2.exceptions import UBXMessageError, UBXParseError, UBXTypeError
-
 from terminal_gw.gnss.assembler import EpochAssembler
 from terminal_gw.gnss.binary import BinaryAssembler, NavMessage, Prefer, SourceSelector
 from terminal_gw.gnss.casic import decode_casic
@@ -25,16 +23,7 @@ from terminal_gw.models import Payload
 
 #: Binary decoding outcomes (keys of `GnssPipeline.counters`, always present).
 BINARY_COUNTERS = ("binary_decoded", "binary_unused", "binary_decode_error")
-_BINARY_ERRORS = (
-    ValueError,
-    struct.error,
-    OverflowError,
-    KeyError,
-    TypeError,
-    UBXParseError,
-    UBXMessageError,
-    UBXTypeError,
-)
+_BINARY_ERRORS = (ValueError, struct.error, OverflowError, KeyError, TypeError)
 
 
 class GnssPipeline:

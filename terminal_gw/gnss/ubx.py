@@ -15,9 +15,6 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from pyubx2 import VALNONE, UBXReader
-from pyubx2.exceptions import UBXMessageError, UBXParseError, UBXTypeError
-
 from terminal_gw.gnss.binary import (
     RANK_HIGH_RATE,
     RANK_PART,
@@ -261,14 +258,28 @@ PYUBX2_LENGTHS: dict[tuple[int, int], int] = {
     (NAV, 0x61): 4,
 }
 
-#: What pyubx2 raises on a payload it cannot read.
-PYUBX2_ERRORS = (UBXParseError, UBXMessageError, UBXTypeError)
+
+def _parse(raw: bytes) -> Any:
+    """pyubx2's parse of a checked frame; its errors become ValueError."""
+    # Imported on first use: a receiver that sends none of these (NMEA only, CASIC, or UBX
+    # with NAV-PVT and NAV-SAT only) does not pay for loading pyubx2 (about 2 MB).
+    from pyubx2 import VALNONE, UBXReader
+    from pyubx2.exceptions import (
+        UBXMessageError,
+        UBXParseError,
+        UBXTypeError,
+    )
+
+    try:
+        return UBXReader.parse(raw, validate=VALNONE)
+    except (UBXParseError, UBXMessageError, UBXTypeError) as exc:
+        raise ValueError(f"pyubx2: {exc}") from exc
 
 
 def decode_ubx(frame: BinaryFrame) -> NavMessage | None:
     """The NavMessage of a checked UBX frame; None for a message not used for fixes.
 
-    Raises ValueError, struct.error or a pyubx2 error on a payload that does not fit."""
+    Raises ValueError or struct.error on a payload that does not fit its layout."""
     key = (frame.msg_class, frame.msg_id)
     own = STRUCT_DECODERS.get(key)
     if own is not None:
@@ -278,5 +289,4 @@ def decode_ubx(frame: BinaryFrame) -> NavMessage | None:
         return None
     if len(frame.payload) < PYUBX2_LENGTHS[key]:
         raise ValueError(f"UBX {key}: {len(frame.payload)} bytes, needs {PYUBX2_LENGTHS[key]}")
-    msg = UBXReader.parse(frame.raw, validate=VALNONE)
-    return lib(msg)
+    return lib(_parse(frame.raw))
