@@ -498,3 +498,11 @@ def test_prefer_is_validated_with_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert any(loc == "gnss.prefer" for loc, _msg in err.value.problems)
+
+
+def test_a_raw_capture_keeps_binary_that_starts_a_line_with_a_hash(tmp_path: Path) -> None:
+    frame = ubx(0x01, 0x61, b"\n#\x00\x01")  # iTOW bytes that hold "\n#"
+    path = tmp_path / "raw.log"
+    path.write_bytes(b"# Name: a text comment\n" + frame + b"\n# another comment\n")
+    data = b"".join(c.data for c in CaptureReader(path))
+    assert data == frame + b"\n"
