@@ -148,6 +148,8 @@ class GnssConfig(_Section):
     stale_after_s: float = Field(default=10.0, gt=0)
     init: list[str] = Field(default_factory=list)
     record: bool = False
+    # A receiver sending NMEA and binary (UBX, CASIC) at once: which one's fix and sky count.
+    prefer: Literal["nmea", "binary", "auto"] = "auto"
     reporting: ReportingConfig = ReportingConfig()
 
 

@@ -55,7 +55,8 @@ EVENT_QUEUE_MAX = 10_000
 
 
 def _framer_validator(config: Config) -> Validator:
-    """A fresh check for auto-baud: True once a checksum-valid sentence framed."""
+    """A fresh check for auto-baud: True once a checksum-valid sentence or binary frame
+    (UBX, CASIC) framed."""
     framer = Framer(
         max_sentence_len=config.gnss.max_sentence_len,
         allow_no_checksum=False,
@@ -63,7 +64,8 @@ def _framer_validator(config: Config) -> Validator:
 
     def valid(chunk: bytes) -> bool:
         framer.feed(chunk)
-        return framer.counters.get("good", 0) > 0
+        c = framer.counters
+        return c.get("good", 0) + c.get("ubx_good", 0) + c.get("casic_good", 0) > 0
 
     return valid
 
@@ -154,6 +156,7 @@ class Daemon:
         self.pipeline = GnssPipeline(
             max_sentence_len=config.gnss.max_sentence_len,
             allow_no_checksum=config.gnss.allow_no_checksum,
+            prefer=config.gnss.prefer,
         )
         # The receiver served to the tools on board (gpsd protocol, NMEA out); off by default,
         # and then nothing is hooked. Every epoch reaches them, before the reporting policy.

@@ -82,6 +82,8 @@ class Payload(BaseModel):
 
 
 Clock = Literal["gnss", "system"]
+#: A fix or sky from a binary receiver protocol (absent when it came from NMEA 0183).
+SourceProtocol = Literal["ubx", "casic"]
 
 
 class Fix(Payload):
@@ -112,6 +114,9 @@ class Fix(Payload):
     uSat: int | None = None  # noqa: N815 - gpsd's name
     used: dict[str, int] | None = Field(default=None, description="satellites used per system")
     clock: Clock = "gnss"
+    source_protocol: SourceProtocol | None = Field(
+        default=None, description="binary protocol the fix came from; absent: NMEA 0183"
+    )
 
 
 class Satellite(BaseModel):
@@ -144,6 +149,9 @@ class Sky(Payload):
     vdop: float | None = None
     pdop: float | None = None
     clock: Clock = "gnss"
+    source_protocol: SourceProtocol | None = Field(
+        default=None, description="binary protocol the view came from; absent: NMEA 0183"
+    )
 
 
 class Event(Payload):

@@ -863,7 +863,9 @@ def cli(args: argparse.Namespace) -> int:
 
     def new_pipeline() -> GnssPipeline:
         return GnssPipeline(
-            max_sentence_len=gnss.max_sentence_len, allow_no_checksum=gnss.allow_no_checksum
+            max_sentence_len=gnss.max_sentence_len,
+            allow_no_checksum=gnss.allow_no_checksum,
+            prefer=gnss.prefer,
         )
 
     replayer = Replayer(

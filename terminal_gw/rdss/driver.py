@@ -449,6 +449,9 @@ class RdssDriver:
         number of valid ones. The reader calls it; a replay feeds a recording through it."""
         valid = 0
         for sentence in self.framer.feed(chunk):
+            if not isinstance(sentence, Sentence):
+                self.counters["sentences_bad"] += 1  # a binary frame: not the terminal's
+                continue
             try:
                 record = parse(sentence)
             except SentenceError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from terminal_gw.config import RdssConfig
-from terminal_gw.gnss.framer import Framer
+from terminal_gw.gnss.framer import Framer, Sentence
 from terminal_gw.models import Payload
 from terminal_gw.rdss.driver import RdssDriver
 from terminal_gw.rdss.sentences import MAX_SENTENCE_LEN, SentenceError, parse
@@ -86,6 +86,9 @@ class RdssReplay:
                 await self.driver.feed(chunk.data)
             else:
                 for sentence in self.host.feed(chunk.data):
+                    if not isinstance(sentence, Sentence):
+                        self.host_counts["bad"] += 1
+                        continue
                     try:
                         self.host_counts[parse(sentence).ADDRESS] += 1
                     except SentenceError:

@@ -560,14 +560,16 @@ def parse_line(line: bytes) -> RdssRecord:
     """Frame (checksum checked) and parse one sentence given as bytes."""
     framer = Framer(max_sentence_len=MAX_SENTENCE_LEN)
     found = framer.feed(line) + framer.flush()
-    if len(found) != 1:
+    if len(found) != 1 or not isinstance(found[0], Sentence):
         bad = [k for k, v in framer.counters.items() if v and k != "good"]
         raise SentenceError(
             f"not one checked sentence ({', '.join(bad) or 'nothing framed'})",
             sentence=line[:200],
             reason=bad[0] if bad else "empty",
         )
-    return parse(found[0])
+    sentence = found[0]
+    assert isinstance(sentence, Sentence)
+    return parse(sentence)
 
 
 # ---------------------------------------------------------------------------

@@ -248,6 +248,15 @@ class CaptureWriter:
 # -- reader -----------------------------------------------------------------------------------
 
 
+def _is_text(piece: bytes) -> bool:
+    """True for UTF-8 text without control characters other than tab, CR and LF."""
+    try:
+        text = piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.rstrip("\r\n").replace("\t", " ").isprintable()
+
+
 class CaptureReader:
     """Iterates the chunks of a capture file, own format or raw (detected by the header).
 
@@ -318,7 +327,9 @@ class CaptureReader:
         while piece := f.readline(RAW_PIECE):
             self.bytes_read += len(piece)
             if at_line_start:
-                in_comment = piece.startswith(b"#")
+                # A `#` line is a comment when it is text: binary frames (UBX, CASIC) hold
+                # `\n#` too, and cutting them would lose whole messages.
+                in_comment = piece.startswith(b"#") and _is_text(piece)
                 if in_comment:
                     self.comment_lines += 1
             at_line_start = piece.endswith(b"\n")
