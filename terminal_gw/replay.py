@@ -33,11 +33,15 @@ shortest periodic one comes every FAST_SHORTEST_S. A replay of the modem side en
 recorded step was played and the driver has gone quiet or writes past the recording's end,
 or when no step could be played for a while (a stall, reported).
 
-Without `--port`, own-format captures are replayed on both sides: the `gnss` port through the
+The RDSS side (`--port rdss`): the RDSS driver talks to a playback of the `rdss` chunks, see
+`terminal_gw.rdss.replay`.
+
+Without `--port`, own-format captures are replayed on every side: the `gnss` port through the
 pipeline, then the `modem` port through the driver, when its recording begins with the driver's
-start (its first command is the first init command; a stray fragment is counted, not played).
-The GNSS records come first, then the modem's. Captures continuing one another (rotation)
-are one modem session; any other capture starts a fresh driver.
+start (its first command is the first init command; a stray fragment is counted, not played),
+then the `rdss` port through the RDSS driver. The GNSS records come first, then the modem's,
+then the RDSS terminal's. Captures continuing one another (rotation) are one session of each
+port; any other capture starts a fresh driver.
 """
 
 from __future__ import annotations
@@ -155,7 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"port of own-format captures to replay: {MODEM_PORT!r} plays the modem side to "
         "the modem driver, 'rdss' plays the RDSS terminal to the RDSS driver, any other port "
         f"goes through the GNSS pipeline (default: "
-        f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session)",
+        f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session, "
+        f"then {RDSS_PORT!r})",
     )
     # Its own dest: without --config, replay uses fixed names instead of the default config.
     parser.add_argument(

@@ -18,7 +18,9 @@ On a mismatch (the daemon wrote something else than was recorded next):
   `ERROR`, so a driver goes on (its command fails) and the playback stays where it was.
 
 Writing after the last step is a mismatch too (reason "capture ended"). Replies are played at
-once, not at their recorded pace: only the order of the exchange matters to a driver.
+once, not at their recorded pace: only the order of the exchange matters to a driver. The
+recorded times stay known: `read_time` is the time of the chunk read last, `next_written_at`
+that of the next recorded write (a replay's clock).
 
 `RecordingPort` wraps any port and writes both directions to a `CaptureWriter`, so a session
 against a real modem or the simulator becomes a capture for playback.
