@@ -83,6 +83,7 @@ from terminal_gw.rdss.sentences import (
     parse,
 )
 from terminal_gw.rdss.store import BdsJob, RdssStore
+from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort
 
 __all__ = ["COMMAND_ID", "DIALECT_FILE", "Card", "RdssDriver", "RecordSink"]
@@ -112,27 +113,15 @@ _REASON_TEXT = {
 }
 
 
-class TerminalPort(Protocol):
+class TerminalPort(Port, Protocol):
     """The driver's port: a `ReconnectingPort`, or a recording played back (`replay`)."""
 
     state: PortState
     reason: str
     opens: int
 
-    async def read(self) -> bytes:
-        """The next chunk from the terminal."""
-        ...
-
-    async def write(self, data: bytes) -> None:
-        """Send bytes to the terminal."""
-        ...
-
     def mark_alive(self) -> None:
         """A valid sentence was read."""
-        ...
-
-    async def close(self) -> None:
-        """Close the port for good."""
         ...
 
 
