@@ -206,7 +206,7 @@ class RdssDriver:
         state_dir: Path,
         events: EventSink | None = None,
         on_progress: Callable[[], None] | None = None,
-        tap: Callable[[Literal["<", ">"], bytes], None] | None = None,
+        tap: Callable[[Literal["<", ">"], bytes, float], None] | None = None,
         log: FilteringBoundLogger | None = None,
         clock: Callable[[], float] = time.time,
         port_factory: Callable[[], TerminalPort] | None = None,
@@ -243,6 +243,7 @@ class RdssDriver:
         self._recent: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._unstored: list[BdsReceived] = []
         self._rx_seq = 0
+        self._read_at = 0.0  # when the chunk being acted on was read
         self.last_send: float | None = None
         self.next_send: float | None = None
         self.sends_today = 0
@@ -475,14 +476,19 @@ class RdssDriver:
     async def _reader(self, port: TerminalPort) -> None:
         while True:
             chunk = await port.read()
+            # To the millisecond: the time a capture keeps and a replay gives back, so that
+            # a replay derives the same message ids.
+            at = round(self._clock(), 3)
             if self._tap is not None:
-                self._tap("<", chunk)
-            if await self.feed(chunk):
+                self._tap("<", chunk, at)
+            if await self.feed(chunk, at):
                 port.mark_alive()
 
-    async def feed(self, chunk: bytes) -> int:
-        """Act on the sentences `chunk` completes (bytes as the terminal sent them); the
-        number of valid ones. The reader calls it; a replay feeds a recording through it."""
+    async def feed(self, chunk: bytes, at: float | None = None) -> int:
+        """Act on the sentences `chunk` completes (bytes as the terminal sent them, read at
+        `at`, default now); the number of valid ones. The reader calls it; a replay feeds a
+        recording through it."""
+        self._read_at = self._clock() if at is None else at
         valid = 0
         for sentence in self.framer.feed(chunk):
             try:
@@ -560,7 +566,7 @@ class RdssDriver:
             self._wake.set()
 
     async def _receive(self, record: Received | Received3, sentence: Sentence) -> None:
-        now = self._clock()
+        now = self._read_at
         if isinstance(record, Received):
             dialect: Dialect = "2.1" if self.dialect != "bds3" else "bds3"
             code, content, info = record.mode, record.content, INFO_CLASS.get(record.info_class)
@@ -586,7 +592,7 @@ class RdssDriver:
         self._rx_seq += 1
         raw = sentence.raw.decode("ascii")
         payload = BdsReceived(
-            id=stable_id(int(now * 1000), f"bds|{self._rx_seq}|{raw}".encode()),
+            id=stable_id(round(now * 1000), f"bds|{self._rx_seq}|{raw}".encode()),
             received=iso_utc(now),
             sender=sender,
             to=to,
@@ -681,7 +687,7 @@ class RdssDriver:
     async def _write(self, port: TerminalPort, data: bytes) -> None:
         await port.write(data)
         if self._tap is not None:
-            self._tap(">", data)
+            self._tap(">", data, self._clock())
 
     async def _maybe_status(self, force: bool = False) -> None:
         key = (

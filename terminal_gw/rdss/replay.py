@@ -15,13 +15,14 @@ to a write's recorded time before the replay makes it, so pacing (service interv
 from the feedback) lets the write go as it went when recorded.
 
 What the driver stores is printed (`--jsonl`) or counted: `bds/rx` for each received message
-(duplicates within the window dropped as `run` drops them; ids differ from the recorded run's,
-as they derive from the read time), `bds/tx/{id}` progress of the sends made again,
-`rdss/status` as the state changes, events (`playback_mismatch` included), and the last
-`rdss/status` closes each session. A write that is not the recorded next one is a mismatch
-(an event; the playback looks a few steps ahead, else answers nothing the driver can parse);
-a session ends when every step was played and the driver is quiet, or when nothing was played
-for a while (a stall, reported).
+(duplicates within the window dropped as `run` drops them; the same ids as `run` published when
+the session was recorded from the driver's start: an id derives from the read time, kept to the
+millisecond in the capture, and the message's place in the session), `bds/tx/{id}` progress
+of the sends made again, `rdss/status` as the state changes, events (`playback_mismatch`
+included), and the last `rdss/status` closes each session. A write that is not the recorded
+next one is a mismatch (an event; the playback looks a few steps ahead, else answers nothing
+the driver can parse); a session ends when every step was played and the driver is quiet, or
+when nothing was played for a while (a stall, reported).
 
 Only the terminal's side of a capture (a raw capture, or `<` chunks without any `>`) has
 nothing to answer: its chunks go through the driver offline, one after the other, with the
@@ -301,7 +302,7 @@ class RdssReplay:
         await driver.open()
         for chunk in chunks:
             self.advance(chunk.ts)
-            await driver.feed(chunk.data)
+            await driver.feed(chunk.data, round(self._now, 3))
         await self._finish(driver)
 
     async def _play(self, chunks: list[Chunk]) -> None:
