@@ -328,10 +328,10 @@ class Daemon:
         writer = self.capture_writer("modem") if self.config.modem.record else None
         return port if writer is None else RecordingPort(port, writer, name="modem")
 
-    def _rdss_tap(self, direction: Direction, data: bytes) -> None:
+    def _rdss_tap(self, direction: Direction, data: bytes, ts: float) -> None:
         writer = self.capture_writer("rdss")
         if writer is not None:
-            writer.write("rdss", direction, data, time.time())
+            writer.write("rdss", direction, data, ts)
 
     async def rdss_stage(self) -> None:
         """The BeiDou short-message terminal: card, beams, messages in, the send queue."""

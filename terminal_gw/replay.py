@@ -33,11 +33,15 @@ shortest periodic one comes every FAST_SHORTEST_S. A replay of the modem side en
 recorded step was played and the driver has gone quiet or writes past the recording's end,
 or when no step could be played for a while (a stall, reported).
 
-Without `--port`, own-format captures are replayed on both sides: the `gnss` port through the
+The RDSS side (`--port rdss`): the RDSS driver talks to a playback of the `rdss` chunks, see
+`terminal_gw.rdss.replay`.
+
+Without `--port`, own-format captures are replayed on every side: the `gnss` port through the
 pipeline, then the `modem` port through the driver, when its recording begins with the driver's
-start (its first command is the first init command; a stray fragment is counted, not played).
-The GNSS records come first, then the modem's. Captures continuing one another (rotation)
-are one modem session; any other capture starts a fresh driver.
+start (its first command is the first init command; a stray fragment is counted, not played),
+then the `rdss` port through the RDSS driver. The GNSS records come first, then the modem's,
+then the RDSS terminal's. Captures continuing one another (rotation) are one session of each
+port; any other capture starts a fresh driver.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -64,16 +68,18 @@ from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
 from terminal_gw.transport.capture import FROM_DEVICE, CaptureReader, Chunk
 
 if TYPE_CHECKING:
-    from terminal_gw.config import ModemConfig
+    from terminal_gw.config import ModemConfig, RdssConfig
     from terminal_gw.gnss.pipeline import GnssPipeline
     from terminal_gw.models import Event, Payload
     from terminal_gw.modem.tiantong import TiantongModem
+    from terminal_gw.rdss.replay import RdssReplay
     from terminal_gw.transport.playback import PlaybackPort
 
 DEFAULT_PREFIX = "tgw"
 DEFAULT_DEVICE = "replay"
 DEFAULT_PORT = "gnss"
 MODEM_PORT = "modem"
+RDSS_PORT = "rdss"
 
 #: Most seconds between one own-format capture's last chunk and the next one's start for the
 #: next to count as its continuation (rotation), replayed through the same pipeline.
@@ -153,7 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"port of own-format captures to replay: {MODEM_PORT!r} plays the modem side to "
         "the modem driver, 'rdss' plays the RDSS terminal to the RDSS driver, any other port "
         f"goes through the GNSS pipeline (default: "
-        f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session)",
+        f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session, "
+        f"then {RDSS_PORT!r})",
     )
     # Its own dest: without --config, replay uses fixed names instead of the default config.
     parser.add_argument(
@@ -251,10 +258,10 @@ class Replayer:
         device: str = DEFAULT_DEVICE,
         port: str = DEFAULT_PORT,
         progress: Progress | None = None,
-        tap: ModemChunks | None = None,
+        taps: Sequence[ModemChunks] = (),
     ) -> None:
         self._new_pipeline = new_pipeline
-        self.tap = tap  # gathers the modem side while the GNSS side is read
+        self.taps = taps  # gather the modem and RDSS sides while the GNSS side is read
         self.pipeline = new_pipeline()
         self._used = False  # whether self.pipeline has been fed
         self._done_counters: Counter[str] = Counter()
@@ -286,8 +293,8 @@ class Replayer:
                 self.pipeline = self._new_pipeline()
             self._used = True
             self.stats.files[reader.kind] += 1
-            if self.tap is not None:
-                self.tap.begin(reader)
+            for tap in self.taps:
+                tap.begin(reader)
             if reader.kind == "raw":
                 self._replay_raw(index, reader)
             else:
@@ -335,9 +342,9 @@ class Replayer:
         start_wall = time.monotonic()
         first_ts: float | None = None
         self._file_last_ts = None
-        tap = self.tap
+        taps = self.taps
         for chunk in reader:
-            if tap is not None:
+            for tap in taps:
                 tap.see(chunk)
             if chunk.port != self.port or chunk.direction != FROM_DEVICE:
                 self.stats.chunks_skipped += 1
@@ -818,10 +825,26 @@ def _replay_log(level: str | None) -> FilteringBoundLogger:
     return logger
 
 
+def _replay_rdss_side(
+    tap: ModemChunks, config: RdssConfig, *, base: str, jsonl: bool, log: FilteringBoundLogger
+) -> RdssReplay:
+    """Without --port: the RDSS sessions of the captures played to the RDSS driver."""
+    import tempfile
+
+    from terminal_gw.rdss.replay import RdssReplay
+
+    with tempfile.TemporaryDirectory(prefix="tgw-rdss-replay-") as tmp:
+        replay = RdssReplay(
+            config, out=sys.stdout, jsonl=jsonl, base=base, state_dir=Path(tmp), log=log
+        )
+        replay.play(tap.sessions())
+    return replay
+
+
 def cli(args: argparse.Namespace) -> int:
     """Run `terminal-gw replay`."""
     from terminal_gw.cli.common import read_config_or_exit
-    from terminal_gw.config import GnssConfig, ModemConfig
+    from terminal_gw.config import GnssConfig, ModemConfig, RdssConfig
     from terminal_gw.gnss.pipeline import GnssPipeline
 
     prefix, device = DEFAULT_PREFIX, DEFAULT_DEVICE
@@ -842,24 +865,27 @@ def cli(args: argparse.Namespace) -> int:
             return EXIT_USAGE
 
     port: str | None = args.port
-    if port == "rdss":
-        from terminal_gw.config import RdssConfig
+    log = _replay_log(getattr(args, "log_level", None))
+    rdss_config = config.rdss if args.replay_config is not None else RdssConfig()
+    if port == RDSS_PORT:
         from terminal_gw.rdss.replay import replay_rdss
 
-        rdss = config.rdss if args.replay_config is not None else RdssConfig()
         return replay_rdss(
             readers,
-            rdss,
+            rdss_config,
             base=f"{prefix}/{device}",
             jsonl=args.jsonl,
             out=sys.stdout,
             err=sys.stderr,
+            log=log,
         )
     gnss_side = port != MODEM_PORT
-    # Without --port the modem side comes along, but only sessions the driver can play.
+    # Without --port the modem side comes along, but only sessions the driver can play;
+    # and the RDSS side.
     modem_side = port is None or port == MODEM_PORT
     progress = Progress(sys.stderr, len(readers))
     tap = ModemChunks(MODEM_PORT) if modem_side else None
+    rdss_tap = ModemChunks(RDSS_PORT) if port is None else None
 
     def new_pipeline() -> GnssPipeline:
         return GnssPipeline(
@@ -877,7 +903,7 @@ def cli(args: argparse.Namespace) -> int:
         device=device,
         port=port or DEFAULT_PORT,
         progress=progress,
-        tap=tap,
+        taps=[t for t in (tap, rdss_tap) if t is not None],
     )
     modem_replayer = ModemReplayer(
         modem,
@@ -886,9 +912,10 @@ def cli(args: argparse.Namespace) -> int:
         speed=args.speed,
         prefix=prefix,
         device=device,
-        log=_replay_log(getattr(args, "log_level", None)),
+        log=log,
         progress=progress,
     )
+    rdss_replay: RdssReplay | None = None
     try:
         if gnss_side:
             replayer.replay(readers)
@@ -908,6 +935,11 @@ def cli(args: argparse.Namespace) -> int:
         if tap is not None and tap.total:
             sys.stdout.flush()  # the GNSS records before the modem's
             modem_replayer.replay(tap.sessions(), only_sessions=port is None)
+        if rdss_tap is not None and rdss_tap.total:
+            sys.stdout.flush()  # then the RDSS side's
+            rdss_replay = _replay_rdss_side(
+                rdss_tap, rdss_config, base=f"{prefix}/{device}", jsonl=args.jsonl, log=log
+            )
     except TerminalGwError as exc:
         progress.clear()
         sys.stdout.flush()
@@ -928,10 +960,14 @@ def cli(args: argparse.Namespace) -> int:
             ]
         if mstats.sessions or mstats.sessions_not_played:
             lines.extend(modem_replayer.summary_lines())
+        if rdss_replay is not None:
+            lines.extend(rdss_replay.summary_lines())
         print("\n".join(lines))
     sys.stdout.flush()  # the summary before the counters line when both go to a terminal
     records = Counter(stats.records)
     records.update(mstats.records)
+    if rdss_replay is not None:
+        records.update(rdss_replay.records)
     line = f"replay: {stats.files.total()} capture(s), {records.total()} records" + (
         f" ({_format_counts(sorted(records.items()))})" if records else ""
     )
@@ -940,8 +976,13 @@ def cli(args: argparse.Namespace) -> int:
         line += f"; counters: {nonzero or 'all zero'}"
     if mstats.sessions:
         line += f"; {modem_replayer.status_line()}"
+    if rdss_replay is not None:
+        line += f"; {rdss_replay.status_line()}"
     print(line, file=sys.stderr)
     if mstats.sessions and not mstats.played:
         print("error: no recorded modem step could be played", file=sys.stderr)
+        return EXIT_NOTHING_PLAYED
+    if rdss_replay is not None and rdss_replay.stats.sessions and not rdss_replay.stats.played:
+        print("error: no recorded rdss step could be played", file=sys.stderr)
         return EXIT_NOTHING_PLAYED
     return EXIT_OK

@@ -83,6 +83,7 @@ from terminal_gw.rdss.sentences import (
     parse,
 )
 from terminal_gw.rdss.store import BdsJob, RdssStore
+from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort
 
 __all__ = ["COMMAND_ID", "DIALECT_FILE", "Card", "RdssDriver", "RecordSink"]
@@ -110,6 +111,18 @@ _REASON_TEXT = {
     "no_permission": "the card has no permission for this",
     "refused": "the terminal refused the send",
 }
+
+
+class TerminalPort(Port, Protocol):
+    """The driver's port: a `ReconnectingPort`, or a recording played back (`replay`)."""
+
+    state: PortState
+    reason: str
+    opens: int
+
+    def mark_alive(self) -> None:
+        """A valid sentence was read."""
+        ...
 
 
 class RecordSink(Protocol):
@@ -193,11 +206,16 @@ class RdssDriver:
         state_dir: Path,
         events: EventSink | None = None,
         on_progress: Callable[[], None] | None = None,
-        tap: Callable[[Literal["<", ">"], bytes], None] | None = None,
+        tap: Callable[[Literal["<", ">"], bytes, float], None] | None = None,
         log: FilteringBoundLogger | None = None,
         clock: Callable[[], float] = time.time,
+        port_factory: Callable[[], TerminalPort] | None = None,
+        asks_card: bool = True,
     ) -> None:
         self.cfg = config
+        self._port_factory = port_factory
+        #: Whether the ticker asks for the card by itself (a replay asks when it was recorded).
+        self.asks_card = asks_card
         self._sink = sink
         self.store = store
         self._base = topic_base.rstrip("/")
@@ -214,16 +232,18 @@ class RdssDriver:
         self.card: Card | None = None
         self.beams: list[int] | None = None
         self._beams_at = -float("inf")
-        self._port: ReconnectingPort | None = None
+        self._port: TerminalPort | None = None
         self._opens_seen = 0
         self._asked_at = -float("inf")  # the last card query
         self._answered_at = -float("inf")  # the last card answer
         self._heard_at = time.monotonic()
         self._wake = asyncio.Event()
         self._feedback: asyncio.Future[Feedback | Feedback3] | None = None
+        self._feedback_at = 0.0  # when the last feedback to a send was read
         self._recent: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._unstored: list[BdsReceived] = []
         self._rx_seq = 0
+        self._read_at = 0.0  # when the chunk being acted on was read
         self.last_send: float | None = None
         self.next_send: float | None = None
         self.sends_today = 0
@@ -420,33 +440,55 @@ class RdssDriver:
         with contextlib.suppress(StoreError):
             await self.store.prune(now, keep_s=self.cfg.history_days * 86400.0)
         await self._refresh_usage()
-        port = ReconnectingPort(
-            self.cfg.port,
-            self.cfg.baud,
-            name="rdss",
-            stale_after_s=self.cfg.stale_after_s,
-            events=self._events,
-            log=self._log,
-        )
+        port: TerminalPort
+        if self._port_factory is not None:
+            port = self._port_factory()
+        else:
+            port = ReconnectingPort(
+                self.cfg.port,
+                self.cfg.baud,
+                name="rdss",
+                stale_after_s=self.cfg.stale_after_s,
+                events=self._events,
+                log=self._log,
+            )
         self._port = port
-        async with port, asyncio.TaskGroup() as tg:
-            tg.create_task(self._reader(port), name="rdss-reader")
-            tg.create_task(self._ticker(port), name="rdss-ticker")
-            tg.create_task(self._sender(port), name="rdss-sender")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reader(port), name="rdss-reader")
+                tg.create_task(self._ticker(port), name="rdss-ticker")
+                tg.create_task(self._sender(port), name="rdss-sender")
+        finally:
+            await port.close()
+
+    async def ask_card(self, dialects: tuple[Dialect, ...]) -> None:
+        """Ask for the card (and turn beam output on) in these dialects now: a replay makes
+        the queries it finds recorded."""
+        if self._port is not None:
+            await self._query(self._port, dialects)
+
+    def wake(self) -> None:
+        """Let the sender look at the queue again now (a replay's clock has moved on)."""
+        self._wake.set()
 
     # ---- reader ---------------------------------------------------------------------
 
-    async def _reader(self, port: ReconnectingPort) -> None:
+    async def _reader(self, port: TerminalPort) -> None:
         while True:
             chunk = await port.read()
+            # To the millisecond: the time a capture keeps and a replay gives back, so that
+            # a replay derives the same message ids.
+            at = round(self._clock(), 3)
             if self._tap is not None:
-                self._tap("<", chunk)
-            if await self.feed(chunk):
+                self._tap("<", chunk, at)
+            if await self.feed(chunk, at):
                 port.mark_alive()
 
-    async def feed(self, chunk: bytes) -> int:
-        """Act on the sentences `chunk` completes (bytes as the terminal sent them); the
-        number of valid ones. The reader calls it; a replay feeds a recording through it."""
+    async def feed(self, chunk: bytes, at: float | None = None) -> int:
+        """Act on the sentences `chunk` completes (bytes as the terminal sent them, read at
+        `at`, default now); the number of valid ones. The reader calls it; a replay feeds a
+        recording through it."""
+        self._read_at = self._clock() if at is None else at
         valid = 0
         for sentence in self.framer.feed(chunk):
             if not isinstance(sentence, Sentence):
@@ -481,6 +523,7 @@ class RdssDriver:
             if record.command not in SEND_COMMANDS:
                 self.counters["feedback_other"] += 1  # e.g. to CCICA or CCRMO
             elif fut is not None and not fut.done():
+                self._feedback_at = self._clock()
                 fut.set_result(record)
             else:
                 self.counters["feedback_unexpected"] += 1
@@ -526,7 +569,7 @@ class RdssDriver:
             self._wake.set()
 
     async def _receive(self, record: Received | Received3, sentence: Sentence) -> None:
-        now = self._clock()
+        now = self._read_at
         if isinstance(record, Received):
             dialect: Dialect = "2.1" if self.dialect != "bds3" else "bds3"
             code, content, info = record.mode, record.content, INFO_CLASS.get(record.info_class)
@@ -552,7 +595,7 @@ class RdssDriver:
         self._rx_seq += 1
         raw = sentence.raw.decode("ascii")
         payload = BdsReceived(
-            id=stable_id(int(now * 1000), f"bds|{self._rx_seq}|{raw}".encode()),
+            id=stable_id(round(now * 1000), f"bds|{self._rx_seq}|{raw}".encode()),
             received=iso_utc(now),
             sender=sender,
             to=to,
@@ -584,7 +627,7 @@ class RdssDriver:
 
     # ---- ticker ---------------------------------------------------------------------
 
-    async def _ticker(self, port: ReconnectingPort) -> None:
+    async def _ticker(self, port: TerminalPort) -> None:
         while True:
             if self._on_progress is not None:
                 self._on_progress()
@@ -595,7 +638,8 @@ class RdssDriver:
                     # card known so far stands meanwhile: sends are sized by it, not by the
                     # configured fallback.
                     self._asked_at = -float("inf")
-                await self._ask_card(port)
+                if self.asks_card:
+                    await self._ask_card(port)
             if time.monotonic() - self._usage_at > 60.0:
                 # Today's sends: the count starts again at 00:00 UTC.
                 self._usage_at = time.monotonic()
@@ -608,7 +652,7 @@ class RdssDriver:
             await self._maybe_status()
             await asyncio.sleep(TICK_S)
 
-    async def _ask_card(self, port: ReconnectingPort) -> None:
+    async def _ask_card(self, port: TerminalPort) -> None:
         mono = time.monotonic()
         since_ask = mono - self._asked_at
         unanswered = self._answered_at < self._asked_at
@@ -629,7 +673,10 @@ class RdssDriver:
             self.counters["dialect_redetect"] += 1
             self.dialect = None
         dialects: tuple[Dialect, ...] = (self.dialect,) if self.dialect else ("2.1", "bds3")
-        self._asked_at = mono
+        await self._query(port, dialects)
+
+    async def _query(self, port: TerminalPort, dialects: tuple[Dialect, ...]) -> None:
+        self._asked_at = time.monotonic()
         for d in dialects:
             query = CardQuery() if d == "2.1" else CardQuery3()
             beams = OutputControl("BSI" if d == "2.1" else "PWI", 2, self.cfg.beam_interval_s)
@@ -640,10 +687,10 @@ class RdssDriver:
                 return
         self.counters["card_queries"] += 1
 
-    async def _write(self, port: ReconnectingPort, data: bytes) -> None:
+    async def _write(self, port: TerminalPort, data: bytes) -> None:
         await port.write(data)
         if self._tap is not None:
-            self._tap(">", data)
+            self._tap(">", data, self._clock())
 
     async def _maybe_status(self, force: bool = False) -> None:
         key = (
@@ -674,7 +721,7 @@ class RdssDriver:
 
     # ---- sender ---------------------------------------------------------------------
 
-    async def _sender(self, port: ReconnectingPort) -> None:
+    async def _sender(self, port: TerminalPort) -> None:
         while True:
             self._wake.clear()
             now = self._clock()
@@ -760,7 +807,7 @@ class RdssDriver:
             self.next_send = self.last_send + self.interval_s()
         return hour, day
 
-    async def _attempt(self, port: ReconnectingPort, job: BdsJob) -> float | None:
+    async def _attempt(self, port: TerminalPort, job: BdsJob) -> float | None:
         """One step for `job`; None when the next job may be looked at at once, else the
         seconds to wait before looking again."""
         cfg = self.cfg
@@ -853,9 +900,7 @@ class RdssDriver:
             )
         )
 
-    async def _hand_over(
-        self, port: ReconnectingPort, job: BdsJob, planned: Planned
-    ) -> float | None:
+    async def _hand_over(self, port: TerminalPort, job: BdsJob, planned: Planned) -> float | None:
         cfg = self.cfg
         try:
             line = self._sentence(job, planned)
@@ -939,7 +984,8 @@ class RdssDriver:
         extra: dict[str, Any] = {"reason_code": code, "reason_name": name if code else None}
         if name in _WAIT_REASONS and job.attempts < cfg.max_tries:
             self.counters["tx_retries"] += 1
-            now = self._clock()
+            # The wait counts from when the terminal said it (a replay reads on meanwhile).
+            now = min(self._clock(), self._feedback_at)
             if name == "interval":
                 at = now + max(fb.wait_s, 1)
                 self.next_send = at

@@ -18,7 +18,9 @@ On a mismatch (the daemon wrote something else than was recorded next):
   `ERROR`, so a driver goes on (its command fails) and the playback stays where it was.
 
 Writing after the last step is a mismatch too (reason "capture ended"). Replies are played at
-once, not at their recorded pace: only the order of the exchange matters to a driver.
+once, not at their recorded pace: only the order of the exchange matters to a driver. The
+recorded times stay known: `read_time` is the time of the chunk read last, `next_written_at`
+that of the next recorded write (a replay's clock).
 
 `RecordingPort` wraps any port and writes both directions to a `CaptureWriter`, so a session
 against a real modem or the simulator becomes a capture for playback.
@@ -65,11 +67,21 @@ class Step:
     replies: list[bytes] = field(default_factory=list)
     #: Unix time of the step's last recorded chunk (None when the chunks carry no time).
     at: float | None = None
+    #: Unix time of the write (its first chunk) and of each reply chunk.
+    written_at: float | None = None
+    replies_at: list[float | None] = field(default_factory=list)
 
 
 def steps_from_chunks(chunks: Iterable[Chunk], port: str) -> tuple[list[bytes], list[Step]]:
     """The chunks of `port` as (what came before the first write, the steps)."""
-    preamble: list[bytes] = []
+    preamble, steps = _split(chunks, port)
+    return [data for data, _ in preamble], steps
+
+
+def _split(
+    chunks: Iterable[Chunk], port: str
+) -> tuple[list[tuple[bytes, float | None]], list[Step]]:
+    preamble: list[tuple[bytes, float | None]] = []
     steps: list[Step] = []
     for chunk in chunks:
         if chunk.port != port or not chunk.data:
@@ -79,11 +91,12 @@ def steps_from_chunks(chunks: Iterable[Chunk], port: str) -> tuple[list[bytes], 
             if last is not None and not last.replies and not last.written.endswith(_ENDS):
                 last.written += chunk.data  # one write recorded in pieces
             else:
-                steps.append(Step(chunk.data))
+                steps.append(Step(chunk.data, written_at=chunk.ts))
         elif steps:
             steps[-1].replies.append(chunk.data)
+            steps[-1].replies_at.append(chunk.ts)
         else:
-            preamble.append(chunk.data)
+            preamble.append((chunk.data, chunk.ts))
         if steps and chunk.ts is not None:
             steps[-1].at = chunk.ts
     return preamble, steps
@@ -102,7 +115,7 @@ class PlaybackPort:
         events: EventSink | None = None,
         log: FilteringBoundLogger | None = None,
     ) -> None:
-        preamble, self._steps = steps_from_chunks(chunks, port)
+        preamble, self._steps = _split(chunks, port)
         self.port = port
         self.resync_window = resync_window
         self.on_mismatch = on_mismatch
@@ -110,13 +123,16 @@ class PlaybackPort:
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.playback")
         self._next = 0
         self._written = b""
-        self._readable: deque[bytes] = deque(preamble)
+        self._readable: deque[bytes] = deque(data for data, _ in preamble)
+        self._readable_at: deque[float | None] = deque(ts for _, ts in preamble)
         self._wake = asyncio.Event()
         self._failed: TransportError | None = None
         self._closed = False
         self.counters: Counter[str] = Counter()
         #: Recorded time of the step played last (None before the first): a replay's clock.
         self.recorded_time: float | None = None
+        #: Recorded time of the chunk read last (None before the first, or when it had none).
+        self.read_time: float | None = None
 
     @classmethod
     def from_capture(
@@ -152,6 +168,11 @@ class PlaybackPort:
         """Chunks due (played) that no read has taken yet."""
         return len(self._readable)
 
+    @property
+    def next_written_at(self) -> float | None:
+        """Recorded time of the next step's write (None at the end, or without times)."""
+        return self._steps[self._next].written_at if self._next < len(self._steps) else None
+
     def upcoming(self, count: int = 1) -> list[bytes]:
         """What was written in the next `count` recorded steps (fewer near the end)."""
         return [step.written for step in self._steps[self._next : self._next + count]]
@@ -160,6 +181,9 @@ class PlaybackPort:
         """The next recorded chunk due; waits (like a silent modem) until a write makes one due."""
         while True:
             if self._readable:
+                at = self._readable_at.popleft()
+                if at is not None:
+                    self.read_time = at
                 return self._readable.popleft()
             if self._failed is not None:
                 raise self._failed
@@ -199,6 +223,7 @@ class PlaybackPort:
         if step.at is not None:
             self.recorded_time = step.at
         self._readable.extend(step.replies)
+        self._readable_at.extend(step.replies_at)
         self._wake.set()
 
     def _mismatch(self) -> None:
@@ -220,6 +245,7 @@ class PlaybackPort:
         if self.on_mismatch == "error_reply":
             self.counters["error_replies"] += 1
             self._readable.append(_ERROR_REPLY)
+            self._readable_at.append(None)
             self._wake.set()
             return
         self._failed = TransportError(

@@ -85,7 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `terminal-gw record`."""
     parser.add_argument("--port", required=True, help="serial device (path or by-id link)")
     parser.add_argument("--baud", default="9600", help="baud rate (default 9600)")
-    parser.add_argument("--name", default="gnss", help="port name in the capture: gnss, modem")
+    parser.add_argument(
+        "--name", default="gnss", help="port name in the capture: gnss, modem, rdss"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="capture file (default: NAME-UTCTIME.cap)"
     )

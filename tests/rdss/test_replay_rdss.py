@@ -60,3 +60,33 @@ def test_no_rdss_chunks_exit_2(tmp_path: Path) -> None:
     result = _replay("--port", "rdss", path)
     assert result.returncode == 2
     assert "no 'rdss' chunks" in result.stderr
+
+
+def test_a_recorded_write_the_driver_never_makes_stalls_and_is_reported(tmp_path: Path) -> None:
+    card = sim_sentence("BDICI,0242286,00242286,0000011,6,60,3,N,0")
+    before = sim_sentence("BDTXR,1,0166166,2,,A468656C6C6F")
+    after = sim_sentence("BDTXR,1,0179773,2,,A4776F726C64")
+    path = tmp_path / "vendor.cap"
+    with CaptureWriter(path, start=1_700_000_000.0) as w:
+        w.write("rdss", ">", sim_sentence("CCICA,0,00"), ts=1_700_000_000.0)
+        w.write("rdss", "<", card + before, ts=1_700_000_000.5)
+        # A vendor tool's write: not one the driver makes, so what came after is not played.
+        w.write("rdss", ">", b"$CCXYZ,1*00\r\n", ts=1_700_000_001.0)
+        w.write("rdss", "<", after, ts=1_700_000_001.5)
+    result = _replay("--port", "rdss", "--jsonl", path)
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    rx = [r["payload"]["text"] for r in out if r["topic"] == "tgw/replay/bds/rx"]
+    assert rx == ["hello"]
+    # The driver's beam output after its card query was not recorded: a mismatch, reported.
+    assert "played 1 of 2 steps, 1 mismatches, 1 remaining, stalled 1" in result.stderr
+    (mismatch,) = [
+        r["payload"]
+        for r in out
+        if r["topic"] == "tgw/replay/event" and r["payload"]["kind"] == "playback_mismatch"
+    ]
+    assert mismatch["data"]["wrote"].startswith("$CCRMO,BSI")
+    assert mismatch["data"]["expected"] == "$CCXYZ,1*00\r\n"
+    assert out[-1]["payload"]["card"]["user_id"] == "0242286"
+    summary = _replay("--port", "rdss", path)
+    assert "rdss stalled: 1 session(s)" in summary.stdout
