@@ -21,6 +21,7 @@ _TABLE: list[tuple[str, str, str]] = [
     ("status", "show the running daemon's state", "terminal_gw.status"),
     ("outbox", "inspect the outbox: stats, export", "terminal_gw.outbox_cli"),
     ("decode", "decode modem data: SMS PDUs to JSON lines", "terminal_gw.modem.decode_cli"),
+    ("ingest", "fleet side: MQTT shared subscription into PostgreSQL", "terminal_gw.ingest.cli"),
 ]
 
 
