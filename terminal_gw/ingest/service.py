@@ -145,7 +145,8 @@ class Ingest:
         self._last_rx = time.monotonic()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._link: MqttLink | None = None
+        self._link: MqttLink | None = None  # connected and subscribed
+        self._rx_link: MqttLink | None = None  # the connection messages arrive on
         self._subscribed = asyncio.Event()
         self._writer_done = asyncio.Event()
         self._writing = False
@@ -231,6 +232,8 @@ class Ingest:
                 await self._sleep(cfg.auth_backoff_s)
                 continue
             link = MqttLink(options, on_message=self._received, log=self.log)
+            # A resumed session's queue arrives right after the CONNACK, before the SUBACK.
+            self._rx_link = link
             try:
                 resumed = await link.connect()
                 for topic in filters:
@@ -285,9 +288,9 @@ class Ingest:
         received = datetime.fromtimestamp(self.clock(), UTC)
         self._last_rx = time.monotonic()
         self.counters.messages += 1
-        link = self._link
+        link = self._rx_link
         if link is None:
-            return  # between CONNACK and the subscription's end: the broker sends it again
+            return
         parsed: Parsed | None = None
         rejected: Rejected | None = None
         try:
