@@ -236,6 +236,8 @@ class Ingest:
             self._rx_link = link
             try:
                 resumed = await link.connect()
+                # Even on a resumed session: mosquitto 2.0 does not restore shared
+                # subscriptions from its persistence file after a restart.
                 for topic in filters:
                     await link.subscribe(topic, 1, cfg.connect_timeout_s)
             except LinkError as exc:
