@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from terminal_gw.errors import ParseError
 from terminal_gw.models import (
     CommandResult,
     Event,
@@ -251,19 +252,24 @@ def _wire_batch(data: bytes, device: str, path: str, received: datetime, out: Pa
     from terminal_gw.wire import decode_batch  # type: ignore[import-not-found, unused-ignore]  # merged from the wire format's branch
 
     try:
-        fixes = decode_batch(data)
-    except ValueError as exc:
+        items: list[dict[str, Any]] = decode_batch(data)
+    except (ParseError, ValueError) as exc:
         raise Rejection(f"not a compact batch: {exc}") from exc
-    for i, item in enumerate(fixes):
+    for i, item in enumerate(items):
         try:
-            fix = Fix.model_validate(item)
+            if item.get("class") == "SKY":
+                _sky_row(Sky.model_validate(item), device, received, out)
+            else:
+                fix_row(Fix.model_validate(item), device, received, "wire", out)
         except ValidationError as exc:
-            raise Rejection(f"fix {i} of the batch fails the fix schema: {_words(exc)}") from exc
-        fix_row(fix, device, received, "wire", out)
+            raise Rejection(f"item {i} of the batch fails its schema: {_words(exc)}") from exc
 
 
 def _sky(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
-    sky = Sky.model_validate_json(data)
+    _sky_row(Sky.model_validate_json(data), device, received, out)
+
+
+def _sky_row(sky: Sky, device: str, received: datetime, out: Parsed) -> None:
     text, _ = _time(sky.time)
     sats = [s.model_dump(mode="json", exclude_none=True) for s in sky.satellites]
     out.add(
