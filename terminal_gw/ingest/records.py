@@ -200,6 +200,23 @@ class _Generic(BaseModel):
         return cls.model_validate(raw)
 
 
+_USED: dict[tuple[tuple[str, int], ...], str] = {}
+
+
+def _used_json(used: dict[str, int] | None) -> str | None:
+    """`used` as JSON text; the few combinations a fleet sends are encoded once each."""
+    if used is None:
+        return None
+    key = tuple(used.items())
+    text = _USED.get(key)
+    if text is None:
+        text = _json(used)
+        assert text is not None
+        if len(_USED) < 4096:
+            _USED[key] = text
+    return text
+
+
 def fix_row(fix: Fix, device: str, received: datetime, source: str, out: Parsed) -> None:
     """Add the row of one fix (a model checked by its schema) to `out`."""
     text, unix = _time(fix.time)
@@ -230,7 +247,7 @@ def fix_row(fix: Fix, device: str, received: datetime, source: str, out: Parsed)
             fix.pdop,
             fix.nSat,
             fix.uSat,
-            _json(fix.used),
+            _used_json(fix.used),
             fix.clock,
             source,
         ),

@@ -149,7 +149,6 @@ class Ingest:
         self._rx_link: MqttLink | None = None  # the connection messages arrive on
         self._subscribed = asyncio.Event()
         self._writer_done = asyncio.Event()
-        self._writing = False
         self._interval = _Interval(time.monotonic())
         self._last_rate = 0.0
         self._last_lag = 0.0
@@ -185,8 +184,8 @@ class Ingest:
             for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            await asyncio.to_thread(self.store.close)
             self._status_line(final=True)
+            await asyncio.to_thread(self.store.close)
 
     # --- MQTT ---------------------------------------------------------------------------
 
@@ -420,7 +419,6 @@ class Ingest:
         batch = self._take()
         if not batch:
             return
-        self._writing = True
         try:
             written = await self._write(batch)
         except BaseException:
@@ -428,8 +426,6 @@ class Ingest:
             self._pending_rows += sum(item.rows for item in batch)
             self._oldest = time.monotonic()
             raise
-        finally:
-            self._writing = False
         committed = self.clock()
         for item in batch:
             item.link.ack(item.mid, item.qos)
