@@ -277,3 +277,33 @@ def test_bad_config_exits_2_with_the_field(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "ingest.batch_max_rows" in res.stderr
     assert "ingest.group" in res.stderr
+
+
+def test_postgis_columns_where_the_extension_is_available(
+    tmp_path: Path, broker: Broker, pg: Postgres
+) -> None:
+    config = write_config(tmp_path / "ingest.toml", broker, pg)
+    res = run_cli("ingest", "--config", str(config), "--migrate")
+    assert res.returncode == 0, res.stderr
+    available = query(pg, "SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'")
+    columns = {
+        r[0] for r in query(pg, "SELECT column_name FROM information_schema.columns"
+                            " WHERE table_name = 'fixes'")
+    }  # fmt: skip
+    if not available:
+        # Plain lat/lon, and the migration waits for a server that offers PostGIS.
+        assert "geog" not in columns
+        assert "002_postgis (extension postgis not available)" in res.stderr
+        return
+    assert "geog" in columns
+    assert run_cli("ingest", "--config", str(config), "--client-id", "g", "--once").returncode == 0
+    Publisher(broker, "dev-g").publish_all(list(fix_messages("d1", 3)))
+    assert run_cli("ingest", "--config", str(config), "--client-id", "g", "--once").returncode == 0
+    near = query(
+        pg,
+        "SELECT device FROM latest_fix"
+        " WHERE ST_DWithin(geog, ST_MakePoint(121.4737, 31.2304)::geography, 1000)",
+    )
+    assert near == [("d1",)]
+    points = query(pg, "SELECT count(*) FROM fixes WHERE geog IS NOT NULL")
+    assert points == [(3,)]
