@@ -22,7 +22,6 @@ from pydantic import (
 
 from terminal_gw.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/terminal-gw/config.toml")
 ENV_PREFIX = "TGW_"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -187,9 +186,82 @@ class ModemConfig(_Section):
         return self
 
 
+#: BDS-3 BDFKI reason codes as one public implementation numbers them; vendors differ, so
+#: `[rdss.reasons]` may renumber them.
+RdssReason = Literal[
+    "interval", "suppressed", "radio_silence", "power_not_locked", "no_card", "no_permission"
+]
+DEFAULT_RDSS_REASONS: dict[str, RdssReason] = {
+    "1": "interval",
+    "2": "suppressed",
+    "3": "radio_silence",
+    "4": "power_not_locked",
+    "5": "no_card",
+    "6": "no_permission",
+}
+
+
 class RdssConfig(_Section):
+    """The BeiDou short-message (RDSS) terminal: dialect, pacing, beams, send queue."""
+
     port: PortPath = "none"
     baud: Baud = 115200
+    dialect: Literal["2.1", "bds3", "auto"] = "auto"
+    path: Path | None = None
+    stale_after_s: float = Field(default=120.0, gt=0)
+    answer_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    card_query_interval_s: float = Field(default=600.0, gt=0)
+    beam_interval_s: int = Field(default=10, ge=1, le=255)
+    min_beam_power: int = Field(default=1, ge=0, le=4)
+    min_beam_cn0: int = Field(default=35, ge=0, le=99)
+    beams_max_age_s: float = Field(default=60.0, gt=0)
+    interval_s: float = Field(default=60.0, ge=0)
+    level: int = Field(default=1, ge=1, le=4)
+    bds3_scope: Literal["regional", "global"] = "regional"
+    comm_class_normal: int = Field(default=1, ge=0, le=9)
+    comm_class_express: int = Field(default=0, ge=0, le=9)
+    frequency_point: int = Field(default=2, ge=1, le=5)
+    inbound_ack: Literal[1, 2] = 1
+    feedback_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    max_tries: int = Field(default=3, ge=1, le=100)
+    suppression_retry_s: float = Field(default=60.0, gt=0)
+    duplicate_window_s: float = Field(default=2.0, ge=0)
+    max_sends_per_hour: int = Field(default=30, ge=0)
+    max_sends_per_day: int = Field(default=200, ge=0)
+    status_interval_s: float = Field(default=300.0, gt=0)
+    history_days: float = Field(default=30.0, gt=0)
+    reasons: dict[str, RdssReason] = Field(default_factory=lambda: dict(DEFAULT_RDSS_REASONS))
+    record: bool = False
+
+    @model_validator(mode="after")
+    def _reason_codes(self) -> RdssConfig:
+        for code in self.reasons:
+            if not code.isdigit() or int(code) == 0:
+                raise ValueError(f"reasons: {code!r} is not a reason code (1-9...)")
+        return self
+
+
+OutboxClass = Literal["sms", "bds", "command", "event", "status", "fix", "sky"]
+
+
+def _message_classes() -> list[OutboxClass]:
+    return ["sms", "bds", "command"]
+
+
+class LinkProfileConfig(_Section):
+    """One `[[links]]` profile: what may use a network link, and how much of it a day."""
+
+    name: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    interface: str = "*"  # glob on the network interface that carries the broker's traffic
+    encoding: Literal["json", "compact"] = "json"
+    classes: list[OutboxClass] | None = None  # None: every class
+    position_interval_s: float = Field(default=0.0, ge=0)
+    batch_max_records: int | None = Field(default=None, ge=1, le=10_000)
+    batch_max_age_s: float | None = Field(default=None, ge=0)
+    budget_bytes_per_day: Size | None = None
+    budget_messages_per_day: int | None = Field(default=None, ge=0)
+    over_budget_classes: list[OutboxClass] = Field(default_factory=_message_classes)
+    keepalive_s: int | None = Field(default=None, ge=5, le=65535)
 
 
 class MqttConfig(_Section):
@@ -302,6 +374,30 @@ class DaemonConfig(_Section):
 MAX_TOPIC_BYTES = 1024
 
 
+class GpsdServerConfig(_Section):
+    """[gpsd_server]: the receiver served in gpsd's protocol to the tools on board."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=2947, ge=0, le=65535)
+    device: str = ""
+    max_clients: int = Field(default=16, ge=1, le=1024)
+    max_queue_bytes: Size = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    send_buffer_bytes: Size = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+
+
+class NmeaOutConfig(_Section):
+    """[nmea_out]: the receiver's sentences, as received, over TCP and UDP."""
+
+    tcp_port: int = Field(default=0, ge=0, le=65535)
+    tcp_host: str = "127.0.0.1"
+    udp_host: str = ""
+    udp_port: int = Field(default=10110, ge=1, le=65535)
+    max_clients: int = Field(default=16, ge=1, le=1024)
+    max_queue_bytes: Size = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    send_buffer_bytes: Size = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+
+
 def check_topic_filter(pattern: object) -> object:
     """`pattern` if it is an MQTT topic filter that may name answer topics; ValueError if not."""
     if not isinstance(pattern, str):
@@ -368,6 +464,19 @@ class Config(_Section):
     clock: ClockConfig = ClockConfig()
     daemon: DaemonConfig = DaemonConfig()
     commands: CommandsConfig = CommandsConfig()
+    gpsd_server: GpsdServerConfig = GpsdServerConfig()
+    nmea_out: NmeaOutConfig = NmeaOutConfig()
+    links: list[LinkProfileConfig] = Field(
+        default_factory=lambda: [LinkProfileConfig()], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _link_names(self) -> Config:
+        names = [p.name for p in self.links]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"links: the profile name {name!r} is used twice")
+        return self
 
     @model_validator(mode="before")
     @classmethod

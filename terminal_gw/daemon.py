@@ -8,7 +8,6 @@ the retained status topic.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -21,13 +20,13 @@ from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.clock import ClockWatch
 from terminal_gw.commands import CommandRunner, CommandStore
+from terminal_gw.commands.link import link_set_spec
 from terminal_gw.config import Config, load_config
 from terminal_gw.errors import (
     ConfigError,
     ModemError,
     OutboxFullError,
     StoreError,
-    TerminalGwError,
     TransportError,
 )
 from terminal_gw.gnss.framer import Framer
@@ -35,15 +34,19 @@ from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.gnss.policy import ReportingPolicy
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
-from terminal_gw.modem.at import AtPort
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
+from terminal_gw.rdss.command import bds_send_spec
+from terminal_gw.rdss.driver import RdssDriver
+from terminal_gw.rdss.store import RdssStore
 from terminal_gw.sdnotify import Notifier
+from terminal_gw.serve import Serving
 from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
+from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
 from terminal_gw.uplink import Uplink
 
@@ -152,6 +155,13 @@ class Daemon:
             max_sentence_len=config.gnss.max_sentence_len,
             allow_no_checksum=config.gnss.allow_no_checksum,
         )
+        # The receiver served to the tools on board (gpsd protocol, NMEA out); off by default,
+        # and then nothing is hooked. Every epoch reaches them, before the reporting policy.
+        self.serving = Serving(
+            config, bps=lambda: None if self.gnss_port is None else self.gnss_port.baud
+        )
+        self.pipeline.sentence_observers.extend(self.serving.sentence_observers)
+        self.gnss_observers = self.serving.payload_observers
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()
         self.sink = CountingSink(self.outbox, self.records_in)
@@ -163,7 +173,7 @@ class Daemon:
                 topic_base=self.base_topic,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("modem"),
-                port_factory=self._open_modem_port if config.modem.record else None,
+                port_factory=self._open_modem_port,
                 log=get_logger("modem"),
                 parts_path=config.outbox.path.parent / "sms_parts.db",
             )
@@ -186,6 +196,23 @@ class Daemon:
             log=get_logger("uplink"),
         )
         self.commands.responder = self.uplink
+        # BeiDou short messages: the driver, its send queue, and the bds/send command.
+        self.rdss: RdssDriver | None = None
+        if config.rdss.port != "none":
+            state_dir = config.outbox.path.parent
+            self.rdss = RdssDriver(
+                config.rdss,
+                self.sink,
+                RdssStore(config.rdss.path or state_dir / "rdss.db"),
+                topic_base=self.base_topic,
+                state_dir=state_dir,
+                events=self.emit,
+                on_progress=lambda: self.board.progress("rdss"),
+                tap=self._rdss_tap if config.rdss.record else None,
+                log=get_logger("rdss"),
+            )
+            self.commands.commands["bds/send"] = bds_send_spec(self.rdss)
+        self.commands.commands["link/set"] = link_set_spec(self.uplink)
         self.gnss_port: ReconnectingPort | None = None
         self.recorder: TapWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
@@ -223,7 +250,9 @@ class Daemon:
         return True
 
     async def accept_gnss(self, payload: Payload, now: float) -> None:
-        """A record from the GNSS pipeline: clock check, reporting policy, outbox."""
+        """A record from the GNSS pipeline: local servers, clock check, reporting policy, outbox."""
+        for observe in self.gnss_observers:
+            observe(payload)
         if isinstance(payload, Fix):
             self.last_fix_mono = time.monotonic()
             self.last_fix = payload
@@ -290,10 +319,21 @@ class Daemon:
                 return None
         return self.recorder
 
-    async def _open_modem_port(self) -> AtPort:
+    async def _open_modem_port(self) -> Port:
+        """The modem's port: the configured serial device, recorded when `[modem] record`."""
         port = await SerialPort.open(self.config.modem.port, self.config.modem.baud)
-        writer = self.capture_writer("modem")
+        writer = self.capture_writer("modem") if self.config.modem.record else None
         return port if writer is None else RecordingPort(port, writer, name="modem")
+
+    def _rdss_tap(self, direction: Direction, data: bytes) -> None:
+        writer = self.capture_writer("rdss")
+        if writer is not None:
+            writer.write("rdss", direction, data, time.time())
+
+    async def rdss_stage(self) -> None:
+        """The BeiDou short-message terminal: card, beams, messages in, the send queue."""
+        assert self.rdss is not None
+        await self.rdss.run()
 
     async def events_stage(self) -> None:
         """Move queued events into the outbox."""
@@ -351,7 +391,7 @@ class Daemon:
         port = self.gnss_port
         if port is not None and port.state is not PortState.OPEN:
             self.board.progress("gnss")
-        for name in ("uplink", "events", "metrics", "commands"):
+        for name in ("uplink", "events", "metrics", "commands", *self.serving.stage_names()):
             info = self.board.stages.get(name)
             if info is not None and info.state == "running":
                 self.board.progress(name)
@@ -368,13 +408,27 @@ class Daemon:
         b.add_counters("sentences", lambda: self.pipeline.counters)
         b.add_counters("records_in", lambda: self.records_in)
         b.add_counters("uplink", self.uplink.counters.as_dict)
+        b.add_gauge("link_profile", self.uplink.link_summary)
         b.add_counters("commands", lambda: self.commands.counters)
+        if self.serving.stages():
+            b.add_counters("serve", self.serving.counters)
         if self.modem is not None:
             modem = self.modem
             b.add_counters("modem", lambda: modem.counters)
             b.add_gauge("modem", lambda: f"{modem.state}: {modem.reason}")
             b.add_gauge("modem_rssi", lambda: modem.rssi)
             b.add_gauge("modem_registration", lambda: modem.reg)
+        if self.rdss is not None:
+            rdss = self.rdss
+            b.add_counters("rdss", lambda: rdss.counters)
+            b.add_counters("rdss_framer", lambda: rdss.framer.counters)
+            b.add_gauge("rdss", rdss.summary)
+            b.add_gauge("rdss_beams_ok", rdss.beams_ok)
+            b.add_gauge("rdss_sends_today", lambda: rdss.sends_today)
+            b.add_gauge(
+                "rdss_next_send",
+                lambda: None if rdss.next_send is None else iso_utc(rdss.next_send),
+            )
         b.add_gauge("outbox_depth", lambda: self.outbox.depth)
         b.add_gauge("outbox_oldest_age_s", self._outbox_age)
         b.add_gauge("outbox_error", lambda: self.outbox.store_error)
@@ -439,10 +493,12 @@ class Daemon:
             stages.insert(0, Stage("gnss", self.gnss_stage, input=True))
         if self.modem is not None:
             stages.insert(0, Stage("modem", self.modem_stage, input=True))
+        if self.rdss is not None:
+            stages.insert(0, Stage("rdss", self.rdss_stage, input=True))
         stages.append(Stage("commands", self.commands_stage, input=True))
         if self.config.status.metrics_port:
             stages.append(Stage("metrics", self.metrics_stage))
-        return stages + self.extra_stages
+        return stages + self.serving.stages() + self.extra_stages
 
     async def on_stopping(self) -> None:
         """Shutdown: keep what the pipeline holds, commit, publish offline, disconnect."""
@@ -505,7 +561,8 @@ class Daemon:
 
     def _warn_if_no_device(self) -> None:
         """With both device ports "none" nothing is read: say so, in the log and as an event."""
-        if self.config.gnss.port != "none" or self.config.modem.port != "none":
+        ports = (self.config.gnss.port, self.config.modem.port, self.config.rdss.port)
+        if any(port != "none" for port in ports):
             return
         message = (
             'no device stage runs: [gnss] port and [modem] port are both "none", so nothing is'
@@ -534,7 +591,10 @@ class Daemon:
         await self.outbox.open()
         try:
             await self.command_store.open()
+            if self.rdss is not None:
+                await self.rdss.open()
         except StoreError:
+            await self.command_store.close()
             await self.outbox.close()
             raise
         self.log.info(
@@ -555,6 +615,8 @@ class Daemon:
             )
         finally:
             await self.command_store.close()
+            if self.rdss is not None:
+                await self.rdss.close()
             await self.outbox.close()
             self.clock.close()
             if self.recorder is not None:
@@ -582,23 +644,3 @@ def _changed_sections(old: Config, new: Config, ignore: set[str]) -> list[str]:
             if a.get(section, {}).get(key) != value:
                 changed.append(name)
     return changed
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `terminal-gw run`."""
-    parser.add_argument("--config", type=Path, default=None, help="config file")
-
-
-def cli(args: argparse.Namespace) -> int:
-    """`terminal-gw run`: the daemon, until SIGTERM/SIGINT."""
-    from terminal_gw.__main__ import read_config_or_exit
-    from terminal_gw.logs import configure_logging
-
-    config = read_config_or_exit(args.config)
-    configure_logging(args.log_level or config.log.level, config.log.format)
-    try:
-        asyncio.run(Daemon(config, config_path=args.config).run())
-    except TerminalGwError as exc:
-        get_logger("daemon").error("terminal-gw failed", error=str(exc))
-        return 1
-    return 0

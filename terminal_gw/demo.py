@@ -1,5 +1,5 @@
-"""`terminal-gw demo`: a simulated BeiDou receiver and Tiantong modem on ptys, the daemon, a
-broker, a live view.
+"""`terminal-gw demo`: a simulated BeiDou receiver, Tiantong modem and BeiDou RDSS terminal on
+ptys, the daemon, a broker, a live view.
 
 Broker: the one on localhost:1883 when it answers, else a mosquitto started on a free port
 when the binary exists, else none (records then pile up in the outbox, as on a vessel
@@ -30,6 +30,7 @@ from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
 from terminal_gw.logs import configure_logging
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.sim.rdss import RdssSimulator
 from terminal_gw.transport.pty import PtyDevice
 
 DEVICE_ID = "demo-vessel"
@@ -43,6 +44,10 @@ class BrokerSpec:
     mode: str  # "auto", "none", "given"
     host: str = "127.0.0.1"
     port: int = DEFAULT_MQTT_PORT
+
+
+#: The simulated RDSS card's service interval: short, so a demo shows sends paced by it.
+DEMO_BDS_INTERVAL_S = 10.0
 
 
 def parse_broker(text: str) -> BrokerSpec:
@@ -159,7 +164,9 @@ def resolve_error(spec: BrokerSpec) -> str | None:
     return None
 
 
-def demo_config(workdir: Path, gnss_path: str, modem_path: str, broker: BrokerChoice) -> Config:
+def demo_config(
+    workdir: Path, gnss_path: str, modem_path: str, broker: BrokerChoice, rdss_path: str = "none"
+) -> Config:
     """The daemon's config for the demo: everything under `workdir`."""
     return load_config_data(
         {
@@ -176,6 +183,7 @@ def demo_config(workdir: Path, gnss_path: str, modem_path: str, broker: BrokerCh
                 },
             },
             "modem": {"port": modem_path, "baud": 115200},
+            "rdss": {"port": rdss_path, "interval_s": DEMO_BDS_INTERVAL_S},
             "mqtt": {
                 "host": broker.host,
                 "port": broker.port,
@@ -212,6 +220,8 @@ class LiveView:
         stored = d.records_stored()
         sms = d.records_in.get("sms", 0)
         modem = "" if d.modem is None else f"  | modem {d.modem.state} sms {sms}"
+        if d.rdss is not None:
+            modem += f"  | bds {d.rdss.state} rx {d.rdss.counters['rx']} tx {d.rdss.sends_today}"
         sent = d.uplink.counters.records
         link = str(d.uplink.state)
         return (
@@ -250,8 +260,10 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     sim = GnssSimulator(device, rate_hz=args.rate)
     modem_device = PtyDevice(workdir / "dev" / "tiantong0")
     modem_sim = ModemSimulator(modem_device)
+    rdss_device = PtyDevice(workdir / "dev" / "rdss0")
+    rdss_sim = RdssSimulator(rdss_device, interval_s=DEMO_BDS_INTERVAL_S)
     broker = choose_broker(args.broker, workdir)
-    config = demo_config(workdir, device.path, modem_device.path, broker)
+    config = demo_config(workdir, device.path, modem_device.path, broker, rdss_device.path)
     daemon = Daemon(config)
     waits = "records wait in the outbox (as on a vessel with no link)"
     say = {
@@ -275,6 +287,12 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
         f" (an SMS every {args.sms_every:g} s)",
         file=out,
     )
+    print(
+        f"  simulated BeiDou RDSS terminal on {rdss_device.path} -> {rdss_device.slave_path}"
+        f" (card {rdss_sim.user_id}, a short message every {args.bds_every:g} s, one send"
+        f" per {DEMO_BDS_INTERVAL_S:g} s)",
+        file=out,
+    )
     print(f"  state, outbox and logs in {workdir}", file=out)
     if broker.how not in ("none", "not_found"):
         base = f"{config.mqtt.prefix}/{DEVICE_ID}"
@@ -289,6 +307,12 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
             """ -m '{"id": "demo-1", "to": "+8613800138000", "text": "hello"}'""",
             file=out,
         )
+        print(
+            f"  send a BeiDou message: mosquitto_pub -h {broker.host} -p {broker.port}"
+            f" -t '{base}/cmd/bds/send' -q 1"
+            """ -m '{"id": "bds-1", "to": "0166166", "text": "你好, hello"}'""",
+            file=out,
+        )
     print("  Ctrl-C stops it cleanly.\n", file=out)
     out.flush()
     try:
@@ -296,6 +320,9 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
             sim_task = tg.create_task(sim.run(), name="demo-sim")
             modem_task = tg.create_task(
                 modem_sim.run(incoming_every=args.sms_every), name="demo-modem-sim"
+            )
+            rdss_task = tg.create_task(
+                rdss_sim.run(incoming_every=args.bds_every), name="demo-rdss-sim"
             )
             view_task = tg.create_task(LiveView(daemon, out).run(), name="demo-view")
             daemon_task = tg.create_task(daemon.run(), name="demo-daemon")
@@ -307,10 +334,12 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
             await daemon_task
             sim_task.cancel()
             modem_task.cancel()
+            rdss_task.cancel()
             view_task.cancel()
     finally:
         device.close()
         modem_device.close()
+        rdss_device.close()
         if broker.proc is not None:
             broker.proc.terminate()
             try:
@@ -346,6 +375,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="receiver rate in Hz (1-10)")
     parser.add_argument(
         "--sms-every", type=float, default=20.0, help="an incoming SMS every S seconds"
+    )
+    parser.add_argument(
+        "--bds-every",
+        type=float,
+        default=30.0,
+        help="an incoming BeiDou short message every S seconds",
     )
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="keep state here (default: a temp dir)"

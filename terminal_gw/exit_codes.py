@@ -19,6 +19,8 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 #: This user may not read a file or directory the command needs (LSB: insufficient privilege).
 EXIT_PERMISSION = 4
+#: Interrupted (Ctrl-C, SIGINT): 128 + the signal's number, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 def _name(table: str, ident: int) -> str:

@@ -331,6 +331,100 @@ class CommandResult(Payload):
         return f"{self.topic_suffix}/{self.command}"
 
 
+class BdsReceived(Payload):
+    """A received BeiDou short message (RDSS `BDTXR` or `BDTCI`), stored the moment it was
+    read; content that does not decode as its mode says comes as `data` with `reason`."""
+
+    record_class: ClassVar[str] = "bds"
+    topic_suffix: ClassVar[str] = "bds/rx"
+
+    cls: Literal["BDS_RX"] = Field(default="BDS_RX", alias="class")
+    received: str = Field(description="when the gateway read it, ISO 8601 UTC (system clock)")
+    sender: str = Field(alias="from", description="the sender's user id (digits)")
+    to: str | None = Field(default=None, description="BDS-3: the recipient's user id")
+    mode: Literal["chinese", "code", "mixed", "compressed_chinese", "compressed_code", "unknown"]
+    text: str | None = Field(default=None, description="the decoded text, when it is text")
+    data: str | None = Field(default=None, description="the content as hex, when not text")
+    reason: str | None = Field(default=None, description="why text mode content came as data")
+    info_class: Literal["normal", "express", "broadcast", "query_result", "unknown"] = "normal"
+    sent_at: str | None = Field(
+        default=None, description="the time the terminal gives (hhmm or hhmmss, its clock)"
+    )
+    dialect: Literal["2.1", "bds3"]
+    raw: str = Field(description="the sentence as read")
+    clock: Clock = "system"
+
+
+class BdsSendProgress(Payload):
+    """Progress of a short message sent by `bds/send`, on `{prefix}/{device}/bds/tx/{bds_id}`.
+
+    States: queued, waiting_interval (with `may_send_at`), waiting_signal, sending, sent,
+    failed (with `code`, `reason` and, for BDS-3, the feedback `reason_code` and its name).
+    """
+
+    record_class: ClassVar[str] = "command"
+    topic_suffix: ClassVar[str] = "bds/tx"
+
+    cls: Literal["BDS_TX"] = Field(default="BDS_TX", alias="class")
+    time: str
+    bds_id: str = Field(description="the id given in the bds/send command")
+    state: Literal["queued", "waiting_interval", "waiting_signal", "sending", "sent", "failed"]
+    to: str
+    mode: str | None = Field(default=None, description="the transfer mode used or asked for")
+    bits: int | None = Field(default=None, description="bits the message takes on the air")
+    limit_bits: int | None = Field(default=None, description="the card's limit for it")
+    attempts: int = Field(default=0, description="times handed to the terminal")
+    may_send_at: str | None = Field(
+        default=None, description="waiting_interval: the earliest time it may go, ISO 8601"
+    )
+    code: str | None = Field(
+        default=None,
+        description="why it failed or waits: no_card, too_long, not_encodable, invalid,"
+        " invalid_id, refused, suppressed, radio_silence, power_not_locked, no_permission,"
+        " interval, no_signal, unconfirmed, interrupted, rate_limited, port, store,"
+        " duplicate_key, response_topic_refused",
+    )
+    reason: str | None = None
+    reason_code: int | None = Field(default=None, description="BDS-3 BDFKI reason code")
+    reason_name: str | None = Field(default=None, description="the reason code's name")
+    clock: Clock = "system"
+
+    def topic_path(self) -> str:
+        """`bds/tx/{bds_id}`."""
+        return f"{self.topic_suffix}/{self.bds_id}"
+
+
+class RdssStatus(Payload):
+    """The retained BeiDou terminal status: dialect, card, beams, pacing, queue, counters."""
+
+    record_class: ClassVar[str] = "status"
+    topic_suffix: ClassVar[str] = "rdss/status"
+
+    cls: Literal["RDSS"] = Field(default="RDSS", alias="class")
+    time: str
+    state: Literal["ok", "no_card", "detecting", "down"]
+    reason: str | None = None
+    dialect: Literal["2.1", "bds3"] | None = None
+    card: dict[str, Any] | None = Field(
+        default=None,
+        description="user_id, serial, broadcast_id, level, interval_s, encrypted,"
+        " subordinates, user_class (2.1); absent before the card answered",
+    )
+    beams: list[int] | None = Field(
+        default=None, description="per beam: power 0-4 (2.1) or best C/N0 in dB-Hz (BDS-3)"
+    )
+    beams_ok: bool | None = Field(
+        default=None, description="a beam at the configured minimum; absent: no recent beams"
+    )
+    last_send: str | None = Field(default=None, description="ISO 8601 UTC")
+    next_send: str | None = Field(default=None, description="earliest next send, ISO 8601 UTC")
+    interval_s: float | None = Field(default=None, description="the service interval in use")
+    queue_depth: int = 0
+    sends_today: int = Field(default=0, description="sends handed to the terminal since 00:00 UTC")
+    counters: dict[str, int] = Field(default_factory=dict)
+    clock: Clock = "system"
+
+
 #: Where stages send events; called synchronously, must not block (the daemon queues them).
 EventSink = Callable[[Event], None]
 
@@ -373,6 +467,9 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "cmd_result": CommandResult,
     "sms_rx": SmsReceived,
     "modem_status": ModemStatus,
+    "bds_rx": BdsReceived,
+    "bds_tx": BdsSendProgress,
+    "rdss_status": RdssStatus,
 }
 
 

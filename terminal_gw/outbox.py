@@ -82,7 +82,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -140,7 +140,12 @@ _TMP_BASE = -(2**62)
 _MAX_HANDED = 4096
 _T = TypeVar("_T")
 _COLUMNS = "seq, id, cls, topic, payload, created, priority, retain"
-_SELECT_OLDEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?"  # noqa: S608 - constant columns
+# INDEXED BY: with statistics the planner may walk the rowids above the cursor instead, which
+# reads the whole table for a class that has no row.
+_SELECT_OLDEST = (
+    f"SELECT {_COLUMNS} FROM outbox INDEXED BY outbox_class"  # noqa: S608 - constant columns
+    " WHERE cls = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
 _SELECT_NEWEST = f"SELECT {_COLUMNS} FROM outbox WHERE cls = ? ORDER BY seq DESC LIMIT 1"  # noqa: S608 - constant columns
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -870,27 +875,38 @@ class _Db:
             return seq
         return self._boundary(cls, (found[1] // interval) * interval)
 
-    def next_batch(
+    def next_batch(  # noqa: PLR0917 - the read and its five filters
         self,
         limit: int,
         skip: Collection[int],
         marks: dict[str, int],
         live_after: float,
         newest_pending: Collection[str] = (),
-    ) -> tuple[list[Record], set[int]]:
-        """The next `limit` committed records in drain order, and the seqs that went ahead as
-        live. Classes in `newest_pending` have a newer record not yet committed: none of
-        their committed records goes ahead."""
+        after: Mapping[str, int] | None = None,
+        classes: Collection[str] | None = None,
+    ) -> tuple[list[Record], set[int], dict[str, list[int]]]:
+        """The next `limit` committed records in drain order, the seqs that went ahead as
+        live, and per class the skipped seqs the scan passed over. Classes in
+        `newest_pending` have a newer record not yet committed: none of their committed
+        records goes ahead. `after` (per class) starts the scan above a seq below which
+        every row is known to be skipped."""
+        after = after or {}
         with self.lock:
             conn = self._c()
             picked: list[tuple[Any, ...]] = []
             live: set[int] = set()
+            passed: dict[str, list[int]] = {}
             for prio in sorted(set(CLASS_PRIORITY.values())):
                 if len(picked) >= limit:
                     break
                 level: list[tuple[Any, ...]] = []
                 for cls in (c for c, p in CLASS_PRIORITY.items() if p == prio):
-                    rows = conn.execute(_SELECT_OLDEST, (cls, limit + len(skip))).fetchall()
+                    if classes is not None and cls not in classes:
+                        continue
+                    start = after.get(cls, 0)
+                    ahead = sum(1 for s in skip if s > start)
+                    rows = conn.execute(_SELECT_OLDEST, (cls, start, limit + ahead)).fetchall()
+                    passed[cls] = [r[0] for r in rows if r[0] in skip]
                     level += [r for r in rows if r[0] not in skip]
                     if cls in LIVE_CLASSES and cls not in newest_pending:
                         row = conn.execute(_SELECT_NEWEST, (cls,)).fetchone()
@@ -917,7 +933,7 @@ class _Db:
             )
             for r in picked[:limit]
         ]
-        return records, {r.seq for r in records if r.seq in live}
+        return records, {r.seq for r in records if r.seq in live}, passed
 
     def expire(
         self, limits: dict[str, float], now: float
@@ -1092,6 +1108,12 @@ class Outbox:
         # Rows whose delete (an ack) is under way in a thread: a read meanwhile must not hand
         # them out again (their temporary seqs have already left `_handed`).
         self._deleting: set[int] = set()
+        # The drain's read cursor: per class, a seq at or below which every row is in
+        # `_cursor_rows` (handed out or passed over as skipped), so a read starts above it
+        # instead of fetching again every row in flight. Reset as soon as one of those rows
+        # is neither skipped nor deleted any more (released by a reconnect, or unknown).
+        self._cursor: dict[str, int] = {}
+        self._cursor_rows: set[int] = set()
         self._live_marks: dict[str, int] = {}
         self._live_tmp_marks: dict[str, int] = {}  # the same for records sent before commit
         #: Records delivered before their batch was committed: never written to disk.
@@ -1786,8 +1808,11 @@ class Outbox:
 
     # ---- reading and acknowledging ------------------------------------------------------
 
-    async def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[Record]:
-        """The next records in drain order, skipping seqs in `exclude`.
+    async def next_batch(
+        self, limit: int, exclude: Collection[int] = (), classes: Collection[str] | None = None
+    ) -> list[Record]:
+        """The next records in drain order, skipping seqs in `exclude` (and, with `classes`,
+        records of other classes: they wait for a link that may carry them).
 
         Within a priority level the committed records come first, then those not yet committed
         (the batch), each with a negative seq that `ack` and `exclude` take like any other.
@@ -1810,13 +1835,26 @@ class Outbox:
                 if isinstance(row_seq, int):
                     skip.add(row_seq)  # committed while in flight
             waiting = list(self._pending)
+            if classes is not None:
+                waiting = [r for r in waiting if r.cls in classes]
             newest = {r.cls: r for r in waiting if r.cls in LIVE_CLASSES}
             rows: list[Record] = []
             live: set[int] = set()
+            if self._cursor and not self._cursor_rows <= skip:
+                self._cursor.clear()
+                self._cursor_rows.clear()
+            passed: dict[str, list[int]] = {}
             if sum(self._count.values()) > 0:  # no read (no thread hop) when no row waits
                 try:
-                    rows, live = await asyncio.to_thread(
-                        self._db.next_batch, limit, skip, self._live_marks, live_after, set(newest)
+                    rows, live, passed = await asyncio.to_thread(
+                        self._db.next_batch,
+                        limit,
+                        skip,
+                        self._live_marks,
+                        live_after,
+                        set(newest),
+                        dict(self._cursor),
+                        None if classes is None else frozenset(classes),
                     )
                 except sqlite3.Error as exc:
                     self._log.error("outbox cannot read", reason=str(exc))
@@ -1850,6 +1888,7 @@ class Outbox:
             out += [_as_record(r) for r in level if r.tmp not in live_tmp]
             handed.update((r.tmp, r) for r in level)
         out = out[:limit]
+        self._advance_cursor(out, live, passed)
         for rec in out:
             if rec.seq >= 0:
                 if rec.seq in live:
@@ -1865,6 +1904,19 @@ class Outbox:
         if len(out) >= limit:
             self._fresh = True  # more may wait beyond the limit
         return out
+
+    def _advance_cursor(
+        self, out: list[Record], live: set[int], passed: dict[str, list[int]]
+    ) -> None:
+        """Move each class's read cursor past the committed rows handed out in order."""
+        top: dict[str, int] = {}
+        for rec in out:
+            if rec.seq >= 0 and rec.seq not in live:
+                top[rec.cls] = max(top.get(rec.cls, 0), rec.seq)
+                self._cursor_rows.add(rec.seq)
+        for cls, seq in top.items():
+            self._cursor_rows.update(s for s in passed.get(cls, ()) if s <= seq)
+            self._cursor[cls] = max(self._cursor.get(cls, 0), seq)
 
     async def ack(self, seqs: Iterable[int]) -> None:
         """Records delivered (PUBACK): delete them; a record not yet committed is never written."""
@@ -1908,6 +1960,7 @@ class Outbox:
         finally:
             self._deleting -= stored
         done = stored - left
+        self._cursor_rows -= done
         if self._acked & done or left:
             # Deleting needs disk too; remember what is left (in memory and in the ack
             # journal, for a restart) and keep those out of next_batch.

@@ -93,7 +93,7 @@ def _db_path(args: argparse.Namespace) -> tuple[Path, int | None]:
     cannot be read exits here, 2 or 4, as every command's does)."""
     if args.db is not None:
         return Path(args.db), None
-    from terminal_gw.__main__ import read_config_or_exit
+    from terminal_gw.cli.common import read_config_or_exit
 
     outbox = read_config_or_exit(args.config).outbox
     return outbox.path, outbox.max_bytes

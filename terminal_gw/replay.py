@@ -58,7 +58,9 @@ from typing import TYPE_CHECKING, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from terminal_gw.errors import ConfigError, TerminalGwError
+from terminal_gw.errors import TerminalGwError
+from terminal_gw.exit_codes import EXIT_FAILURE as EXIT_NOTHING_PLAYED
+from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
 from terminal_gw.transport.capture import FROM_DEVICE, CaptureReader, Chunk
 
 if TYPE_CHECKING:
@@ -67,10 +69,6 @@ if TYPE_CHECKING:
     from terminal_gw.models import Event, Payload
     from terminal_gw.modem.tiantong import TiantongModem
     from terminal_gw.transport.playback import PlaybackPort
-
-EXIT_OK = 0
-EXIT_NOTHING_PLAYED = 1
-EXIT_USAGE = 2
 
 DEFAULT_PREFIX = "tgw"
 DEFAULT_DEVICE = "replay"
@@ -153,7 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port",
         default=None,
         help=f"port of own-format captures to replay: {MODEM_PORT!r} plays the modem side to "
-        f"the modem driver, any other port goes through the GNSS pipeline (default: "
+        "the modem driver, 'rdss' plays the RDSS terminal to the RDSS driver, any other port "
+        f"goes through the GNSS pipeline (default: "
         f"{DEFAULT_PORT!r} through the pipeline, then {MODEM_PORT!r} when it holds a session)",
     )
     # Its own dest: without --config, replay uses fixed names instead of the default config.
@@ -821,20 +820,15 @@ def _replay_log(level: str | None) -> FilteringBoundLogger:
 
 def cli(args: argparse.Namespace) -> int:
     """Run `terminal-gw replay`."""
-    from terminal_gw.config import GnssConfig, ModemConfig, load_config
+    from terminal_gw.cli.common import read_config_or_exit
+    from terminal_gw.config import GnssConfig, ModemConfig
     from terminal_gw.gnss.pipeline import GnssPipeline
 
     prefix, device = DEFAULT_PREFIX, DEFAULT_DEVICE
     gnss = GnssConfig()
     modem = ModemConfig()
     if args.replay_config is not None:
-        try:
-            config = load_config(args.replay_config)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for loc, msg in exc.problems:
-                print(f"  {loc}: {msg}", file=sys.stderr)
-            return EXIT_USAGE
+        config = read_config_or_exit(args.replay_config)
         prefix, device, gnss = config.mqtt.prefix, config.device.id, config.gnss
         modem = config.modem
 
@@ -848,6 +842,19 @@ def cli(args: argparse.Namespace) -> int:
             return EXIT_USAGE
 
     port: str | None = args.port
+    if port == "rdss":
+        from terminal_gw.config import RdssConfig
+        from terminal_gw.rdss.replay import replay_rdss
+
+        rdss = config.rdss if args.replay_config is not None else RdssConfig()
+        return replay_rdss(
+            readers,
+            rdss,
+            base=f"{prefix}/{device}",
+            jsonl=args.jsonl,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     gnss_side = port != MODEM_PORT
     # Without --port the modem side comes along, but only sessions the driver can play.
     modem_side = port is None or port == MODEM_PORT

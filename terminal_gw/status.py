@@ -1,8 +1,8 @@
-"""Health snapshot, the local status file, `terminal-gw status`, and Prometheus metrics."""
+"""Health snapshot, the local status file and its verdict (`terminal-gw status` reads it), and
+Prometheus metrics."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -23,8 +23,6 @@ from terminal_gw.exit_codes import (
     EXIT_FAILURE,
     EXIT_NOT_RUNNING,
     EXIT_OK,
-    EXIT_PERMISSION,
-    permission_denied,
 )
 
 #: A stage is unhealthy when it has made no progress for this long (seconds).
@@ -325,13 +323,6 @@ EXIT_HEALTHY = EXIT_OK
 EXIT_UNHEALTHY = EXIT_FAILURE
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `terminal-gw status`."""
-    parser.add_argument("--config", type=Path, default=None, help="config file")
-    parser.add_argument("--file", type=Path, default=None, help="status file (overrides config)")
-    parser.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -425,33 +416,3 @@ def read_status_file(path: Path, attempts: int = 5) -> Any:
                 raise
             time.sleep(0.05)
     raise AssertionError("unreachable")
-
-
-def cli(args: argparse.Namespace) -> int:
-    """Print the running daemon's status; exit 0 healthy, 1 unhealthy, 3 not running, 4 when
-    this user may not read the status file."""
-    from terminal_gw.__main__ import read_config_or_exit
-
-    interval = 5.0
-    path: Path | None = args.file
-    if path is None:
-        config = read_config_or_exit(args.config)
-        path = config.status.path
-        interval = config.status.interval_s
-    try:
-        snapshot = read_status_file(path)
-    except FileNotFoundError:
-        print(f"terminal-gw is not running (no status file at {path})", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    except PermissionError:
-        print(f"error: {permission_denied(path, 'status file')}", file=sys.stderr)
-        return EXIT_PERMISSION
-    except (OSError, ValueError) as exc:
-        print(f"cannot read status file {path}: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    code, verdict = evaluate(snapshot, time.time(), interval, path)
-    if args.json:
-        print(json.dumps({**snapshot, "verdict": verdict}, indent=2))
-    else:
-        print(render_table(snapshot, verdict))
-    return code

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.logs import get_logger
 from terminal_gw.models import EventSink, make_event
 from terminal_gw.sdnotify import Notifier
@@ -47,6 +47,7 @@ class Supervisor:
         backoff_max_s: float = 60.0,
         log: FilteringBoundLogger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] | None = None,
     ) -> None:
         self.board = board
         self.events = events
@@ -56,6 +57,10 @@ class Supervisor:
         self.log = log or get_logger("supervisor")
         #: Monotonic seconds: how long a stage ran before it failed (tests pass a fake clock).
         self.clock = clock
+        # Restart waits stay close to the doubling (a fifth of jitter): an operator reading
+        # "restart in 8.0s" sees the schedule; one device's stages do not stampede anything.
+        self._backoff = Backoff(backoff_min_s, backoff_max_s, jitter=0.2)
+        self._rng = rng
         self.stop_requested = asyncio.Event()
         self.force_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -63,12 +68,15 @@ class Supervisor:
         self._signals = 0
 
     async def _supervise(self, stage: Stage) -> None:
-        failures = 0
+        # A stage that ran a good while before failing starts again from the short backoff.
+        retry = Retry(
+            self._backoff, healthy_s=5 * self.backoff_max_s, rng=self._rng, clock=self.clock
+        )
         info = self.board.stage(stage.name)
         while True:
             info.state = "running"
             self.board.progress(stage.name)
-            started = self.clock()
+            retry.started()
             error: str | None = None
             try:
                 await stage.run()
@@ -90,10 +98,7 @@ class Supervisor:
             if not stage.restart:
                 info.state = "failed"
                 return
-            # A stage that ran a good while before failing starts again from the short backoff.
-            failures = 1 if self.clock() - started > 5 * self.backoff_max_s else failures + 1
-            delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** (failures - 1))
-            delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+            delay = retry.next_delay()
             info.state = "backing_off"
             info.restarts += 1
             self.events(

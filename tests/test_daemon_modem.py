@@ -15,6 +15,7 @@ from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
 from tests.broker import Broker
 from tests.test_daemon import Subscriber, make_config
+from tests.waiting import wait_until
 
 
 async def test_sms_in_and_out_through_the_daemon(tmp_path: Path, broker: Broker) -> None:
@@ -41,7 +42,8 @@ async def test_sms_in_and_out_through_the_daemon(tmp_path: Path, broker: Broker)
             rx = await sub.wait_for(lambda m: m[0] == "tgw/vessel-t/sms/rx")
             assert rx[0][1]["from"] == "+8613912345678"
             assert rx[0][1]["text"] == "船舶状态正常，请回复当前位置。"
-            assert not sim.storage  # deleted from the SIM once stored
+            # Deleted from the SIM once stored (the publish may overtake the AT+CMGD).
+            await wait_until(lambda: not sim.storage)
 
             async with aiomqtt.Client("127.0.0.1", broker.port, identifier="dash") as dash:
                 await dash.publish(

@@ -40,6 +40,8 @@ def test_demo_runs_20s_and_records_reach_a_subscriber(broker: Broker, tmp_path: 
                 f"127.0.0.1:{broker.port}",
                 "--state-dir",
                 str(tmp_path / "demo"),
+                "--bds-every",
+                "5",
             ],
             capture_output=True,
             text=True,
@@ -53,10 +55,16 @@ def test_demo_runs_20s_and_records_reach_a_subscriber(broker: Broker, tmp_path: 
     assert demo.returncode == 0, demo.stderr
     assert f"mosquitto_sub -h 127.0.0.1 -p {broker.port}" in demo.stdout
     assert "link connected" in demo.stdout
+    assert f"mosquitto_pub -h 127.0.0.1 -p {broker.port} -t 'tgw/demo-vessel/cmd/bds/send'" in (
+        demo.stdout
+    )
     lines = [line.split(" ", 1) for line in out.splitlines() if " " in line]
     fixes = [json.loads(p) for t, p in lines if t == "tgw/demo-vessel/gnss/fix"]
     assert len(fixes) >= 5
     assert all(f["class"] == "TPV" and f["mode"] == 3 for f in fixes)
+    bds = [json.loads(p) for t, p in lines if t == "tgw/demo-vessel/bds/rx"]
+    assert bds
+    assert all(m["class"] == "BDS_RX" for m in bds)
     statuses = [json.loads(p) for t, p in lines if t == "tgw/demo-vessel/status"]
     assert statuses[0]["state"] == "online"
     assert statuses[-1]["state"] == "offline"

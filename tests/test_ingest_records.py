@@ -10,7 +10,7 @@ import pytest
 
 from terminal_gw.ingest.config import IngestFile, load_ingest_config
 from terminal_gw.ingest.records import COLUMNS, Rejection, parse_message, rejected_digest
-from terminal_gw.models import FixBatch, new_id
+from terminal_gw.models import BdsReceived, BdsSendProgress, FixBatch, new_id
 from tests.ingest_support import event_payload, fix_payload, sky_payload, status_payload
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -60,10 +60,17 @@ def test_commands_and_cleared_retained_topics_are_read_past() -> None:
     assert parse_message("tgw", "tgw/d/status", b"", NOW).skipped
 
 
-def test_bds_messages_keep_the_whole_payload() -> None:
-    payload = {"id": new_id(), "v": 1, "class": "BDS", "time": "2026-12-02T11:00:00.000Z"}
-    payload |= {"from": "0123456", "text": "你好"}
-    parsed = parse_message("tgw", "tgw/d/bds/rx", json.dumps(payload).encode(), NOW)
+def test_bds_messages_both_directions() -> None:
+    rx = BdsReceived(
+        id=new_id(),
+        received="2026-12-02T11:00:00.000Z",
+        sender="0123456",
+        mode="chinese",
+        text="你好",
+        dialect="2.1",
+        raw="$BDTXR,...",
+    )
+    parsed = parse_message("tgw", "tgw/d/bds/rx", rx.to_json().encode(), NOW)
     row = dict(zip(COLUMNS["messages"], parsed.rows["messages"][0], strict=True))
     assert (row["channel"], row["direction"], row["peer"], row["text"]) == (
         "bds",
@@ -71,7 +78,13 @@ def test_bds_messages_keep_the_whole_payload() -> None:
         "0123456",
         "你好",
     )
-    assert json.loads(row["payload"]) == payload
+    assert json.loads(row["payload"]) == rx.to_json_dict()
+    tx = BdsSendProgress(
+        id=new_id(), time="2026-12-02T11:00:01.000Z", bds_id="b-1", state="sent", to="0123456"
+    )
+    parsed = parse_message("tgw", "tgw/d/bds/tx/b-1", tx.to_json().encode(), NOW)
+    row = dict(zip(COLUMNS["messages"], parsed.rows["messages"][0], strict=True))
+    assert (row["direction"], row["message_id"], row["state"]) == ("tx", "b-1", "sent")
 
 
 @pytest.mark.parametrize(

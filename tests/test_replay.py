@@ -134,7 +134,7 @@ def make_own_capture(log: Path, path: Path, *, seed: int = 1) -> tuple[int, int]
                 w.write("modem", ">", b"AT+CSQ\r", ts=ts)
                 w.write("modem", "<", b"\r\n+CSQ: 17,99\r\n\r\nOK\r\n", ts=ts)
                 w.write("gnss", ">", decoy, ts=ts)
-                w.write("rdss", "<", decoy, ts=ts)
+                w.write("aux", "<", decoy, ts=ts)
                 other += 4
     return n, other
 
@@ -172,9 +172,10 @@ def test_rotated_capture_set_replays_as_one_stream(tmp_path: Path) -> None:
 
 
 def test_another_port_of_an_own_capture(tmp_path: Path) -> None:
+    # Any port but modem and rdss (which play their drivers) goes through the GNSS pipeline.
     capture = tmp_path / "session.tgw"
     make_own_capture(GNSS_CORPUS / "beidou-bd.log", capture)
-    result = run_replay("--jsonl", "--port", "rdss", capture)
+    result = run_replay("--jsonl", "--port", "aux", capture)
     assert result.returncode == 0, result.stderr
     fixes = [r["payload"] for r in records(result.stdout) if r["payload"]["class"] == "TPV"]
     assert fixes

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -278,6 +280,13 @@ def test_plan_keeps_order_and_never_batches_across_other_records() -> None:
     assert [m.seqs for m in alone] == [(4, 5)]
 
 
+async def waiting_ids(outbox: Outbox, path: Path) -> set[str]:
+    """The ids of the records still waiting in the outbox (committed first)."""
+    await outbox.flush()
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return {json.loads(p)["id"] for (p,) in conn.execute("SELECT payload FROM outbox")}
+
+
 async def test_broker_killed_and_restarted_mid_stream_loses_nothing(
     tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -310,7 +319,16 @@ async def test_broker_killed_and_restarted_mid_stream_loses_nothing(
                             len(g.messages) > n + 50 and uplink.state is LinkState.CONNECTED
                         )
                     )
+                    # Cut the link mid-stream (a real TCP cut at the relay), then kill the
+                    # broker once it has passed on what it acknowledged: a broker without
+                    # persistence that dies loses what it still queues for the subscriber,
+                    # which says nothing of the uplink.
                     gate.open = False
+                    gate.cut()
+                    await wait_until(lambda: uplink.state is LinkState.BACKING_OFF)
+                    put = {rid for ids in expected.values() for rid in ids}
+                    acked = put - await waiting_ids(outbox, Path(config.outbox.path))
+                    await got.wait_for(lambda g, a=acked: a <= {rid for _, rid in g.record_ids()})
                     broker.kill()
                     await asyncio.sleep(0.05)
                     broker.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from terminal_gw.backoff import Backoff
 from terminal_gw.errors import ModemError, TerminalGwError
 from terminal_gw.modem.at import Final, ModemResultError, ModemTimeoutError
 from terminal_gw.modem.results import CME_ERRORS, CMS_ERRORS
@@ -105,4 +106,6 @@ def classify(exc: BaseException) -> SendFailure:
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     """The wait after failed attempt number `attempt` (1, 2, ...): doubling from base, capped."""
-    return float(min(max_s, base_s * 2.0 ** min(max(attempt - 1, 0), 30)))
+    # Without jitter: the retry time is stored and reported to the sender (`retry_at`), and
+    # one modem's queue has no crowd of clients to spread out.
+    return Backoff(base_s, max_s, jitter=0.0).base(attempt - 1)

@@ -184,14 +184,18 @@ class Answer:
 
 
 Handler = Callable[[_Request, Any], Awaitable[Answer | None]]
+#: Called when a command with a usable id is refused (its progress topic reports it).
+RefusedHook = Callable[[_Request, "dict[str, Any] | None", CommandError], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """One row of the command table: its payload model and its handler."""
+    """One row of the command table: its payload model, its handler and what reports a
+    refusal of it (sms/send and bds/send: `failed` on their progress topic)."""
 
-    model: type[_Command]
+    model: type[BaseModel]
     handler: Handler
+    refused: RefusedHook | None = None
 
 
 def _validation_reason(exc: ValidationError) -> str:
@@ -304,7 +308,7 @@ class CommandRunner:
         self._tg: asyncio.TaskGroup | None = None
         self._polling = False
         self.commands: dict[str, CommandSpec] = {
-            "sms/send": CommandSpec(SmsSendCommand, self._sms_send),
+            "sms/send": CommandSpec(SmsSendCommand, self._sms_send, self._send_refused),
             "ping": CommandSpec(PingCommand, self._ping),
             "modem/status": CommandSpec(ModemStatusCommand, self._modem_status),
         }
@@ -378,8 +382,8 @@ class CommandRunner:
             self._log.info(
                 "command_refused", command=_shown(name, 64), code=exc.code, reason=str(exc)
             )
-            if spec is not None and name == "sms/send" and request.command_id is not None:
-                await self._send_refused(request, data, exc)
+            if spec is not None and spec.refused is not None and request.command_id is not None:
+                await spec.refused(request, data, exc)
             answer = Answer(ok=False, code=exc.code, reason=str(exc))
         except StoreError as exc:
             self._log.error("command_store_failed", command=_shown(name, 64), error=str(exc))
@@ -417,7 +421,7 @@ class CommandRunner:
         return spec
 
     @staticmethod
-    def _validate(spec: CommandSpec, data: dict[str, Any], twice: list[str]) -> _Command:
+    def _validate(spec: CommandSpec, data: dict[str, Any], twice: list[str]) -> BaseModel:
         """The validated model; CommandError saying what is wrong."""
         if twice:
             keys = ", ".join(repr(_shown(k, 64)) for k in twice[:5])

@@ -5,7 +5,7 @@ Pure: no I/O, no clock reads; the caller passes `now` (system unix time) with ea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from terminal_gw.gnss.assembler import EpochAssembler
 from terminal_gw.gnss.decoder import Decoder
@@ -21,6 +21,9 @@ class GnssPipeline:
         self.decoder = Decoder()
         self.assembler = EpochAssembler()
         self.last_valid_sentence: float | None = None
+        #: Called with every framed sentence, before it is decoded (the local NMEA and gpsd
+        #: servers); must not block. Empty unless a server is on.
+        self.sentence_observers: list[Callable[[Sentence], None]] = []
 
     def feed(self, data: bytes, now: float) -> list[Payload]:
         """Fix, Sky and Event records completed by these bytes, in order."""
@@ -37,6 +40,8 @@ class GnssPipeline:
         for sentence in sentences:
             if sentence.checked:
                 self.last_valid_sentence = now
+            for observe in self.sentence_observers:
+                observe(sentence)
             msg = self.decoder.decode(sentence)
             if msg is not None:
                 out.extend(self.assembler.add(msg, now))

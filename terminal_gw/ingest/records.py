@@ -16,16 +16,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from terminal_gw.errors import ParseError
 from terminal_gw.models import (
+    BdsReceived,
+    BdsSendProgress,
     CommandResult,
     Event,
     Fix,
     FixBatch,
     ModemStatus,
     Payload,
+    RdssStatus,
     Sky,
     SmsReceived,
     SmsSendProgress,
@@ -178,28 +181,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-class _Generic(BaseModel):
-    """Any payload of the contract: `id`, `v`, `class`, `time`; the rest kept as it is."""
-
-    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
-
-    id: str
-    v: int
-    cls: str
-    time: str | None = None
-    state: str | None = None
-
-    @classmethod
-    def parse(cls, data: bytes) -> _Generic:
-        """Validate JSON bytes; `class` is the field `cls`."""
-        raw = json.loads(data)
-        if not isinstance(raw, dict):
-            raise Rejection("the payload is not a JSON object")
-        if "class" in raw:
-            raw["cls"] = raw.pop("class")
-        return cls.model_validate(raw)
-
-
 _USED: dict[tuple[tuple[str, int], ...], str] = {}
 
 
@@ -266,7 +247,7 @@ def _fix_batch(data: bytes, device: str, path: str, received: datetime, out: Par
 
 def _wire_batch(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
     # The compact binary format's decoder has no daemon dependencies; loaded on first use.
-    from terminal_gw.wire import decode_batch  # type: ignore[import-not-found, unused-ignore]  # merged from the wire format's branch
+    from terminal_gw.wire import decode_batch
 
     try:
         items: list[dict[str, Any]] = decode_batch(data)
@@ -332,28 +313,6 @@ def _status_of(model: type[Payload]) -> Handler:
     return handle
 
 
-def _generic_status(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
-    if not data:
-        out.skipped = True
-        return
-    payload = _Generic.parse(data)
-    doc = json.loads(data)
-    text, _ = _time(payload.time)
-    out.add(
-        "device_status",
-        (
-            device,
-            path,
-            _check_id(payload.id),
-            text,
-            received,
-            payload.cls,
-            payload.state,
-            _json(doc),
-        ),
-    )
-
-
 def _sms_rx(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
     sms = SmsReceived.model_validate_json(data)
     doc = sms.to_json_dict()
@@ -400,36 +359,26 @@ def _sms_tx(data: bytes, device: str, path: str, received: datetime, out: Parsed
     )
 
 
-def _bds(direction: str) -> Handler:
-    """BeiDou short messages: the contract's common fields are checked, the rest kept whole."""
+def _bds_rx(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
+    bds = BdsReceived.model_validate_json(data)
+    doc = bds.to_json_dict()
+    text, _ = _time(bds.received, "received")
+    out.add(
+        "messages",
+        (_check_id(bds.id), device, text, received, "bds", "rx", doc["class"], None, bds.sender,
+         None, bds.text, _json(doc)),
+    )  # fmt: skip
 
-    def handle(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
-        payload = _Generic.parse(data)
-        doc = json.loads(data)
-        text, _ = _time(payload.time)
-        extra = payload.model_extra or {}
-        peer = extra.get("from" if direction == "rx" else "to")
-        message_id = path.split("/", 2)[2] if direction == "tx" else None
-        body = extra.get("text")
-        out.add(
-            "messages",
-            (
-                _check_id(payload.id),
-                device,
-                text,
-                received,
-                "bds",
-                direction,
-                payload.cls,
-                message_id,
-                peer if isinstance(peer, str | int) else None,
-                payload.state if direction == "tx" else None,
-                body if isinstance(body, str) else None,
-                _json(doc),
-            ),
-        )
 
-    return handle
+def _bds_tx(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
+    bds = BdsSendProgress.model_validate_json(data)
+    doc = bds.to_json_dict()
+    text, _ = _time(bds.time)
+    out.add(
+        "messages",
+        (_check_id(bds.id), device, text, received, "bds", "tx", doc["class"], bds.bds_id, bds.to,
+         bds.state, None, _json(doc)),
+    )  # fmt: skip
 
 
 def _event(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
@@ -499,11 +448,11 @@ ROUTES: dict[str, Route] = {
     "gnss/sky": Route(_classes("SKY"), _sky),
     "status": Route(_classes("STATUS"), _status_of(Status)),
     "modem/status": Route(_classes("MODEM"), _status_of(ModemStatus)),
-    "rdss/status": Route(None, _generic_status),
+    "rdss/status": Route(_classes("RDSS"), _status_of(RdssStatus)),
     "sms/rx": Route(_classes("SMS"), _sms_rx),
     "sms/tx/{id}": Route(_classes("SMS_TX"), _sms_tx),
-    "bds/rx": Route(None, _bds("rx")),
-    "bds/tx/{id}": Route(None, _bds("tx")),
+    "bds/rx": Route(_classes("BDS_RX"), _bds_rx),
+    "bds/tx/{id}": Route(_classes("BDS_TX"), _bds_tx),
     "event": Route(_classes("EVENT"), _event),
     "cmd-result/{name}": Route(_classes("CMD_RESULT"), _cmd_result),
 }
@@ -571,8 +520,6 @@ def parse_message(prefix: str, topic: str, payload: bytes, received: datetime) -
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise Rejection("not valid JSON") from None
         raise Rejection(f"fails the schema: {_words(exc)}") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # json.loads in the generic handlers
-        raise Rejection(f"not valid JSON: {exc}") from None
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import ssl
 import statistics
@@ -33,32 +32,13 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.errors import ConfigError
 from terminal_gw.ingest.config import IngestConfig
 from terminal_gw.ingest.records import Parsed, Rejection, parse_message, rejected_digest, tables_of
 from terminal_gw.ingest.store import BadRowsError, DatabaseError, Rejected, Store, Written
 from terminal_gw.status import MetricsServer, StatusBoard
 from terminal_gw.uplink.mqtt import Failure, Incoming, LinkError, LinkOptions, MqttLink
-
-
-class Backoff:
-    """Capped exponential backoff with jitter; `reset()` after a success."""
-
-    def __init__(self, low: float, high: float, rng: random.Random | None = None) -> None:
-        self.low = low
-        self.high = high
-        self._next = low
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
-
-    def next(self) -> float:
-        """The next wait: doubling up to `high`, each drawn in [50%, 100%]."""
-        wait = self._next
-        self._next = min(self.high, self._next * 2)
-        return wait * self._rng.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        """Start again from `low`."""
-        self._next = self.low
 
 
 @dataclass(slots=True)
@@ -220,10 +200,10 @@ class Ingest:
 
     async def _mqtt(self) -> None:
         cfg = self.cfg
-        backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
+        backoff = Retry(Backoff(cfg.backoff_min_s, cfg.backoff_max_s))
         filters = [f"$share/{cfg.group}/{f}" for f in cfg.topic_filters()]
         while not self._stop.is_set():
-            wait = backoff.next()
+            wait = backoff.next_delay()
             try:
                 options = await asyncio.to_thread(self._options)
             except (OSError, ssl.SSLError, ConfigError) as exc:
@@ -277,7 +257,7 @@ class Ingest:
                 self.board.stage("mqtt").last_error = error.reason
                 self._give_up_or_log("mqtt_lost", error.reason)
                 self._wake.set()
-                await self._sleep(backoff.next())
+                await self._sleep(backoff.next_delay())
                 continue
             # Stopping: the writer stores (and acknowledges) what it can first.
             await self._writer_done.wait()
@@ -346,7 +326,7 @@ class Ingest:
         cfg = self.cfg
         max_age = cfg.batch_max_age_ms / 1000
         idle = cfg.once_idle_ms / 1000
-        backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
+        backoff = Retry(Backoff(cfg.backoff_min_s, cfg.backoff_max_s))
         while True:
             if self._stop.is_set():
                 if self._pending and self.store.connected:
@@ -388,9 +368,9 @@ class Ingest:
             backoff.reset()
             self.board.progress("database")
 
-    async def _db_down(self, exc: DatabaseError, backoff: Backoff) -> None:
+    async def _db_down(self, exc: DatabaseError, backoff: Retry) -> None:
         self.counters.db_errors += 1
-        wait = backoff.next()
+        wait = backoff.next_delay()
         self.board.stage("database").state = "backing_off"
         self.board.stage("database").last_error = str(exc)
         self._give_up_or_log(

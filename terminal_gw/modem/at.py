@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Self
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.errors import CommandError, ModemError, TransportError
 from terminal_gw.modem.results import cme_error, cms_error
+from terminal_gw.transport.port import Port
 
 __all__ = [
     "AtEngine",
@@ -411,20 +412,9 @@ class LineParser:
 # Engine.
 
 
-class AtPort(Protocol):
-    """What the engine needs from a serial port (`terminal_gw.transport.serial` ports fit)."""
-
-    async def read(self) -> bytes:
-        """The next chunk of bytes from the device."""
-        ...
-
-    async def write(self, data: bytes) -> None:
-        """Send bytes to the device."""
-        ...
-
-    async def close(self) -> None:
-        """Release the device."""
-        ...
+#: What the engine reads and writes: the transport's one port interface (serial ports, the
+#: recording wrapper and capture playback all fit).
+AtPort = Port
 
 
 class ModemTimeoutError(ModemError):

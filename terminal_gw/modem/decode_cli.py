@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from terminal_gw.exit_codes import EXIT_FAILURE as EXIT_BAD_PDU
+from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
 from terminal_gw.modem.sms import (
     PduError,
     Sms,
@@ -24,10 +26,6 @@ from terminal_gw.modem.sms import (
 )
 
 __all__ = ["add_arguments", "cli", "describe"]
-
-EXIT_OK = 0
-EXIT_BAD_PDU = 1
-EXIT_USAGE = 2
 
 _HEADERS = ("+CMGR:", "+CMGL:", "+CMT:", "+CDS:")
 _TYPES = {SmsDeliver: "deliver", SmsSubmit: "submit", SmsStatusReport: "status_report"}
@@ -43,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the PDUs start at the TPDU (no service-centre address in front)",
     )
+    from terminal_gw.wire import cli as batch_cli
+
+    batch_cli.add_arguments(sub)
 
 
 def _iso(t: datetime) -> str:
@@ -113,6 +114,10 @@ def _inputs(args: argparse.Namespace) -> Iterator[str]:
 
 def cli(args: argparse.Namespace) -> int:
     """Decode each PDU; exit 1 when any did not decode."""
+    if args.what == "batch":
+        from terminal_gw.wire import cli as batch_cli
+
+        return batch_cli.cli(args)
     if not args.pdus and sys.stdin.isatty():
         print("error: give PDUs as arguments or on standard input, one a line", file=sys.stderr)
         return EXIT_USAGE

@@ -8,6 +8,7 @@ Every failure of the decoder is a `PduError` (a `ParseError`) naming what was wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
 import gsm0338  # noqa: F401 - registers the "gsm03.38" codec used to build the tables
+import gsmcodecs  # noqa: F401 - registers the "gsm23.038-L-S" national language codecs
 
 from terminal_gw.errors import CommandError, ParseError
 from terminal_gw.modem.results import tp_status
@@ -79,34 +81,41 @@ _GSM_BASIC, _GSM_EXT, _GSM_ENCODE = _build_alphabet()
 
 # National language shift tables (TS 23.038 §6.2.1.2, annex A), chosen by the user data
 # header elements 0x25 (locking shift: replaces the basic table) and 0x24 (single shift:
-# replaces the extension table). Language ids: 1 Turkish, 2 Spanish, 3 Portuguese. Spanish has
-# no locking shift table. An id this codec does not have reads as the default tables, as
-# 23.038 §6.2.1.2.4 asks of a receiver without that table.
-_LOCKING: dict[int, str] = {
-    1: (
-        "@£$¥€éùıòÇ\nĞğ\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bŞşßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-        "İABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§çabcdefghijklmnopqrstuvwxyzäöñüà"
-    ),
-    3: (
-        "@£$¥êéúíóç\nÔô\rÁáΔ_ªÇÀ∞^\\€Ó|\x1bÂâÊÉ !\"#º%&'()*+,-./0123456789:;<=>?"
-        "ÍABCDEFGHIJKLMNOPQRSTUVWXYZÃÕÚÜ§~abcdefghijklmnopqrstuvwxyzãõ`üà"
-    ),
-}
-_SINGLE_EXTRA: dict[int, dict[int, str]] = {
-    1: {0x47: "Ğ", 0x49: "İ", 0x53: "Ş", 0x63: "ç", 0x67: "ğ", 0x69: "ı", 0x73: "ş"},
-    2: {
-        0x09: "ç", 0x41: "Á", 0x49: "Í", 0x4F: "Ó", 0x55: "Ú",
-        0x61: "á", 0x69: "í", 0x6F: "ó", 0x75: "ú",
-    },
-    3: {
-        0x05: "ê", 0x09: "ç", 0x0B: "Ô", 0x0C: "ô", 0x0E: "Á", 0x0F: "á", 0x12: "Φ",
-        0x13: "Γ", 0x15: "Ω", 0x16: "Π", 0x17: "Ψ", 0x18: "Σ", 0x19: "Θ", 0x1F: "Ê",
-        0x41: "À", 0x49: "Í", 0x4F: "Ó", 0x55: "Ú", 0x5B: "Ã", 0x5C: "Õ", 0x61: "Â",
-        0x69: "í", 0x6F: "ó", 0x75: "ú", 0x7B: "ã", 0x7C: "õ", 0x7F: "â",
-    },
-}  # fmt: skip
+# replaces the extension table). Language ids 1-13: Turkish, Spanish, Portuguese, Bengali,
+# Gujarati, Hindi, Kannada, Malayalam, Oriya, Punjabi, Tamil, Telugu, Urdu. The tables come
+# from gsmcodecs (TS 23.038 release 18, through its codecs: one septet per octet). Spanish has
+# no locking shift table; an id without a table reads as the default tables, as 23.038
+# §6.2.1.2.4 asks of a receiver without that table. A position a national table leaves
+# reserved reads as U+FFFD.
+_NATIONAL_IDS = range(1, 14)
+_NO_LOCKING = frozenset({2})
+_RESERVED = "\ufffd"
 _IEI_SINGLE_SHIFT = 0x24
 _IEI_LOCKING_SHIFT = 0x25
+
+
+@functools.cache
+def _locking_table(lang: int) -> dict[int, str]:
+    table: dict[int, str] = {}
+    for i in range(128):
+        if i == _ESC:
+            continue
+        try:
+            table[i] = bytes([i]).decode(f"gsm23.038-{lang}-0")
+        except UnicodeDecodeError:
+            table[i] = _RESERVED
+    return table
+
+
+@functools.cache
+def _single_shift_table(lang: int) -> dict[int, str]:
+    table: dict[int, str] = {}
+    for i in range(128):
+        if i == _ESC:
+            continue  # ESC ESC: see _septets_to_text
+        with contextlib.suppress(UnicodeDecodeError):
+            table[i] = bytes([_ESC, i]).decode(f"gsm23.038-0-{lang}")
+    return table
 
 
 def _tables(udh: Iterable[InformationElement]) -> tuple[dict[int, str], dict[int, str]]:
@@ -116,10 +125,12 @@ def _tables(udh: Iterable[InformationElement]) -> tuple[dict[int, str], dict[int
         if len(ie.data) != 1:
             continue
         lang = ie.data[0]
-        if ie.iei == _IEI_LOCKING_SHIFT and lang in _LOCKING:
-            basic = {i: ch for i, ch in enumerate(_LOCKING[lang]) if i != _ESC}
-        elif ie.iei == _IEI_SINGLE_SHIFT and lang in _SINGLE_EXTRA:
-            ext = {**_GSM_EXT, **_SINGLE_EXTRA[lang]}
+        if lang not in _NATIONAL_IDS:
+            continue
+        if ie.iei == _IEI_LOCKING_SHIFT and lang not in _NO_LOCKING:
+            basic = _locking_table(lang)
+        elif ie.iei == _IEI_SINGLE_SHIFT:
+            ext = _single_shift_table(lang)
     return basic, ext
 
 

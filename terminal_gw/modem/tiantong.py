@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.config import ModemConfig
 from terminal_gw.errors import ModemError, StoreError, TransportError
 from terminal_gw.models import (
@@ -69,6 +70,7 @@ from terminal_gw.modem.sms import (
     decode_pdu,
     parse_stored,
 )
+from terminal_gw.transport.port import PortFactory, open_with_retry
 
 __all__ = [
     "REG_TEXT",
@@ -118,8 +120,6 @@ NOT_FOR_USER_PID: dict[int, str] = {
 }
 #: Direct (`+CMT`) messages remembered to tell identical ones in the same second apart.
 CMT_SEEN_MAX = 1024
-
-PortFactory = Callable[[], Awaitable[AtPort]]
 
 
 class RecordSink(Protocol):
@@ -230,6 +230,8 @@ class TiantongModem:
         self._base = topic_base.rstrip("/")
         self._events = events
         self._factory = port_factory or self._open_serial
+        # A fixed wait between opens, as configured (a modem port is one local device).
+        self._reopen = Retry(Backoff(config.reopen_backoff_s, config.reopen_backoff_s, jitter=0.0))
         self._on_status_report = on_status_report
         self._on_progress = on_progress
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.modem")
@@ -348,15 +350,19 @@ class TiantongModem:
 
     async def _run(self) -> None:
         await self._load_parts()
+
+        async def open_once() -> AtPort:
+            async with asyncio.timeout(self._cfg.command_timeout_s * 2):
+                return await self._factory()
+
+        def failed(exc: Exception, delay: float) -> None:
+            self.counters["port_open_failures"] += 1
+            self._port_down(f"cannot open {self._cfg.port}: {exc}")
+
         while True:
-            try:
-                async with asyncio.timeout(self._cfg.command_timeout_s * 2):
-                    port = await self._factory()
-            except (TransportError, TimeoutError, OSError) as exc:
-                self.counters["port_open_failures"] += 1
-                self._port_down(f"cannot open {self._cfg.port}: {exc}")
-                await self._sleep(self._cfg.reopen_backoff_s)
-                continue
+            port = await open_with_retry(open_once, self._reopen, failed=failed, wait=self._sleep)
+            assert port is not None  # never stopped: the loop ends when the stage is cancelled
+            self._reopen.reset()
             if self._port_down_reported:
                 self._port_down_reported = False
                 self._event("modem_port", f"modem port {self._cfg.port} open", port=self._cfg.port)

@@ -19,9 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from terminal_gw.sim.gnss import GnssSimulator
     from terminal_gw.sim.modem import ModemSimulator
+    from terminal_gw.sim.rdss import RdssSimulator
 
 Setup = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
@@ -108,16 +111,16 @@ def _gnss_cli(args: argparse.Namespace) -> int:
     capture = None
     if args.capture is not None and args.fault == "nofix":
         print("error: --fault nofix needs the generated track, not --capture", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.capture is not None:
         try:
             capture = load_capture(args.capture, args.port)
         except TransportError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if not capture:
             print(f"error: {args.capture}: nothing from port {args.port!r}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     track = Track(lat=args.lat, lon=args.lon, speed_kn=args.knots, course_deg=args.course)
     link: Path = args.link or default_link("gnss0")
     with PtyDevice(link) as device:
@@ -139,7 +142,7 @@ def _gnss_cli(args: argparse.Namespace) -> int:
         print(f"  stable link:  {device.path}  (use as [gnss] port)", flush=True)
         print(f"  {source}, {args.rate:g} Hz", flush=True)
         asyncio.run(_run_gnss(sim, args))
-    return 0
+    return EXIT_OK
 
 
 async def _run_with_faults(
@@ -217,10 +220,10 @@ def _modem_cli(args: argparse.Namespace) -> int:
 
     if not (0 <= args.rssi <= 31 or args.rssi == 99):
         print("error: --rssi is 0-31 or 99", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.capacity < 1:
         print("error: --capacity must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     link: Path = args.link or default_link("tiantong0")
     with PtyDevice(link) as device:
         sim = ModemSimulator(
@@ -237,7 +240,7 @@ def _modem_cli(args: argparse.Namespace) -> int:
         if args.incoming_every:
             print(f"  an incoming SMS every {args.incoming_every:g}s", flush=True)
         asyncio.run(_run_modem(sim, args))
-    return 0
+    return EXIT_OK
 
 
 async def _run_modem(sim: ModemSimulator, args: argparse.Namespace) -> None:
@@ -264,6 +267,94 @@ async def _run_modem(sim: ModemSimulator, args: argparse.Namespace) -> None:
     await _run_with_faults(sim.run(args.duration, incoming_every=args.incoming_every), faults())
 
 
+# --- rdss -----------------------------------------------------------------------------
+
+
+def _rdss_arguments(p: argparse.ArgumentParser) -> None:
+    from terminal_gw.sim.rdss import FAULTS
+
+    p.add_argument(
+        "--link",
+        type=Path,
+        default=None,
+        help=f"stable symlink to the pty (default {default_link('rdss0')})",
+    )
+    p.add_argument("--dialect", choices=["2.1", "bds3"], default="2.1", help="protocol dialect")
+    p.add_argument("--user-id", default="0242286", help="the card's user id (digits)")
+    p.add_argument("--level", type=int, choices=[1, 2, 3, 4], default=3, help="comm level")
+    p.add_argument(
+        "--interval", type=_positive, default=60.0, help="service interval in s (default 60)"
+    )
+    p.add_argument("--encrypted", action="store_true", help="an encrypted card")
+    p.add_argument("--no-card", action="store_true", help="no card in the terminal")
+    p.add_argument(
+        "--incoming-every",
+        type=_positive,
+        metavar="S",
+        help="deliver a message every S seconds (Chinese, code, mixed, in turn)",
+    )
+    p.add_argument("--sender", default="0166166", help="the user id incoming messages come from")
+    p.add_argument("--fault", choices=FAULTS, help="inject this fault during the run")
+    p.add_argument("--fault-at", type=float, default=10.0, help="seconds before the fault")
+    p.add_argument("--fault-for", type=_positive, default=10.0, help="seconds the fault lasts")
+    p.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated noise")
+
+
+def _rdss_cli(args: argparse.Namespace) -> int:
+    from terminal_gw.sim.rdss import RdssSimulator
+    from terminal_gw.transport.pty import PtyDevice
+
+    if not (args.user_id.isdigit() and 1 <= len(args.user_id) <= 7):
+        print("error: --user-id is 1-7 digits", file=sys.stderr)
+        return 2
+    if not args.sender.isdigit() or len(args.sender) > 8:
+        print("error: --sender is 1-8 digits", file=sys.stderr)
+        return 2
+    link: Path = args.link or default_link("rdss0")
+    with PtyDevice(link) as device:
+        sim = RdssSimulator(
+            device,
+            dialect=args.dialect,
+            user_id=args.user_id.zfill(7),
+            level=args.level,
+            interval_s=args.interval,
+            encrypted=args.encrypted,
+            card=not args.no_card,
+            seed=args.seed,
+            on_recreate=lambda path: print(f"pty re-created: {path}", flush=True),
+        )
+        print(f"rdss simulator: {device.slave_path}", flush=True)
+        print(f"  stable link:  {device.path}  (use as [rdss] port)", flush=True)
+        card = "no card" if args.no_card else f"card {sim.user_id} level {args.level}"
+        print(f"  dialect {args.dialect}, {card}, interval {args.interval:g}s", flush=True)
+        if args.incoming_every:
+            print(f"  an incoming message every {args.incoming_every:g}s", flush=True)
+        asyncio.run(_run_rdss(sim, args))
+    return 0
+
+
+async def _run_rdss(sim: RdssSimulator, args: argparse.Namespace) -> None:
+    async def faults() -> None:
+        if args.fault is None:
+            return
+        await asyncio.sleep(args.fault_at)
+        print(f"fault: {args.fault} for {args.fault_for:g}s", flush=True)
+        if args.fault == "hangup":
+            sim.unplug(args.fault_for)
+        elif args.fault == "interval":
+            sim.refuse_next_send(int(args.fault_for))
+        else:
+            sim.set_fault(args.fault)
+            await asyncio.sleep(args.fault_for)
+            sim.set_fault(args.fault, on=False)
+        print("fault over", flush=True)
+
+    await _run_with_faults(
+        sim.run(args.duration, incoming_every=args.incoming_every, sender=args.sender), faults()
+    )
+
+
 #: name -> (help, add its arguments, run it). A new simulator is one more row.
 SIMULATORS: dict[str, tuple[str, Setup, Handler]] = {
     "gnss": (
@@ -275,6 +366,11 @@ SIMULATORS: dict[str, tuple[str, Setup, Handler]] = {
         "a Tiantong satellite modem: AT commands, SIM SMS storage, incoming SMS, faults",
         _modem_arguments,
         _modem_cli,
+    ),
+    "rdss": (
+        "a BeiDou short-message (RDSS) terminal: 2.1 or BDS-3, a card, messages in, faults",
+        _rdss_arguments,
+        _rdss_cli,
     ),
 }
 

@@ -1,12 +1,12 @@
 """Modem capture playback: a port that plays a recorded modem, and a port that records one.
 
-`PlaybackPort` has the `AtPort` shape (read, write, close). It reads a capture (the project's
-format, one port of it) as steps: what the daemon wrote (`>` chunks; consecutive ones joined
-unless the first ends a command with CR, Ctrl-Z or ESC: a command the modem never answered is
-a step of its own) and what the modem sent after it (`<` chunks up to the next `>`). Each write
-is matched against the next step; when the written bytes make up the step's command, its
-recorded reply becomes readable. What the modem sent before the first command is readable from
-the start.
+`PlaybackPort` has the `Port` shape of `terminal_gw.transport.port` (read, write, close). It
+reads a capture (the project's format, one port of it) as steps: what the daemon wrote (`>`
+chunks; consecutive ones joined unless the first ends a command with CR, Ctrl-Z or ESC: a
+command the modem never answered is a step of its own) and what the modem sent after it (`<`
+chunks up to the next `>`). Each write is matched against the next step; when the written bytes
+make up the step's command, its recorded reply becomes readable. What the modem sent before the
+first command is readable from the start.
 
 On a mismatch (the daemon wrote something else than was recorded next):
 
@@ -39,7 +39,6 @@ from structlog.typing import FilteringBoundLogger
 
 from terminal_gw.errors import TransportError
 from terminal_gw.models import EventSink, make_event
-from terminal_gw.modem.at import AtPort
 from terminal_gw.transport.capture import (
     FROM_DEVICE,
     TO_DEVICE,
@@ -47,6 +46,7 @@ from terminal_gw.transport.capture import (
     CaptureWriter,
     Chunk,
 )
+from terminal_gw.transport.port import Port
 
 __all__ = ["PlaybackPort", "RecordingPort", "Step", "steps_from_chunks"]
 
@@ -263,7 +263,7 @@ class PlaybackPort:
 class RecordingPort:
     """A port that writes what crosses it to a capture (`<` read, `>` written)."""
 
-    def __init__(self, port: AtPort, writer: CaptureWriter, *, name: str = "modem") -> None:
+    def __init__(self, port: Port, writer: CaptureWriter, *, name: str = "modem") -> None:
         self._port = port
         self._writer = writer
         self.name = name

@@ -17,23 +17,24 @@ import collections
 import contextlib
 import errno
 import os
-import random
 import termios
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Self
 
 import serial
 import structlog
 from serial_asyncio_fast import create_serial_connection
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.config import BAUD_RATES
 from terminal_gw.errors import TransportError
 from terminal_gw.models import Event, EventSink, iso_utc, make_event
+from terminal_gw.transport.port import open_with_retry
 
 #: The order `baud = "auto"` tries rates in: most likely first (NMEA 0183's 4800 is rare today).
 AUTO_BAUD_ORDER: tuple[int, ...] = tuple(
@@ -49,22 +50,6 @@ Validator = Callable[[bytes], bool]
 _READ_HIGH = 256  # chunks buffered before the transport stops reading (the kernel then buffers)
 _READ_LOW = 32
 _WRITE_HIGH = 4096
-
-
-class Port(Protocol):
-    """What the stages need from a serial port."""
-
-    async def read(self) -> bytes:
-        """The next chunk of bytes from the device."""
-        ...
-
-    async def write(self, data: bytes) -> None:
-        """Send bytes to the device."""
-        ...
-
-    async def close(self) -> None:
-        """Release the device."""
-        ...
 
 
 def _reason(exc: BaseException) -> str:
@@ -226,21 +211,10 @@ class PortState(StrEnum):
     WAITING = "waiting"  # device absent or failing: waiting before the next attempt
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff: min_s, doubling up to max_s, minus up to `jitter` of it."""
-
-    # Opening a missing device costs one failed syscall: retry often enough that a replugged
-    # receiver is read again within 2 s, however long it was away and however busy the
-    # machine: at most 1 s of waiting, leaving the rest for the open and the first data.
-    min_s: float = 0.25
-    max_s: float = 1.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """The wait before retry number `attempt` (0-based)."""
-        base = min(self.max_s, self.min_s * 2.0 ** min(attempt, 30))
-        return base * (1.0 - self.jitter * rng.random())
+#: Opening a missing device costs one failed syscall: retry often enough that a replugged
+#: receiver is read again within 2 s, however long it was away and however busy the machine:
+#: at most 1 s of waiting, leaving the rest for the open and the first data.
+DEFAULT_BACKOFF = Backoff(min_s=0.25, max_s=1.0)
 
 
 @dataclass
@@ -276,20 +250,19 @@ class ReconnectingPort:
         self.configured_baud = baud
         self.stale_after_s = stale_after_s
         self.probe_window_s = probe_window_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or DEFAULT_BACKOFF
         self._validator = validator
         self._init = [_init_bytes(s) for s in init]
         self._events = events
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.serial")
         self._exclusive = exclusive
-        self._rng = random.Random()  # noqa: S311 - jitter, not security
         self._port: SerialPort | None = None  # the port in use, while OPEN
         self._held: set[SerialPort] = set()  # every port opened and not yet fully closed
         self._pending: collections.deque[bytes] = collections.deque()
         self._closed = asyncio.Event()
         self._found_baud: int | None = None if baud == "auto" else baud
         self._alive_at = time.monotonic()
-        self._attempt = 0
+        self._retry = Retry(self.backoff)
         self._down: _Down | None = None
         self.state = PortState.CLOSED
         self.reason = "not opened yet"
@@ -323,7 +296,7 @@ class ReconnectingPort:
         self._alive_at = time.monotonic()
         if self._down is not None and self._down.stale and self._port is not None:
             self._end_outage()
-        self._attempt = 0
+        self._retry.reset()
 
     async def __aenter__(self) -> Self:
         return self
@@ -470,8 +443,7 @@ class ReconnectingPort:
         self._set_state(PortState.WAITING, "stale")
         self._start_outage("stale", message, stale=True)
         # Successive stale reopens of a silent device back off too.
-        await self._sleep(self.backoff.delay(self._attempt, self._rng))
-        self._attempt += 1
+        await self._sleep(self._retry.next_delay())
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -479,19 +451,30 @@ class ReconnectingPort:
                 await self._closed.wait()
 
     async def _open_with_backoff(self) -> SerialPort | None:
-        """Open once (probing rates for auto); on failure wait and return None."""
-        self._set_state(PortState.OPENING, self.reason)
-        try:
-            port = await self._open_once()
-        except TransportError as exc:
-            self._set_state(PortState.WAITING, exc.reason)
+        """Open (probing rates for auto), waiting the backoff after each failure; None when
+        closed meanwhile or the init lines could not be written (after a wait)."""
+
+        async def attempt() -> SerialPort:
+            self._set_state(PortState.OPENING, self.reason)
+            return await self._open_once()
+
+        def failed(exc: Exception, delay: float) -> None:
+            reason = exc.reason if isinstance(exc, TransportError) else "error"
+            self._set_state(PortState.WAITING, reason)
             stale = self._down is not None and self._down.stale
             if not stale:
-                self._start_outage(exc.reason, str(exc), stale=False)
-            delay = self.backoff.delay(self._attempt, self._rng)
-            self._attempt += 1
-            self._log.debug("port open failed", port=self.name, reason=exc.reason, retry_s=delay)
-            await self._sleep(delay)
+                self._start_outage(reason, str(exc), stale=False)
+            self._log.debug("port open failed", port=self.name, reason=reason, retry_s=delay)
+
+        port = await open_with_retry(
+            attempt,
+            self._retry,
+            failed=failed,
+            wait=self._sleep,
+            stopped=self._closed.is_set,
+            errors=(TransportError,),
+        )
+        if port is None:
             return None
         if self._closed.is_set():
             await self._release(port)
@@ -503,8 +486,7 @@ class ReconnectingPort:
             await self._release(port)
             self._set_state(PortState.WAITING, exc.reason)
             self._start_outage(exc.reason, str(exc), stale=False)
-            await self._sleep(self.backoff.delay(self._attempt, self._rng))
-            self._attempt += 1
+            await self._sleep(self._retry.next_delay())
             return None
         self._port = port
         self.opens += 1
@@ -513,7 +495,7 @@ class ReconnectingPort:
         if self._down is None or not self._down.stale:
             # A stale outage ends when valid data comes (mark_alive), not when the port opens.
             self._end_outage()
-            self._attempt = 0
+            self._retry.reset()
         return port
 
     async def _open_once(self) -> SerialPort:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -46,9 +45,11 @@ from typing import Any, Protocol
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.config import Config, MqttConfig
 from terminal_gw.errors import ConfigError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import SCHEMA_VERSION, EventSink, Status, iso_utc, make_event, new_id
+from terminal_gw.uplink import links
 from terminal_gw.uplink.inbox import Inbox, InboxEntry, Received
 from terminal_gw.uplink.mqtt import (
     Failure,
@@ -95,6 +96,8 @@ LONG_BACKOFF = frozenset({Failure.AUTH, Failure.TLS, Failure.CONFIG})
 # PUBACK reason codes (MQTT 5) after which sending the same record again cannot succeed:
 # not authorized (ACL), topic name invalid, packet too large, payload format invalid.
 PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x95, 0x99})
+#: The outbox's record classes (`terminal_gw.outbox.CLASS_PRIORITY`).
+CLASSES = ("sms", "bds", "command", "event", "status", "fix", "sky")
 
 
 class OutboxRecord(Protocol):
@@ -123,7 +126,7 @@ class DrainSource(Protocol):
     """
 
     async def next_batch(
-        self, limit: int, exclude: Collection[int] = ()
+        self, limit: int, exclude: Collection[int] = (), classes: Collection[str] | None = None
     ) -> Sequence[OutboxRecord]: ...
     async def ack(self, seqs: Iterable[int]) -> None: ...
     async def wait_for_records(self, timeout: float) -> bool: ...  # noqa: ASYNC109 - the outbox's interface
@@ -163,6 +166,8 @@ class UplinkCounters:
     commands_ignored: int = 0  # retained (stale) or empty (a retained one cleared): not run
     commands_duplicate: int = 0  # a command handed over again after a kill: stored once, run once
     commands_unstored: int = 0  # run without being stored: the inbox's disk refused them
+    thinned: int = 0  # fixes not sent on a link whose profile keeps one per position_interval_s
+    budget_reached: int = 0  # times a link profile's daily budget held records back
     commands_over_limit: int = 0  # larger than mqtt.max_command_bytes (3.1.1 cannot refuse them)
     refused: int = 0  # records the broker refused for good (MQTT 5 PUBACK reason code)
 
@@ -282,6 +287,11 @@ class _Closing(Exception):  # noqa: N818 - a control-flow signal
     """Ends a session's task group on stop()."""
 
 
+def ledger_path(config: Config) -> Path:
+    """Where each link profile's use today is kept: beside the outbox."""
+    return config.outbox.path.parent / "links.json"
+
+
 def inbox_path(config: Config) -> Path:
     """Where received commands are stored: `mqtt.inbox_path`, else beside the outbox."""
     return config.mqtt.inbox_path or config.outbox.path.parent / "inbox.db"
@@ -300,6 +310,28 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     return context
 
 
+class _Window:
+    """One connection's QoS 1 messages awaiting their PUBACK, and what wakes the drain.
+
+    PUBACKs arrive through the link's callback (no task and no timer per message); the drain
+    waits on the one event, with the oldest message's deadline as its bound.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.sent: dict[int, tuple[Outgoing, float]] = {}  # key -> (message, deadline)
+        self.next_key = 0
+        self.error: BaseException | None = None  # the link ended, a PUBACK timed out, ...
+        self.wake = asyncio.Event()
+        self.records = False  # the outbox says records wait
+        self.read = asyncio.Event()  # the drain read the outbox since the watcher last woke it
+
+    def oldest_deadline(self) -> float | None:
+        for _msg, deadline in self.sent.values():
+            return deadline
+        return None
+
+
 class Uplink:
     """The MQTT session: connect, announce, drain the outbox, take commands, reconnect."""
 
@@ -315,6 +347,7 @@ class Uplink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cfg = config.mqtt
+        self._profiles = list(config.links)
         self._outbox = outbox
         self._events = events
         self._health = health
@@ -345,7 +378,9 @@ class Uplink:
         self._stop_budget_s = 3.0
         self._client: MqttLink | None = None  # while connected
         self._link: MqttLink | None = None  # the current connection, also while connecting
-        self._attempt = 0
+        self._retry = Retry(Backoff(self._cfg.backoff_min_s, self._cfg.backoff_max_s))
+        # A refused password or certificate waits the longest, spread over its last tenth.
+        self._auth_backoff = Backoff(self._cfg.auth_backoff_s, self._cfg.auth_backoff_s, jitter=0.1)
         self._reported: str | None = None  # reason of the last failure event, to not repeat it
         self._refusals_reported: set[tuple[str, int]] = set()
         self._inbox = Inbox(inbox_path(config), clock=clock)
@@ -356,9 +391,17 @@ class Uplink:
         self._inflight: set[int] = set()
         self._acked: list[int] = []  # PUBACKed, waiting for outbox.ack
         self._ack_wake = asyncio.Event()
-        self._progress = asyncio.Event()  # set when acked records leave the outbox
-        self._publishing = 0
-        self._idle = asyncio.Event()
+        self._window: _Window | None = None  # the current connection's messages in flight
+        # Link profiles: the one in use, one forced by command, and today's use of each.
+        self.profile = self._profiles[-1]
+        self.interface: str | None = None
+        self._forced: str | None = None
+        self.ledger = links.LinkLedger(ledger_path(config), clock=clock)
+        self._wire_seen = 0  # bytes of the current connection already in the ledger
+        self._budget_reported: set[tuple[str, str]] = set()
+        self._position_slots: dict[int, None] = {}  # position_interval_s slots sent, bounded
+        self._slot_of: dict[int, int] = {}  # seq -> slot of the fixes kept by the last read
+        self._idle = asyncio.Event()  # no message awaits its PUBACK
         self._idle.set()
 
     # --- life -------------------------------------------------------------------------------
@@ -476,16 +519,14 @@ class Uplink:
     def backoff_delay(self, failure: Failure) -> float:
         """The wait before the next attempt: capped exponential with jitter; longest for auth."""
         if failure in LONG_BACKOFF:
-            return self._cfg.auth_backoff_s * random.uniform(0.9, 1.0)  # noqa: S311 - jitter
-        base = min(self._cfg.backoff_max_s, self._cfg.backoff_min_s * 2.0 ** min(self._attempt, 30))
-        self._attempt += 1
-        return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+            return self._auth_backoff.delay(0)
+        return self._retry.next_delay()
 
     async def _back_off(self, down: _LinkDown, session_s: float) -> None:
         # A link that stayed up longer than the longest wait was healthy: start over, but a
         # broker that accepts and drops at once (a duplicate client id) keeps growing the wait.
         if self.state is LinkState.CONNECTED and session_s >= min(self._cfg.backoff_max_s, 60.0):
-            self._attempt = 0
+            self._retry.reset()
         delay = self.backoff_delay(down.failure)
         self._set_state(LinkState.BACKING_OFF, down.reason, down.failure)
         self.retry_at = self._clock() + delay
@@ -526,8 +567,73 @@ class Uplink:
         )
         return status.to_json().encode()
 
+    def force_profile(self, name: str | None) -> None:
+        """Use the named profile from the next connection on (None: choose by interface);
+        the current connection is dropped so that the change takes effect now."""
+        if name is not None and name not in {p.name for p in self._profiles}:
+            raise UplinkError(f"no link profile named {name!r}")
+        self._forced = name
+        window = self._window
+        if window is not None and window.error is None:
+            window.error = _LinkDown(Failure.LOST, "lost: the link profile was changed")
+            window.wake.set()
+        if self._client is not None:
+            self._client.abort("link profile changed")
+
+    def profile_names(self) -> list[str]:
+        """The configured link profiles, in their order."""
+        return [p.name for p in self._profiles]
+
+    def _choose_profile(self) -> None:
+        if self._forced is not None:
+            self.profile = next(p for p in self._profiles if p.name == self._forced)
+            self.interface = None
+            return
+        routes = links.read_routes()
+        self.interface = None
+        for address in links.resolve(self._cfg.host):
+            self.interface = links.interface_for(address, routes)
+            if self.interface is not None:
+                break
+        self.profile = links.choose_profile(self._profiles, self.interface)
+
+    def link_summary(self) -> dict[str, Any]:
+        """The active link profile and its use today (for the status)."""
+        if self._client is not None:
+            self._count_wire(self._client)
+        out: dict[str, Any] = {
+            "profile": self.profile.name,
+            "interface": self.interface,
+            "forced": self._forced is not None,
+            "encoding": self.profile.encoding,
+        }
+        out.update(self.ledger.summary(self.profile))
+        out["over_budget"] = self.ledger.over_budget(self.profile)
+        return out
+
+    def _count_wire(self, client: MqttLink) -> None:
+        """Add what the connection carried since the last count to today's ledger."""
+        count = client.wire_count()
+        if count is None:
+            return
+        total = count.total
+        self.ledger.add(self.profile.name, nbytes=total - self._wire_seen)
+        self._wire_seen = total
+
+    async def _wire_loop(self, client: MqttLink) -> None:
+        """Count the link's bytes every second; save the ledger every 10 s."""
+        n = 0
+        while True:
+            await asyncio.sleep(1.0)
+            self._count_wire(client)
+            n += 1
+            if n % 10 == 0:
+                await asyncio.to_thread(self.ledger.save)
+
     async def _make_link(self) -> MqttLink:
         cfg = self._cfg
+        await asyncio.to_thread(self._choose_profile)
+        self._wire_seen = 0
         context: ssl.SSLContext | None = None
         if cfg.tls:
             try:
@@ -547,7 +653,7 @@ class Uplink:
             port=cfg.port,
             client_id=self.client_id,
             protocol=cfg.protocol,
-            keepalive_s=cfg.keepalive_s,
+            keepalive_s=self.profile.keepalive_s or cfg.keepalive_s,
             # TCP connect, TLS handshake and CONNACK: a satellite link needs more than 5 s.
             timeout_s=cfg.publish_timeout_s,
             inflight=cfg.inflight,
@@ -613,17 +719,21 @@ class Uplink:
             self._link = None
 
     async def _end_session(self, client: MqttLink, *, clean: bool) -> None:
+        self._count_wire(client)
         try:
             await self._flush_acks(final=True)
         finally:
             # Whatever is not acknowledged now is sent again on the next connection.
             self._inflight = set(self._acked)
-            self._publishing = 0
+            self._window = None
             self._idle.set()
             if clean:
                 await self._say_offline(client)
-            else:
+            self._count_wire(client)
+            if not clean:
                 client.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.ledger.save)
 
     async def _say_offline(self, client: MqttLink) -> None:
         budget = max(0.2, self._stop_budget_s * 0.4)
@@ -666,12 +776,14 @@ class Uplink:
 
     async def _serve(self, client: MqttLink) -> None:
         """Receive, drain and acknowledge until stop or a failure."""
-        window = asyncio.Semaphore(self._cfg.inflight)
+        window = self._window = _Window(self._cfg.inflight)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name="uplink-receive")
                 tg.create_task(self._ack_loop(), name="uplink-ack")
-                drain = tg.create_task(self._drain(client, tg, window), name="uplink-drain")
+                tg.create_task(self._watch_records(window), name="uplink-watch")
+                tg.create_task(self._wire_loop(client), name="uplink-wire")
+                drain = tg.create_task(self._drain(client, window), name="uplink-drain")
                 await self._stop.wait()
                 # Take no more records; let those in flight get their PUBACK, for a while.
                 drain.cancel()
@@ -808,87 +920,168 @@ class Uplink:
         except Exception:  # noqa: BLE001 - a failing command must not stop the others
             self._log.exception("mqtt_command_failed", topic=topic)
 
-    async def _drain(
-        self, client: MqttLink, tg: asyncio.TaskGroup, window: asyncio.Semaphore
-    ) -> None:
+    def _classes_now(self) -> frozenset[str] | None:
+        """The classes the link may carry now (profile and budget); None: every class."""
+        profile = self.profile
+        over = self.ledger.over_budget(profile)
+        if over:
+            key = (profile.name, self.ledger.day)
+            if key not in self._budget_reported:
+                self._budget_reported.add(key)
+                self.counters.budget_reached += 1
+                self._log.warning("link_budget_reached", profile=profile.name)
+                self._events(
+                    make_event(
+                        "uplink",
+                        f"link profile {profile.name}: today's budget is used up; only"
+                        f" {', '.join(profile.over_budget_classes)} go until UTC midnight",
+                        now=self._clock(),
+                        severity="warning",
+                        profile=profile.name,
+                        **self.ledger.summary(profile),
+                    )
+                )
+        return links.allowed_classes(profile, over_budget=over, all_classes=CLASSES)
+
+    def _thin(self, records: Sequence[OutboxRecord]) -> list[OutboxRecord]:
+        """Keep one fix per `position_interval_s` of the profile; ack the others unsent."""
+        interval = self.profile.position_interval_s
+        if interval <= 0:
+            return list(records)
+        kept: list[OutboxRecord] = []
+        dropped: list[int] = []
+        self._slot_of.clear()  # what a held-back record claimed is claimed again next read
+        claimed: set[int] = set()
+        for rec in records:
+            if rec.cls != "fix":
+                kept.append(rec)
+                continue
+            slot = int(rec.created // interval)
+            if slot in self._position_slots or slot in claimed:
+                dropped.append(rec.seq)
+                continue
+            claimed.add(slot)
+            self._slot_of[rec.seq] = slot
+            kept.append(rec)
+        if dropped:
+            self.counters.thinned += len(dropped)
+            self._inflight.update(dropped)
+            self._acked.extend(dropped)
+            self._ack_wake.set()
+        return kept
+
+    async def _drain(self, client: MqttLink, window: _Window) -> None:
         cfg = self._cfg
-        limit = max(cfg.inflight, cfg.batch_max) if cfg.batch_backlog else cfg.inflight
+        profile = self.profile
+        batch = cfg.batch_backlog or profile.batch_max_records is not None
+        batch_max = profile.batch_max_records or cfg.batch_max
+        batch_min_age_s = (
+            cfg.batch_min_age_s if profile.batch_max_age_s is None else profile.batch_max_age_s
+        )
+        # Read ahead of the window: one outbox read (a thread hop) feeds several round trips.
+        limit = 4 * (max(cfg.inflight, batch_max) if batch else cfg.inflight)
         woke = False  # the outbox said new records wait
         while True:
+            self._check_window(window)
+            window.records = False
+            classes = self._classes_now()
             try:
-                records = await self._outbox.next_batch(limit, exclude=self._inflight)
+                if classes is None:
+                    records = await self._outbox.next_batch(limit, exclude=self._inflight)
+                else:
+                    records = await self._outbox.next_batch(
+                        limit, exclude=self._inflight, classes=classes
+                    )
             except TerminalGwError as exc:
                 self._log.warning("outbox_read_failed", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                window.read.set()
             if not records:
                 if woke:
                     # Records said to wait but none came: do not spin on a stale signal.
                     woke = False
                     await asyncio.sleep(0.05)
-                elif self._inflight:
-                    woke = await self._wait_for_work(0.25)
                 else:
-                    woke = await self._outbox.wait_for_records(1.0)
+                    woke = await self._wait(window, 1.0, records=True)
                 continue
             woke = False
+            full = len(records) >= limit
+            records = self._thin(records)
             messages = plan_messages(
                 records,
                 now=self._clock(),
-                batch=cfg.batch_backlog,
-                batch_max=cfg.batch_max,
-                batch_min_age_s=cfg.batch_min_age_s,
-                hold_tail=len(records) >= limit,
+                batch=batch,
+                batch_max=batch_max,
+                batch_min_age_s=batch_min_age_s,
+                hold_tail=full,
             )
             for msg in messages:
-                await window.acquire()
+                while window.free <= 0:
+                    await self._wait(window, cfg.publish_timeout_s)
                 delay = max(
                     self._msg_bucket.reserve(1), self._byte_bucket.reserve(len(msg.payload))
                 )
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self._inflight.update(msg.seqs)
-                self._publishing += 1
-                self._idle.clear()
-                tg.create_task(self._publish(client, msg, window), name="uplink-publish")
+                self._check_window(window)
+                if self._classes_now() != classes:
+                    break  # a budget was reached: read again with what may still go
+                self._send(client, window, msg)
 
-    async def _wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
-        """Until acks come or new records wait (True), `timeout` at most.
+    def _send(self, client: MqttLink, window: _Window, msg: Outgoing) -> None:
+        if self._slot_of:
+            for seq in msg.seqs:
+                slot = self._slot_of.pop(seq, None)
+                if slot is not None:
+                    self._position_slots[slot] = None
+            while len(self._position_slots) > 4096:
+                del self._position_slots[next(iter(self._position_slots))]
+        key = window.next_key
+        window.next_key += 1
+        window.sent[key] = (msg, time.monotonic() + self._cfg.publish_timeout_s)
+        window.free -= 1
+        self._inflight.update(msg.seqs)
+        self.ledger.add(self.profile.name, messages=1)
+        self._idle.clear()
 
-        New records go out at once, not after the PUBACKs of those in flight (a round trip
-        on a slow link).
-        """
-        self._progress.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
-                acks = tg.create_task(self._progress.wait(), name="uplink-wait-acks")
-                new = tg.create_task(
-                    self._outbox.wait_for_records(timeout), name="uplink-wait-records"
-                )
-                await asyncio.wait({acks, new}, return_when=asyncio.FIRST_COMPLETED)
-                acks.cancel()
-                new.cancel()
-                return new.done() and not new.cancelled() and new.result()
-        return False
+        def done(refusal: Refusal | None, error: LinkError | None) -> None:
+            self._published(window, key, msg, refusal, error)
 
-    async def _publish(self, client: MqttLink, msg: Outgoing, window: asyncio.Semaphore) -> None:
         try:
-            refusal = await client.publish(
-                msg.topic,
-                msg.payload,
-                qos=1,
-                retain=msg.retain,
-                timeout=self._cfg.publish_timeout_s,
-            )
+            client.publish_nowait(msg.topic, msg.payload, retain=msg.retain, done=done)
         except LinkError as exc:
+            window.sent.pop(key, None)
+            window.free += 1
             raise _LinkDown.of(exc) from exc
-        finally:
-            window.release()
-            self._publishing -= 1
-            if self._publishing <= 0:
-                self._idle.set()
+
+    def _published(
+        self,
+        window: _Window,
+        key: int,
+        msg: Outgoing,
+        refusal: Refusal | None,
+        error: LinkError | None,
+    ) -> None:
+        """A PUBACK (or the end of the link) for one message: from the link's callback."""
+        if window.sent.pop(key, None) is None:
+            return
+        window.free += 1
+        window.wake.set()
+        if not window.sent:
+            self._idle.set()
+        if error is not None:
+            if window.error is None:
+                window.error = _LinkDown.of(error)
+            return
         if refusal is not None:
-            self._refused(msg, refusal)
+            try:
+                self._refused(msg, refusal)
+            except _LinkDown as down:
+                if window.error is None:
+                    window.error = down
+                return
         else:
             self.counters.published += 1
             self.counters.bytes += len(msg.payload)
@@ -896,6 +1089,41 @@ class Uplink:
                 self.counters.batches += 1
         self._acked.extend(msg.seqs)
         self._ack_wake.set()
+
+    def _check_window(self, window: _Window) -> None:
+        """Raise what ended this connection's drain: a link error, or a PUBACK overdue."""
+        if window.error is not None:
+            raise window.error
+        deadline = window.oldest_deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            timeout = self._cfg.publish_timeout_s
+            raise _LinkDown(Failure.TIMEOUT, f"timeout: no PUBACK within {timeout:g} s")
+
+    async def _wait(self, window: _Window, bound: float, *, records: bool = False) -> bool:
+        """Until a PUBACK, the end of the link or (with `records`) new records in the outbox,
+        `bound` seconds at most and never past the oldest PUBACK's deadline. True when the
+        outbox said records wait."""
+        window.wake.clear()
+        if records and window.records:
+            return True
+        deadline = window.oldest_deadline()
+        if deadline is not None:
+            bound = min(bound, max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound):
+                await window.wake.wait()
+        self._check_window(window)
+        return records and window.records
+
+    async def _watch_records(self, window: _Window) -> None:
+        """Wake the drain when the outbox has records it has not read (one task a connection)."""
+        while True:
+            if await self._outbox.wait_for_records(60.0):
+                window.records = True
+                window.wake.set()
+                # Signalled until the drain reads: wait for that read before asking again.
+                window.read.clear()
+                await window.read.wait()
 
     def _refused(self, msg: Outgoing, code: Refusal) -> None:
         """The broker refused a record: drop it if that is final, else end the session."""
@@ -953,5 +1181,4 @@ class Uplink:
                 raise
             self._inflight.difference_update(batch)
             self.counters.records += len(batch)
-            self._progress.set()
         return True

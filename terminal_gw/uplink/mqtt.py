@@ -33,6 +33,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw.uplink.links import WireCount, wire_count
+
 
 class Failure(StrEnum):
     """Why a connection failed or ended."""
@@ -205,6 +207,7 @@ class MqttLink:
         self._connack: asyncio.Future[bool] = self._loop.create_future()
         self.closed: asyncio.Future[LinkError] = self._loop.create_future()
         self._acks: dict[int, asyncio.Future[Refusal | None]] = {}
+        self._callbacks: dict[int, Callable[[Refusal | None, LinkError | None], None]] = {}
         self._early_acks: dict[int, Refusal | None] = {}
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.session_present = False
@@ -351,6 +354,26 @@ class MqttLink:
         finally:
             self._acks.pop(info.mid, None)
 
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        done: Callable[[Refusal | None, LinkError | None], None],
+    ) -> None:
+        """Queue a QoS 1 publish; `done(refusal, None)` runs when its PUBACK arrives, or
+        `done(None, error)` when the link ends first. No task, no timer: the caller keeps
+        its own deadline (the drain checks the oldest message in flight)."""
+        self._check_open()
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
+            raise LinkError(Failure.LOST, f"lost: publish failed: {paho.error_string(info.rc)}")
+        if info.mid in self._early_acks:
+            done(self._early_acks.pop(info.mid), None)
+            return
+        self._callbacks[info.mid] = done
+
     async def subscribe(self, topic: str, qos: int, timeout: float) -> int:  # noqa: ASYNC109 - the SUBACK deadline
         """Subscribe and wait for the SUBACK: the QoS granted, or LinkError(REFUSED)."""
         self._check_open()
@@ -370,6 +393,11 @@ class MqttLink:
         if code.is_failure:
             raise LinkError(Failure.REFUSED, f"refused: subscribing to {topic} failed: {code}")
         return int(code.value)
+
+    def wire_count(self) -> WireCount | None:
+        """What this connection carried so far, by the kernel's TCP counters."""
+        sock = self._client.socket()
+        return None if sock is None else wire_count(sock)
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received message (PUBACK): the broker forgets it."""
@@ -443,6 +471,10 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         code = Refusal(reason.value, str(reason)) if self._v5 and reason.is_failure else None
+        done = self._callbacks.pop(mid, None)
+        if done is not None:
+            done(code, None)
+            return
         fut = self._acks.get(mid)
         if fut is None:
             self._early_acks[mid] = code
@@ -501,6 +533,10 @@ class MqttLink:
         for suback in self._subacks.values():
             if not suback.done():
                 suback.set_exception(error)
+        callbacks = list(self._callbacks.values())
+        self._callbacks.clear()
+        for done in callbacks:
+            done(None, error)
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None

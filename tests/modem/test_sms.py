@@ -240,6 +240,19 @@ def _gsm7_with_header(header: bytes, septets: bytes) -> bytes:
         (bytes([3, 0x24, 1, 2]), bytes([0x1B, 0x41, 0x1B, 0x09, 0x1B, 0x65]), "Áç€"),
         # Portuguese locking and single shift together: 0x04 "ê", 0x16 "^", ESC 0x5B "Ã".
         (bytes([6, 0x25, 1, 3, 0x24, 1, 3]), bytes([0x04, 0x16, 0x1B, 0x5B]), "ê^Ã"),
+        # Bengali locking shift (language 4): 0x00-0x03 are candrabindu, anusvara, visarga, A.
+        (bytes([3, 0x25, 1, 4]), bytes([0x00, 0x01, 0x02, 0x03]), "\u0981\u0982\u0983\u0985"),
+        # Hindi locking shift (6) with its single shift: danda at ESC 0x19, digit zero at ESC 0x1C;
+        # the line feed stays at 0x0A in every table.
+        (
+            bytes([6, 0x25, 1, 6, 0x24, 1, 6]),
+            bytes([0x00, 0x03, 0x0A, 0x1B, 0x19, 0x1B, 0x1C]),
+            "\u0901\u0905\n\u0964\u0966",
+        ),
+        # Urdu locking shift (13): 0x00 alef, 0x01 alef with madda.
+        (bytes([3, 0x25, 1, 13]), bytes([0x00, 0x01]), "\u0627\u0622"),
+        # Tamil (11) leaves 0x00 reserved: shown as the replacement character, not dropped.
+        (bytes([3, 0x25, 1, 11]), bytes([0x00, 0x0A]), "\ufffd\n"),
         # A language this codec has no table for reads as the default alphabet.
         (bytes([3, 0x25, 1, 0x7F]), bytes([0x07, 0x60]), "ì¿"),
     ],

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from terminal_gw.backoff import Backoff
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.models import Fix, Sky
 from terminal_gw.sim.gnss import GnssSimulator, Track, load_capture, sentence_time
 from terminal_gw.transport.pty import PtyDevice
-from terminal_gw.transport.serial import Backoff, PortState, ReconnectingPort, SerialPort
+from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort
 from tests.conftest import GNSS_CORPUS, REPO
 from tests.waiting import wait_until
 

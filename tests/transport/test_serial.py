@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from terminal_gw.backoff import Backoff
 from terminal_gw.errors import TransportError
 from terminal_gw.models import Event
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.transport.serial import (
     AUTO_BAUD_ORDER,
-    Backoff,
     PortState,
     ReconnectingPort,
     SerialPort,

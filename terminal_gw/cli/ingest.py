@@ -10,6 +10,8 @@ from pathlib import Path
 from terminal_gw.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_PERMISSION, EXIT_USAGE
 
 DEFAULT_INGEST_CONFIG = Path("/etc/terminal-gw/ingest.toml")
+#: Logging is set up here, from the config's [log] section (and --log-level).
+LOGS = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli(args: argparse.Namespace) -> int:
     """Run `terminal-gw ingest`."""
-    from terminal_gw.__main__ import print_config_error
+    from terminal_gw.cli.common import print_config_error
     from terminal_gw.errors import ConfigError
     from terminal_gw.exit_codes import permission_denied
     from terminal_gw.ingest.config import load_ingest_config
