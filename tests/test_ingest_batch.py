@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from terminal_gw.wire import encode_batch
-
+from terminal_gw.wire import encode_batch, sky_summary
 from tests.broker import Broker
 from tests.ingest_support import (
     PREFIX,
@@ -16,6 +15,7 @@ from tests.ingest_support import (
     migrate,
     query,
     run_cli,
+    sky_payload,
     write_config,
 )
 from tests.pg import Postgres
@@ -28,7 +28,8 @@ def test_compact_batches_stored_fix_by_fix_once(
     migrate(config)
     assert run_cli("ingest", "--config", str(config), "--client-id", "w", "--once").returncode == 0
     fixes = [fix_payload(i).to_json_dict() for i in range(120)]
-    first = encode_batch(fixes[:80], "vessel-9")
+    sky = sky_summary(sky_payload().to_json_dict())  # a sky view travels as counts
+    first = encode_batch([*fixes[:80], sky], "vessel-9")
     second = encode_batch(fixes[60:], "vessel-9")  # 20 fixes again, in another batch
     topic = f"{PREFIX}/vessel-9/gnss/batch"
     Publisher(broker, "dev-w").publish_all(
@@ -43,3 +44,6 @@ def test_compact_batches_stored_fix_by_fix_once(
     assert len(reason) == 1
     assert reason[0][0].startswith("not a compact batch")
     assert count(pg, "latest_fix") == 1
+    views = query(pg, "SELECT id, satellites, seen, used FROM sky_summary")
+    assert views == [(views[0][0], None, {"gps": 1, "bds": 1}, {"bds": 1})]
+    assert str(views[0][0]) == sky["id"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from terminal_gw.errors import ParseError
 from terminal_gw.models import (
@@ -76,6 +76,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "pdop",
         "clock",
         "satellites",
+        "seen",
+        "used",
     ),
     "messages": (
         "id",
@@ -256,7 +258,10 @@ def _wire_batch(data: bytes, device: str, path: str, received: datetime, out: Pa
     for i, item in enumerate(items):
         try:
             if item.get("class") == "SKY":
-                _sky_row(Sky.model_validate(item), device, received, out)
+                # A batch carries a sky view as counts per constellation, not the list.
+                rest = {k: v for k, v in item.items() if k not in ("seen", "used")}
+                counts = _COUNTS.validate_python({k: item.get(k) or {} for k in ("seen", "used")})
+                _sky_row(Sky.model_validate(rest), device, received, out, counts=counts)
             else:
                 fix_row(Fix.model_validate(item), device, received, "wire", out)
         except ValidationError as exc:
@@ -267,9 +272,26 @@ def _sky(data: bytes, device: str, path: str, received: datetime, out: Parsed) -
     _sky_row(Sky.model_validate_json(data), device, received, out)
 
 
-def _sky_row(sky: Sky, device: str, received: datetime, out: Parsed) -> None:
+_COUNTS: TypeAdapter[dict[str, dict[str, int]]] = TypeAdapter(dict[str, dict[str, int]])
+
+
+def _sky_row(
+    sky: Sky,
+    device: str,
+    received: datetime,
+    out: Parsed,
+    *,
+    counts: dict[str, dict[str, int]] | None = None,
+) -> None:
+    """A sky view's row: its satellites (absent from a compact batch's summary) and the
+    satellites seen and used per constellation (counted here from the list when it came)."""
     text, _ = _time(sky.time)
     sats = [s.model_dump(mode="json", exclude_none=True) for s in sky.satellites]
+    if counts is None:
+        from terminal_gw.wire import sky_summary
+
+        summary = sky_summary({"satellites": sats})
+        counts = {"seen": summary["seen"], "used": summary["used"]}
     out.add(
         "sky_summary",
         (
@@ -283,7 +305,9 @@ def _sky_row(sky: Sky, device: str, received: datetime, out: Parsed) -> None:
             sky.vdop,
             sky.pdop,
             sky.clock,
-            _json(sats),
+            _json(sats) if sats or not counts["seen"] else None,
+            _json(counts["seen"]),
+            _json(counts["used"]),
         ),
     )
 

@@ -57,7 +57,9 @@ CREATE TABLE sky_summary (
     vdop       double precision,
     pdop       double precision,
     clock      text NOT NULL,
-    satellites jsonb NOT NULL
+    satellites jsonb,                 -- the list; NULL for a compact batch's summary
+    seen       jsonb NOT NULL,        -- satellites in view per constellation: {"gps": 9, "bds": 12}
+    used       jsonb NOT NULL         -- of them, used in the fix
 );
 CREATE INDEX sky_summary_device_time ON sky_summary (device, time);
 
