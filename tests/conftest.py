@@ -1,5 +1,5 @@
-"""Shared fixtures: a real mosquitto broker per test, a systemd notify socket, corpus paths,
-leftover-task check."""
+"""Shared fixtures: a real mosquitto broker per test, a real PostgreSQL cluster per session,
+a systemd notify socket, corpus paths, leftover-task check."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Broker
+from tests.pg import Postgres
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -58,3 +59,26 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
         await asyncio.gather(*leftovers, return_exceptions=True)
         names = ", ".join(sorted(t.get_name() for t in leftovers))
         pytest.fail(f"test left tasks running: {names}")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster for the whole session (initdb + pg_ctl, a free port)."""
+    cluster = Postgres()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg(pg_cluster: Postgres) -> Iterator[Postgres]:
+    """The session's cluster with an empty test database; started again if a test stopped it."""
+    if not (pg_cluster.data / "postmaster.pid").exists():
+        pg_cluster.start()
+    pg_cluster.reset()
+    yield pg_cluster
+    if not (pg_cluster.data / "postmaster.pid").exists():
+        pg_cluster.start()

@@ -42,6 +42,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("outbox", "inspect the outbox: stats, export", "terminal_gw.cli.outbox"),
     ("schema", "print the JSON Schema of the payloads", "terminal_gw.cli.schema"),
     ("decode", "decode SMS PDUs or a compact batch to JSON lines", "terminal_gw.cli.decode"),
+    ("ingest", "fleet side: MQTT shared subscription into PostgreSQL", "terminal_gw.cli.ingest"),
 )
 
 

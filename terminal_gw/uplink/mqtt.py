@@ -91,10 +91,11 @@ class LinkOptions:
     inflight: int
     session_expiry_s: int  # MQTT 5: how long the broker keeps the session; 0 = clean session
     max_packet_bytes: int  # MQTT 5: the largest packet the broker may send us
-    will: Will
+    will: Will | None  # None: no last will (the fleet side's ingest has none to announce)
     username: str | None = None
     password: str | None = None
     tls_context: ssl.SSLContext | None = None
+    receive_maximum: int = 0  # MQTT 5: unacknowledged messages the broker may send; 0: its default
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,8 @@ class MqttLink:
         if options.tls_context is not None:
             client.tls_set_context(options.tls_context)
         will = options.will
-        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
@@ -231,6 +233,8 @@ class MqttLink:
             if opts.session_expiry_s > 0:
                 properties.SessionExpiryInterval = opts.session_expiry_s
             properties.MaximumPacketSize = opts.max_packet_bytes
+            if opts.receive_maximum > 0:
+                properties.ReceiveMaximum = opts.receive_maximum
             kwargs = {"clean_start": opts.session_expiry_s == 0, "properties": properties}
         try:
             async with asyncio.timeout(opts.timeout_s):
