@@ -164,6 +164,7 @@ class Daemon:
             config, bps=lambda: None if self.gnss_port is None else self.gnss_port.baud
         )
         self.pipeline.sentence_observers.extend(self.serving.sentence_observers)
+        self.pipeline.binary_observers.extend(self.serving.binary_observers)
         self.gnss_observers = self.serving.payload_observers
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()

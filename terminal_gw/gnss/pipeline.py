@@ -49,6 +49,8 @@ class GnssPipeline:
         #: Called with every framed sentence, before it is decoded (the local NMEA and gpsd
         #: servers); must not block. Empty unless a server is on.
         self.sentence_observers: list[Callable[[Sentence], None]] = []
+        #: The same for every checked binary (UBX, CASIC) frame (gpsd's raw watchers).
+        self.binary_observers: list[Callable[[BinaryFrame], None]] = []
 
     def feed(self, data: bytes, now: float) -> list[Payload]:
         """Fix, Sky and Event records completed by these bytes, in order."""
@@ -66,6 +68,8 @@ class GnssPipeline:
         for sentence in frames:
             if isinstance(sentence, BinaryFrame):
                 self.last_valid_sentence = now
+                for see in self.binary_observers:
+                    see(sentence)
                 self._binary_frame(sentence, now, out)
                 continue
             if sentence.checked:

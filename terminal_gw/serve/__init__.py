@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from terminal_gw.config import Config
-from terminal_gw.gnss.framer import Sentence
+from terminal_gw.gnss.framer import BinaryFrame, Sentence
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Payload
 from terminal_gw.supervisor import Stage
@@ -22,6 +22,7 @@ class Serving:
     def __init__(self, config: Config, *, bps: Callable[[], int | None]) -> None:
         self.sentence_observers: list[Callable[[Sentence], None]] = []
         self.payload_observers: list[Callable[[Payload], None]] = []
+        self.binary_observers: list[Callable[[BinaryFrame], None]] = []
         self._stages: list[Stage] = []
         self._counters: dict[str, Callable[[], dict[str, int]]] = {}
         gcfg = config.gpsd_server
@@ -37,6 +38,7 @@ class Serving:
             self.gpsd: GpsdServer | None = gpsd
             self.sentence_observers.append(gpsd.on_sentence)
             self.payload_observers.append(gpsd.on_payload)
+            self.binary_observers.append(gpsd.on_binary)
             self._stages.append(Stage("gpsd_server", gpsd.run))
             self._counters["gpsd"] = lambda: dict(gpsd.counters, clients=len(gpsd.peers))
         else:

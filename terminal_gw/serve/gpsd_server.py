@@ -15,7 +15,7 @@ from structlog.typing import FilteringBoundLogger
 
 from terminal_gw import __version__
 from terminal_gw.config import GpsdServerConfig
-from terminal_gw.gnss.framer import Sentence
+from terminal_gw.gnss.framer import BinaryFrame, Sentence
 from terminal_gw.models import Fix, Payload, Sky, iso_utc
 from terminal_gw.serve import gpsd_json as gj
 from terminal_gw.serve.peers import Peer, PeerSet
@@ -67,7 +67,7 @@ class GpsdServer(PeerSet):
         self.activated: str | None = None
         self.last_tpv: bytes | None = None
         self.last_sky: bytes | None = None
-        self.counters.update(tpv=0, sky=0, sentences=0, requests=0)
+        self.counters.update(tpv=0, sky=0, sentences=0, binary_frames=0, requests=0)
 
     async def run(self) -> None:
         """Serve until cancelled."""
@@ -104,6 +104,26 @@ class GpsdServer(PeerSet):
                 if line is None:
                     line = sentence.raw + b"\r\n"
                 peer.send(line)
+
+    def on_binary(self, frame: BinaryFrame) -> None:
+        """A checked UBX or CASIC frame: verbatim to `raw: 2` clients, as one line of hex to
+        `raw: 1` clients (gpsd's two raw modes); `nmea` watchers get no binary."""
+        if self.activated is None:
+            self.activated = iso_utc(time.time())
+        self.counters["binary_frames"] += 1
+        hexed: bytes | None = None
+        for peer in list(self.peers):
+            if not isinstance(peer, GpsdClient) or not self._mine(peer):
+                continue
+            policy = peer.policy
+            if not policy.enable or policy.raw == 0:
+                continue
+            if policy.raw >= 2:
+                peer.send(frame.raw)
+            else:
+                if hexed is None:
+                    hexed = frame.raw.hex().encode() + b"\r\n"
+                peer.send(hexed)
 
     def _mine(self, peer: GpsdClient) -> bool:
         # A WATCH naming another device gets nothing from this one, as in gpsd.

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from terminal_gw.config import GpsdServerConfig
-from terminal_gw.gnss.framer import Framer
+from terminal_gw.gnss.framer import BinaryFrame, Framer
 from terminal_gw.logs import get_logger
 from terminal_gw.models import Fix, Satellite, Sky
 from terminal_gw.serve.gpsd_server import GpsdServer
@@ -291,3 +291,42 @@ async def test_time_from_the_system_clock_is_not_passed_on() -> None:
         assert "time" not in tpv
         assert "lat" not in tpv
         assert tpv["mode"] == 1
+
+
+# UBX NAV-EOE (class 0x01, id 0x61) with a 4-byte iTOW, checksum included.
+UBX_FRAME = bytes.fromhex("b5620161040000000000") + bytes([0x66, 0xC7])
+
+
+def binary_frame() -> Any:
+    framer = Framer()
+    frames = framer.feed(UBX_FRAME) + framer.flush()
+    (frame,) = [f for f in frames if isinstance(f, BinaryFrame)]
+    return frame
+
+
+async def test_raw_watchers_get_binary_frames_as_gpsd_gives_them() -> None:
+    frame = binary_frame()
+    assert frame.raw == UBX_FRAME
+    async with server() as srv, client(srv) as hexed, client(srv) as verbatim, client(srv) as nmea:
+        for c, watch in (
+            (hexed, b'{"enable":true,"raw":1}'),
+            (verbatim, b'{"enable":true,"raw":2}'),
+            (nmea, b'{"enable":true,"nmea":true}'),
+        ):
+            await c.line()
+            await c.send(b"?WATCH=" + watch + b";\n")
+            await c.obj()
+            await c.obj()
+        srv.on_binary(frame)
+        srv.on_sentence(sentence())
+        # raw 1: the frame as one line of hex, then the sentence.
+        assert await hexed.line() == UBX_FRAME.hex()
+        assert (await hexed.line()).encode() == SENTENCE
+        # raw 2: the frame's bytes as received, then the sentence.
+        async with asyncio.timeout(10):
+            got = await verbatim.reader.readexactly(len(UBX_FRAME))
+        assert got == UBX_FRAME
+        assert (await verbatim.line()).encode() == SENTENCE
+        # nmea: sentences only.
+        assert (await nmea.line()).encode() == SENTENCE
+        assert srv.counters["binary_frames"] == 1
