@@ -166,6 +166,9 @@ class Daemon:
         self.pipeline.sentence_observers.extend(self.serving.sentence_observers)
         self.pipeline.binary_observers.extend(self.serving.binary_observers)
         self.gnss_observers = self.serving.payload_observers
+        if not self.gnss_observers:
+            # Only the reporting policy reads sky views: build one only when it would go out.
+            self.pipeline.assembler.sky_wanted = lambda: self.policy.sky_due(time.monotonic())
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()
         self.sink = CountingSink(self.outbox, self.records_in)

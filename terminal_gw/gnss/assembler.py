@@ -50,6 +50,7 @@ import datetime as dt
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -169,6 +170,9 @@ class EpochAssembler:
     """Group messages into epochs and build gpsd-style Fix and Sky records."""
 
     def __init__(self) -> None:
+        #: Asked before a sky view is built; None: always (replay, the gpsd server). The
+        #: daemon sets it to its reporting policy's `sky_due`.
+        self.sky_wanted: Callable[[], bool] | None = None
         self._epoch: _Epoch | None = None
         # Untimed sentences received after a learned cycle end, before the next timed one.
         self._late: _Epoch | None = None
@@ -629,6 +633,8 @@ class EpochAssembler:
         else:
             # No satellite view known: an empty list would claim none are in view.
             return None
+        if self.sky_wanted is not None and not self.sky_wanted():
+            return None  # the reporting policy would drop it: not built (the view is kept)
         lu = self._last_used
         used: frozenset[tuple[int, int]] = frozenset()
         if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:

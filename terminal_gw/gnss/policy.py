@@ -63,6 +63,11 @@ class ReportingPolicy:
             return False
         return True
 
+    def sky_due(self, now: float) -> bool:
+        """Would a sky view be published now? Asked before one is built (nothing is recorded)."""
+        last = self._last_sky_at
+        return last is None or now < last or now - last >= self.config.sky_interval_s
+
     def _fix_due(self, fix: Fix, now: float) -> bool:
         last = self._last_fix
         if last is None:

@@ -142,3 +142,33 @@ def test_distance_and_heading_helpers() -> None:
     assert heading_change_deg(350.0, 10.0) == pytest.approx(20.0)
     assert heading_change_deg(10.0, 350.0) == pytest.approx(20.0)
     assert heading_change_deg(0.0, 180.0) == pytest.approx(180.0)
+
+
+def test_sky_views_are_built_only_when_the_policy_would_publish_them() -> None:
+    from terminal_gw.gnss.pipeline import GnssPipeline
+    from tests.conftest import GNSS_CORPUS
+
+    data = (GNSS_CORPUS / "ublox-neo-m9n-nmea.log").read_bytes()
+    lines = b"".join(line + b"\n" for line in data.splitlines() if not line.startswith(b"#"))
+    every = GnssPipeline()
+    all_skies = [p for p in every.feed(lines, 0.0) + every.flush(0.0) if isinstance(p, Sky)]
+    assert len(all_skies) > 10
+
+    policy = ReportingPolicy(ReportingConfig(sky_interval_s=300.0))
+    clock = [0.0]
+    asked = GnssPipeline()
+    asked.assembler.sky_wanted = lambda: policy.sky_due(clock[0])
+    published: list[Sky] = []
+    built = 0
+    for n, line in enumerate(lines.splitlines(keepends=True)):
+        clock[0] = n * 0.5  # half a second a sentence: 1,400 sentences span ~700 s
+        for p in asked.feed(line, clock[0]):
+            if isinstance(p, Sky):
+                built += 1
+                if policy.should_report(p, clock[0]):
+                    published.append(p)
+    # Only the views the policy publishes were built, and each has the satellites of its epoch.
+    assert built == len(published) == 3
+    by_time = {s.time: s for s in all_skies}
+    for sky in published:
+        assert sky.satellites == by_time[sky.time].satellites
