@@ -376,6 +376,178 @@ def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
     return TXT(talker, str(_a(m, "text")))
 
 
+# The hot types (GGA, RMC, GNS, GLL, VTG, ZDA, GST) are split from their field tables too,
+# with pynmeagps's own conversions (lat/lon `dmm2ddd`, `time2utc`, `date2utc`, float, int) done
+# by slicing: a field in a form these do not take as given (a time with more than six decimal
+# places, a position without four digits before the point) sends the whole sentence through
+# pynmeagps instead, so the result is always pynmeagps's (tests/gnss/test_decoder_fast.py
+# checks this on every sentence of both corpora).
+
+
+class _SlowPathError(Exception):
+    """This sentence takes the pynmeagps path."""
+
+
+def _field(fields: tuple[str, ...], i: int) -> str:
+    return fields[i] if i < len(fields) else ""
+
+
+def _ff(fields: tuple[str, ...], i: int) -> float | None:
+    v = fields[i] if i < len(fields) else ""
+    return float(v) if v != "" else None
+
+
+def _fi(fields: tuple[str, ...], i: int) -> int | None:
+    v = fields[i] if i < len(fields) else ""
+    return int(v) if v != "" else None
+
+
+def _ftime(fields: tuple[str, ...], i: int) -> dt.time | None:
+    v = fields[i] if i < len(fields) else ""
+    if v == "":
+        return None
+    n = len(v)
+    if n == 6:
+        frac = ""
+    elif 8 <= n <= 13 and v[6] == ".":
+        frac = v[7:]
+    else:
+        raise _SlowPathError
+    head = v[:6]
+    digits = head.isascii() and head.isdigit()
+    if not digits or (frac and not (frac.isascii() and frac.isdigit())):
+        raise _SlowPathError
+    try:
+        micro = int(frac.ljust(6, "0")) if frac else 0
+        return dt.time(int(v[0:2]), int(v[2:4]), int(v[4:6]), micro)
+    except ValueError:
+        # Not a time of day: pynmeagps gives none, and a time field that is there but is not
+        # a time makes the sentence untrustworthy (see `_tf`).
+        raise ValueError(f"not a time of day: {v!r}") from None
+
+
+def _fdate(fields: tuple[str, ...], i: int) -> dt.date | None:
+    v = fields[i] if i < len(fields) else ""
+    if v == "":
+        return None
+    if len(v) != 6 or not v.isdigit() or not v.isascii():
+        raise _SlowPathError
+    yy = int(v[4:6])
+    try:
+        return dt.date(2000 + yy if yy < 69 else 1900 + yy, int(v[2:4]), int(v[0:2]))
+    except ValueError:
+        return None  # pynmeagps: an invalid date is no date
+
+
+def _fpos(fields: tuple[str, ...], i: int, negative: str) -> float | None:
+    """A (d)ddmm.mmmm field and its hemisphere letter after it, signed."""
+    v = fields[i] if i < len(fields) else ""
+    if v == "":
+        return None
+    dp = v.find(".")
+    if dp < 4:
+        raise _SlowPathError
+    try:
+        value = round(abs(float(v[0 : dp - 2])) + float(v[dp - 2 :]) / 60, 10)
+    except ValueError:
+        raise _SlowPathError from None
+    return -value if _field(fields, i + 1) == negative else value
+
+
+def _fdop(fields: tuple[str, ...], i: int) -> float | None:
+    d = _ff(fields, i)
+    return d if d is not None and 0 < d < 99 else None
+
+
+def _fs(fields: tuple[str, ...], i: int) -> str | None:
+    v = fields[i] if i < len(fields) else ""
+    return v or None
+
+
+def _fast_gga(talker: str, f: tuple[str, ...]) -> GGA:
+    return GGA(
+        talker,
+        _ftime(f, 0),
+        _fpos(f, 1, "S"),
+        _fpos(f, 3, "W"),
+        _fi(f, 5),
+        _fi(f, 6),
+        _fdop(f, 7),
+        _ff(f, 8),
+        _ff(f, 10),
+    )
+
+
+def _fast_rmc(talker: str, f: tuple[str, ...]) -> RMC:
+    mv = _ff(f, 9)
+    if mv is not None and _field(f, 10) == "W":
+        mv = -mv
+    return RMC(
+        talker,
+        _ftime(f, 0),
+        _field(f, 1) == "A",
+        _fpos(f, 2, "S"),
+        _fpos(f, 4, "W"),
+        _ff(f, 6),
+        _ff(f, 7),
+        _fdate(f, 8),
+        mv,
+        _fs(f, 11),
+    )
+
+
+def _fast_gns(talker: str, f: tuple[str, ...]) -> GNS:
+    return GNS(
+        talker,
+        _ftime(f, 0),
+        _fpos(f, 1, "S"),
+        _fpos(f, 3, "W"),
+        _fs(f, 5),
+        _fi(f, 6),
+        _fdop(f, 7),
+        _ff(f, 8),
+        _ff(f, 9),
+    )
+
+
+def _fast_gll(talker: str, f: tuple[str, ...]) -> GLL:
+    return GLL(
+        talker,
+        _ftime(f, 4),
+        _field(f, 5) == "A",
+        _fpos(f, 0, "S"),
+        _fpos(f, 2, "W"),
+        _fs(f, 6),
+    )
+
+
+def _fast_vtg(talker: str, f: tuple[str, ...]) -> VTG:
+    return VTG(talker, _ff(f, 0), _ff(f, 4), _ff(f, 6), _fs(f, 8))
+
+
+def _fast_zda(talker: str, f: tuple[str, ...]) -> ZDA:
+    day, month, year = _fi(f, 1), _fi(f, 2), _fi(f, 3)
+    date = None
+    if day is not None and month is not None and year is not None:
+        date = dt.date(year, month, day)
+    return ZDA(talker, _ftime(f, 0), date)
+
+
+def _fast_gst(talker: str, f: tuple[str, ...]) -> GST:
+    return GST(talker, _ftime(f, 0), _ff(f, 5), _ff(f, 6), _ff(f, 7))
+
+
+_FAST_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
+    "GGA": _fast_gga,
+    "RMC": _fast_rmc,
+    "GNS": _fast_gns,
+    "GLL": _fast_gll,
+    "VTG": _fast_vtg,
+    "ZDA": _fast_zda,
+    "GST": _fast_gst,
+}
+
+
 _DECODERS: dict[str, Callable[[Any, str, tuple[str, ...]], Message]] = {
     "GGA": _gga,
     "RMC": _rmc,
@@ -393,12 +565,24 @@ _FIELD_TABLE_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
 }
 
 
+def _quick(
+    fast: Callable[[str, tuple[str, ...]], Message], talker: str, fields: tuple[str, ...]
+) -> Message | None:
+    """The field-table decoding, or None when the sentence must go through pynmeagps."""
+    try:
+        return fast(talker, fields)
+    except _SlowPathError:
+        return None
+
+
 class Decoder:
     """Turn framed sentences into typed messages, counting what it skips."""
 
     def __init__(self) -> None:
         self._counters: Counter[str] = Counter(dict.fromkeys(DECODER_COUNTERS, 0))
         self._key_limit = len(DECODER_COUNTERS) + MAX_PROPRIETARY_KEYS
+        #: Decode the hot types from their field tables (False: all through pynmeagps).
+        self.fast = True
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -439,8 +623,11 @@ class Decoder:
                 return None
         try:
             table = _FIELD_TABLE_DECODERS.get(kind)
+            fast = _FAST_DECODERS.get(kind) if self.fast else None
             if table is not None:
                 decoded = table(talker, fields)
+            elif fast is not None and (quick := _quick(fast, talker, fields)) is not None:
+                decoded = quick
             else:
                 body = ",".join((talker + kind, *fields)).encode("ascii")
                 raw = b"$%s*%02X\r\n" % (body, nmea_checksum(body))
