@@ -49,6 +49,7 @@ from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
 from terminal_gw.uplink import Uplink
+from terminal_gw.uplink.compact import derive_id
 
 #: Events waiting for the outbox; beyond this they are counted and dropped (a flood guard).
 EVENT_QUEUE_MAX = 10_000
@@ -251,6 +252,9 @@ class Daemon:
 
     async def accept_gnss(self, payload: Payload, now: float) -> None:
         """A record from the GNSS pipeline: local servers, clock check, reporting policy, outbox."""
+        # A fix or sky with a GNSS time gets the id derived from the device and that time
+        # (stable, and free in a compact batch); untimed ones keep their random id.
+        payload = derive_id(payload, self.config.device.id)
         for observe in self.gnss_observers:
             observe(payload)
         if isinstance(payload, Fix):

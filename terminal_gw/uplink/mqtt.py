@@ -356,13 +356,19 @@ class MqttLink:
         payload: bytes,
         *,
         retain: bool = False,
+        content_type: str | None = None,
         done: Callable[[Refusal | None, LinkError | None], None],
     ) -> None:
         """Queue a QoS 1 publish; `done(refusal, None)` runs when its PUBACK arrives, or
         `done(None, error)` when the link ends first. No task, no timer: the caller keeps
-        its own deadline (the drain checks the oldest message in flight)."""
+        its own deadline (the drain checks the oldest message in flight). `content_type` is
+        sent as the MQTT 5 property (3.1.1 has none: left out)."""
         self._check_open()
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        props: Properties | None = None
+        if content_type is not None and self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
+            props.ContentType = content_type
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             raise LinkError(Failure.LOST, f"lost: publish failed: {paho.error_string(info.rc)}")
         if info.mid in self._early_acks:
