@@ -17,11 +17,12 @@ import aiomqtt
 
 from terminal_gw import wire
 from terminal_gw.config import Config, LinkProfileConfig
-from terminal_gw.models import Fix, Satellite, Sky, iso_utc, new_id
+from terminal_gw.models import Fix, Satellite, Sky, Status, iso_utc, new_id
 from terminal_gw.outbox import Outbox
 from terminal_gw.uplink import Uplink
 from terminal_gw.uplink.compact import derive_id, plan_compact
 from tests.broker import Broker
+from tests.byte_proxy import ByteProxy
 from tests.uplink_support import DEVICE, event, fix, make_config, running, topic_of, wait_until
 
 
@@ -208,3 +209,70 @@ def test_a_payload_the_batch_cannot_read_goes_as_json() -> None:
         ("t/fix", (2,), False),
         ("t/batch", (3,), True),
     ]
+
+
+async def test_topic_aliases_name_each_topic_once_per_connection(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with ByteProxy(broker.port) as proxy:
+        config = with_links(make_config(tmp_path, proxy.port), {"name": "lan"})
+        async with Outbox(config.outbox) as outbox:
+            sent = [fix(i) for i in range(200)]
+            for p in sent:
+                await outbox.put(topic_of(config, p), p)
+            uplink = Uplink(config, outbox, events=lambda e: None)
+            async with v5_subscriber(broker.port, f"tgw/{DEVICE}/gnss/#") as got:
+                async with running(uplink, outbox):
+                    await wait_until(lambda: len(got.messages) == 200, within=10)
+                    up = proxy.count.up
+                # The broker resolved every alias: each message on its full topic.
+                assert {t for t, _, _ in got.messages} == {topic_of(config, sent[0])}
+                assert [json.loads(p)["id"] for _, p, _ in got.messages] == [f.id for f in sent]
+    topic = len(topic_of(config, sent[0]))
+    payloads = sum(len(p.to_json()) for p in sent)
+    # Without aliases the topics alone (2 + 17 B a PUBLISH) would take more than all the
+    # overhead does with them: the topic goes once, then a 3 B alias property.
+    assert up < payloads + 200 * (topic + 2)
+
+
+async def test_a_compact_link_sends_a_small_birth_and_no_stale_statuses(
+    tmp_path: Path, broker: Broker
+) -> None:
+    config = with_links(
+        make_config(tmp_path, broker.port),
+        {"name": "sat", "encoding": "compact", "batch_max_age_s": 0},
+    )
+    board = {
+        "healthy": True,
+        "problems": {},
+        "uptime_s": 12.5,
+        "stages": {f"stage{i}": {"state": "running", "restarts": 0} for i in range(10)},
+        "counters": {f"c{i}": {"x": i, "y": i} for i in range(30)},
+        "gauges": {"outbox_depth": 3, "last_fix_mode": 3, "last_fix_age_s": 0.4, "link": "up"},
+    }
+    async with Outbox(config.outbox) as outbox:
+        stale = [Status(time=iso_utc(time.time()), state="online", health=board) for _ in range(5)]
+        for s in stale:
+            await outbox.put(f"tgw/{DEVICE}/status", s, retain=True)
+        p = fix(1)
+        await outbox.put(topic_of(config, p), p)
+        uplink = Uplink(config, outbox, events=lambda e: None, health=lambda: board)
+        async with v5_subscriber(broker.port, f"tgw/{DEVICE}/#") as got:
+            async with running(uplink, outbox):
+                await wait_until(lambda: outbox.depth == 0, within=10)
+                await wait_until(lambda: len(got.batches()) == 1, within=10)
+            statuses = [p for t, p, _ in got.messages if t.endswith("/status")]
+            births = [json.loads(p) for p in statuses if json.loads(p)["state"] == "online"]
+            assert len(births) == 1  # the birth; the 5 stored before it superseded
+            assert {s.id for s in stale}.isdisjoint(b["id"] for b in births)
+            assert len(statuses[0]) < 300
+            assert births[0]["health"] == {
+                "compact": True,
+                "profile": "sat",
+                "healthy": True,
+                "uptime_s": 12.5,
+                "outbox_depth": 3,
+                "last_fix_mode": 3,
+                "last_fix_age_s": 0.4,
+            }
+            assert uplink.counters.status_skipped == 5

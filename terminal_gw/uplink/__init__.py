@@ -172,6 +172,7 @@ class UplinkCounters:
     commands_over_limit: int = 0  # larger than mqtt.max_command_bytes (3.1.1 cannot refuse them)
     refused: int = 0  # records the broker refused for good (MQTT 5 PUBACK reason code)
     unencodable: int = 0  # fix/sky records a compact batch could not carry: sent as JSON
+    status_skipped: int = 0  # compact links: retained statuses superseded or saying nothing new
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain mapping."""
@@ -406,6 +407,8 @@ class Uplink:
         self._budget_reported: set[tuple[str, str]] = set()
         self._position_slots: dict[int, None] = {}  # position_interval_s slots sent, bounded
         self._slot_of: dict[int, int] = {}  # seq -> slot of the fixes kept by the last read
+        self._birth_at = 0.0  # when this connection's birth status was made
+        self._status_sent: tuple[str, float] | None = None  # compact links: last status sent
         self._idle = asyncio.Event()  # no message awaits its PUBACK
         self._idle.set()
 
@@ -564,11 +567,14 @@ class Uplink:
 
     def _status_payload(self, state: str) -> bytes:
         now = self._clock()
+        health = self._health() if state == "online" else {}
+        if health and self.profile.encoding == "compact":
+            health = compact.compact_health(health, self.profile.name)
         status = Status(
             id=new_id(int(now * 1000)),
             time=iso_utc(now),
             state="online" if state == "online" else "offline",
-            health=self._health() if state == "online" else {},
+            health=health,
         )
         return status.to_json().encode()
 
@@ -764,10 +770,14 @@ class Uplink:
     async def _announce(self, client: MqttLink) -> None:
         """Birth (retained online) and the command subscription."""
         timeout = self._cfg.publish_timeout_s
+        birth = self._status_payload("online")
+        self._birth_at = self._clock()
+        if self.profile.encoding == "compact":
+            self._status_sent = (compact.status_key(birth), time.monotonic())
         try:
             await client.publish(
                 self.status_topic,
-                self._status_payload("online"),
+                birth,
                 qos=1,
                 retain=True,
                 timeout=timeout,
@@ -1049,6 +1059,7 @@ class Uplink:
         self, records: Sequence[OutboxRecord], full: bool
     ) -> tuple[list[Outgoing], float | None]:
         profile = self.profile
+        records = self._statuses_needed(records)
         plan = compact.plan_compact(
             records,
             now=self._clock(),
@@ -1078,6 +1089,48 @@ class Uplink:
         ]
         return messages, plan.due
 
+    def _statuses_needed(self, records: Sequence[OutboxRecord]) -> list[OutboxRecord]:
+        """On a compact link, the retained statuses worth sending, made small: one stored
+        before this connection's birth or followed by a newer one on its topic is superseded,
+        and one that says nothing new (`compact.status_key`) within STATUS_REFRESH_S of the
+        last is not needed; those are removed unsent."""
+        newest: dict[str, int] = {}
+        for rec in records:
+            if rec.cls == "status" and rec.retain:
+                newest[rec.topic] = rec.seq
+        if not newest:
+            return list(records)
+        kept: list[OutboxRecord] = []
+        dropped: list[int] = []
+        for rec in records:
+            if not (rec.cls == "status" and rec.retain):
+                kept.append(rec)
+                continue
+            if newest[rec.topic] != rec.seq or (
+                rec.topic == self.status_topic and rec.created <= self._birth_at
+            ):
+                dropped.append(rec.seq)
+                continue
+            small = compact.compact_status(rec.payload, self.profile.name)
+            if small is None:
+                kept.append(rec)
+                continue
+            if rec.topic == self.status_topic:
+                key = compact.status_key(small)
+                last = self._status_sent
+                now = time.monotonic()
+                if last is not None and last[0] == key and now - last[1] < compact.STATUS_REFRESH_S:
+                    dropped.append(rec.seq)
+                    continue
+                self._status_sent = (key, now)
+            kept.append(compact.Stored(rec.seq, rec.cls, rec.topic, small, rec.created, True))
+        if dropped:
+            self.counters.status_skipped += len(dropped)
+            self._inflight.update(dropped)
+            self._acked.extend(dropped)
+            self._ack_wake.set()
+        return kept
+
     def _send(self, client: MqttLink, window: _Window, msg: Outgoing) -> None:
         if self._slot_of:
             for seq in msg.seqs:
@@ -1103,6 +1156,7 @@ class Uplink:
                 msg.payload,
                 retain=msg.retain,
                 content_type=msg.content_type,
+                alias=True,
                 done=done,
             )
         except LinkError as exc:

@@ -14,7 +14,8 @@ Ids: a fix or sky with a GNSS time carries the id derived from its device and ti
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -25,9 +26,14 @@ __all__ = [
     "BATCH_CLASSES",
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MAX_RECORDS",
+    "STATUS_REFRESH_S",
     "CompactPlan",
+    "Stored",
+    "compact_health",
+    "compact_status",
     "derive_id",
     "plan_compact",
+    "status_key",
 ]
 
 #: Defaults of a compact profile that leaves batch_max_records / batch_max_age_s unset.
@@ -74,6 +80,18 @@ class Record(Protocol):
     def created(self) -> float: ...
     @property
     def retain(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An outbox record with another payload (a status made small)."""
+
+    seq: int
+    cls: str
+    topic: str
+    payload: bytes
+    created: float
+    retain: bool = False
 
 
 class CompactPlan:
@@ -158,6 +176,52 @@ def plan_compact(
     return plan
 
 
-def seqs_of(messages: Sequence[tuple[str, bytes, bool, tuple[int, ...], bool]]) -> list[int]:
-    """Every seq the messages deliver (for tests and counters)."""
-    return [s for m in messages for s in m[3]]
+# --- the status on a compact link -----------------------------------------------------------
+
+#: A compact status equal to the last one sent (its volatile figures aside) is sent again
+#: only after this long.
+STATUS_REFRESH_S = 3600.0
+_VOLATILE = ("outbox_depth", "uptime_s", "last_fix_age_s")
+
+
+def compact_health(health: dict[str, Any], profile: str) -> dict[str, Any]:
+    """The few health figures a status on a metered link carries instead of the whole board:
+    healthy, the problems (when any), uptime, outbox depth, last fix mode and age, the link
+    profile. About 150 B of JSON instead of about 1.8 KB."""
+    gauges = health.get("gauges")
+    gauges = gauges if isinstance(gauges, dict) else {}
+    out: dict[str, Any] = {"compact": True, "profile": profile}
+    for key in ("healthy", "uptime_s"):
+        if key in health:
+            out[key] = health[key]
+    if health.get("problems"):
+        out["problems"] = health["problems"]
+    for key in ("outbox_depth", "last_fix_mode", "last_fix_age_s"):
+        if gauges.get(key) is not None:
+            out[key] = gauges[key]
+    return out
+
+
+def compact_status(payload: bytes, profile: str) -> bytes | None:
+    """A stored status payload with its health reduced (`compact_health`); None when it is
+    not a status object (it then goes as it is)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("class") != "STATUS":
+        return None
+    health = data.get("health")
+    if isinstance(health, dict) and not health.get("compact"):
+        data["health"] = compact_health(health, profile)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def status_key(payload: bytes) -> str:
+    """What tells two compact statuses apart: the state and health without id, time and the
+    figures that change all the time."""
+    data = json.loads(payload)
+    health = dict(data.get("health") or {})
+    for key in _VOLATILE:
+        health.pop(key, None)
+    return json.dumps([data.get("state"), health], sort_keys=True)
