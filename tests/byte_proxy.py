@@ -55,12 +55,7 @@ class ByteProxy:
 
     def segments_now(self) -> int:
         """Segments of closed connections plus those of the open ones so far."""
-        total = self.count.segments
-        for w in self._open:
-            c = links.wire_count(w.get_extra_info("socket"))
-            if c is not None:
-                total += c.segments
-        return total
+        return self.count.segments + sum(self._open.values())
 
     def wire_now(self) -> int:
         return self.count.up + self.count.down + self.segments_now() * links.SEGMENT_OVERHEAD
@@ -73,6 +68,12 @@ class ByteProxy:
             writer.transport.abort()
             return
         self._open[writer] = 0
+        sock = writer.get_extra_info("socket")
+
+        def snapshot() -> None:
+            c = links.wire_count(sock)
+            if c is not None:
+                self._open[writer] = c.segments
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
             with contextlib.suppress(OSError):
@@ -83,14 +84,13 @@ class ByteProxy:
                         self.count.down += len(data)
                     w.write(data)
                     await w.drain()
+                    snapshot()
+            snapshot()
             w.close()
 
         try:
             await asyncio.gather(pipe(reader, up_w, True), pipe(up_r, writer, False))
         finally:
-            c = links.wire_count(writer.get_extra_info("socket"))
-            if c is not None:
-                self.count.segments += c.segments
-            self._open.pop(writer, None)
+            self.count.segments += self._open.pop(writer, 0)
             writer.transport.abort()
             up_w.transport.abort()
