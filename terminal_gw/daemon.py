@@ -232,6 +232,7 @@ class Daemon:
                 config.fallback,
                 connected=lambda: self.uplink.state is LinkState.CONNECTED,
                 rdss=self.rdss,
+                sms=self.commands,
                 state_path=config.outbox.path.parent / "fallback.json",
                 events=self.emit,
                 log=get_logger("fallback"),

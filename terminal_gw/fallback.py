@@ -61,6 +61,7 @@ __all__ = [
     "FallbackSender",
     "ReportedFix",
     "ShoreSink",
+    "SmsQueue",
     "report_of",
 ]
 
@@ -149,6 +150,12 @@ class ShoreSink:
             self.counters["report_fixes"] += 1
 
 
+class SmsQueue(Protocol):
+    """The command runner's SMS queue (`CommandRunner.queue_sms`)."""
+
+    async def queue_sms(self, sms_id: str, to: str, text: str) -> None: ...
+
+
 def _day(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
 
@@ -162,6 +169,7 @@ class FallbackSender:
         *,
         connected: Callable[[], bool],
         rdss: RdssDriver | None,
+        sms: SmsQueue | None = None,
         state_path: Path,
         events: EventSink,
         clock: Callable[[], float] = time.time,
@@ -170,6 +178,7 @@ class FallbackSender:
         self.cfg = cfg
         self._connected = connected
         self._rdss = rdss
+        self._sms = sms
         self._path = state_path
         self._events = events
         self._clock = clock
@@ -243,8 +252,12 @@ class FallbackSender:
         await self.send(track)
 
     async def _queue(self, report_id: str, data: bytes) -> None:
-        if self.cfg.channel != "bds":
-            raise CommandError("the sms channel cannot send yet", code="unavailable")
+        if self.cfg.channel == "sms":
+            if self._sms is None:
+                raise CommandError("no SMS queue", code="unavailable")
+            # The SMS queue sends text: the report as base64 in one 7-bit SMS.
+            await self._sms.queue_sms(report_id, self.cfg.to, base64.b64encode(data).decode())
+            return
         if self._rdss is None:
             raise CommandError("no RDSS terminal ([rdss] port)", code="unavailable")
         await self._rdss.enqueue(report_id, self.cfg.to, data=data.hex().upper(), mode="code")

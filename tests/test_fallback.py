@@ -13,14 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from terminal_gw.commands.runner import CommandRunner
+from terminal_gw.commands.store import CommandStore
 from terminal_gw.config import FallbackConfig
 from terminal_gw.daemon import Daemon
 from terminal_gw.fallback import SMS_REPORT_BYTES, FallbackSender, ShoreSink
 from terminal_gw.models import Fix, SmsReceived, iso_utc
+from terminal_gw.outbox import Outbox
 from terminal_gw.sim.rdss import RdssSimulator
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.wire.track import Point, encode_report, track_errors
 from tests.broker import Broker
+from tests.commands_support import make_config as commands_config
+from tests.commands_support import modem_on_pty
 from tests.rdss.rig import FAST, rig
 from tests.test_daemon import Subscriber, make_config
 from tests.waiting import wait_until
@@ -185,3 +190,51 @@ async def test_a_base64_sms_report_from_a_known_number_becomes_fixes() -> None:
     assert fixes[0].source == "sms:+8613800000001"
     assert counters["report_unknown_sender"] == 1
     assert len([t for t, _ in inner.records if t.endswith("sms/rx")]) == 3  # all still published
+
+
+async def test_a_report_by_sms_goes_through_the_sms_queue_and_reads_back_at_the_shore(
+    tmp_path: Path,
+) -> None:
+    config = commands_config(tmp_path)
+    cfg = FallbackConfig(channel="sms", to="+8613800000001", after_s=0, interval_s=60)
+    track = vessel(1800)
+    async with (
+        Outbox(config.outbox) as outbox,
+        CommandStore(config.commands.path) as store,
+        modem_on_pty() as modem,
+    ):
+        runner = CommandRunner(config, store, outbox, modem.driver)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(runner.run())
+            sender = FallbackSender(
+                cfg,
+                connected=lambda: False,
+                rdss=None,
+                sms=runner,
+                state_path=tmp_path / "fallback.json",
+                events=lambda e: None,
+                clock=lambda: START + 1800,
+            )
+            for f in track:
+                sender.observe(f)
+            await sender.tick()
+            assert sender.counters["report_queued"] == 1, sender.counters
+            await wait_until(lambda: modem.sends() == 1, what="the SMS sent")
+            task.cancel()
+        report = sender.last_report
+        assert report is not None
+        job = await store.get(report["id"])
+        assert job is not None
+    assert len(job.text) <= 160  # one SMS
+    # The shore reads it back from the text of the SMS it receives.
+    inner = ListSink()
+    sink = ShoreSink(
+        inner, prefix="tgw", senders={"+8613800000009": "vessel-9"}, counters=Counter()
+    )
+    await sink.put(
+        "tgw/shore/sms/rx",
+        SmsReceived(received=iso_utc(START), sender="+8613800000009", text=job.text),
+    )
+    fixes = [p for t, p in inner.records if t == "tgw/vessel-9/gnss/fix"]
+    assert len(fixes) == report["points"]
+    assert report["fixes"] == 1800
