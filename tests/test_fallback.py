@@ -22,8 +22,8 @@ from terminal_gw.models import Fix, SmsReceived, iso_utc
 from terminal_gw.outbox import Outbox
 from terminal_gw.sim.rdss import RdssSimulator
 from terminal_gw.transport.pty import PtyDevice
-from terminal_gw.wire.track import Point, encode_report, track_errors
-from tests.broker import Broker
+from terminal_gw.wire.track import Point, decode_report, encode_report, is_report, track_errors
+from tests.broker import Broker, free_port
 from tests.commands_support import make_config as commands_config
 from tests.commands_support import modem_on_pty
 from tests.rdss.rig import FAST, rig
@@ -238,3 +238,36 @@ async def test_a_report_by_sms_goes_through_the_sms_queue_and_reads_back_at_the_
     fixes = [p for t, p in inner.records if t == "tgw/vessel-9/gnss/fix"]
     assert len(fixes) == report["points"]
     assert report["fixes"] == 1800
+
+
+async def test_the_daemon_sends_a_report_when_its_broker_is_unreachable(tmp_path: Path) -> None:
+    device = PtyDevice(tmp_path / "rdss0")
+    sim = RdssSimulator(device, dialect="2.1")
+    config = make_config(
+        tmp_path,
+        "none",
+        free_port(),  # no broker there
+        rdss={"port": device.path, **FAST},
+        fallback={"channel": "bds", "to": "0166166", "after_s": 0.5, "interval_s": 1},
+    )
+    daemon = Daemon(config)
+    track = vessel(600)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sim_task = tg.create_task(sim.run())
+            daemon_task = tg.create_task(daemon.run(handle_signals=False))
+            await wait_until(lambda: daemon.rdss is not None and daemon.rdss.card is not None)
+            for f in track:
+                await daemon.accept_gnss(f, START)
+            await wait_until(lambda: len(sim.sent) >= 1, timeout=20, what="a report")
+            health = daemon.health_summary()
+            daemon.supervisor.stop_requested.set()
+            await daemon_task
+            sim_task.cancel()
+    finally:
+        device.close()
+    raw = bytes.fromhex(sim.sent[0].content)
+    assert is_report(raw)
+    got = decode_report(raw)
+    assert got[-1].t == START + 599  # up to the newest fix
+    assert health["counters"]["fallback"]["report_queued"] >= 1
