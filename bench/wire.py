@@ -1,7 +1,7 @@
 """Bytes per position: JSON, JSON batched, the compact batch format, with zstd, with a dictionary;
 and track reports for short messages and SMS.
 
-    python bench/wire.py [--hours 24] [--batch 60 --batch 600] [--cache DIR]
+    python bench/wire.py [--hours 24] [--batch 60 --batch 600] [--cache DIR] [--drain]
 
 (a) every fix of ../shared/corpus/gnss*/*.log replayed through the pipeline of `replay`;
 (b) the simulator's vessel at 1 Hz for --hours (its NMEA through the same pipeline).
@@ -16,6 +16,11 @@ carried). Bytes are payload bytes, before MQTT and TCP/IP.
 Then the vessel's track over 1 h, 6 h and the whole run, cut into consecutive track reports of
 at most 78 bytes (a BeiDou short message) and 140 (an SMS) within 10 m: reports needed, their
 bytes, and the distance of every fix from the position the reports give for its time.
+
+With --drain instead: bytes on the wire per position while the uplink drains a backlog through
+a real mosquitto, compact and JSON link profiles side by side (bench/wire_drain.py): the 24 h
+vessel track, and two minutes at 10 Hz with one sky a second, two events and a stored status,
+where a connection's whole cost (CONNECT with its will, birth status, ...) counts.
 """
 
 from __future__ import annotations
@@ -187,11 +192,135 @@ def reports(fixes: list[dict[str, Any]], hours: float) -> list[str]:
     return [*lines, ""]
 
 
+def _health() -> dict[str, Any]:
+    """A health board of the daemon's shape and size (about 1.8 KB of JSON)."""
+    stages = ("gnss", "modem", "outbox", "events", "uplink", "status", "commands", "rdss")
+    return {
+        "healthy": True,
+        "problems": {},
+        "uptime_s": 86400.0,
+        "stages": {
+            s: {"state": "running", "restarts": 0, "last_error": None, "idle_s": 0.4}
+            for s in stages
+        },
+        "counters": {
+            "sentences": {"GGA": 86400, "RMC": 86400, "GSA": 172800, "GSV": 345600},
+            "records_in": {"fix": 86400, "sky": 86400, "event": 12},
+            "uplink": {"connects": 3, "reconnects": 2, "published": 1440, "records": 86400},
+            "commands": {"received": 2, "done": 2},
+        },
+        "gauges": {
+            "link_profile": {"profile": "tiantong", "interface": "wwan0", "encoding": "compact"},
+            "outbox_depth": 86400,
+            "outbox_oldest_age_s": 86400.0,
+            "outbox_error": None,
+            "outbox_limit_bytes": 268435456,
+            "outbox_disk_free_bytes": 10737418240,
+            "link": "connected",
+            "link_reason": "connected to broker.example.net:8883",
+            "last_fix_age_s": 0.3,
+            "last_fix_mode": 3,
+            "clock_offset_s": 0.004,
+            "gnss_port": "open: /dev/ttyUSB0",
+            "modem": "ready: registered",
+            "modem_rssi": -71,
+            "modem_registration": "home",
+            "rdss": {"card": "0123456", "level": 3, "capacity_bytes": 78},
+        },
+        "versions": {"terminal_gw": "0.1.0", "python": platform.python_version()},
+    }
+
+
+def ten_hz(seconds: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The simulator's vessel at 10 Hz for `seconds`: fixes, and one sky a second."""
+    from terminal_gw.gnss.pipeline import GnssPipeline
+    from terminal_gw.sim.gnss import Sky, Track, epoch
+
+    track, sky = Track(), Sky(1)
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    v = track.start(start)
+    pipeline = GnssPipeline()
+    t0 = start.timestamp()
+    fixes: list[dict[str, Any]] = []
+    skies: list[dict[str, Any]] = []
+    for i in range(seconds * 10):
+        t = i / 10
+        for r in pipeline.feed(b"".join(epoch(v, sky.at(t))), t0 + t):
+            if r.record_class == "fix":
+                fixes.append(r.to_json_dict())
+            elif r.record_class == "sky" and i % 10 == 0:
+                skies.append(r.to_json_dict())
+        v = track.step(v, 0.1, t)
+    return fixes, skies
+
+
+def drains(vessel: list[dict[str, Any]]) -> list[str]:
+    """Bytes on the wire per position for the 24 h backlog and a 2 min 10 Hz backlog."""
+    from bench.wire_drain import Stored, drain
+    from terminal_gw.models import Fix, Sky, Status, iso_utc, make_event
+    from terminal_gw.uplink.compact import derive_id
+
+    health = _health()
+    day = [
+        Stored(derive_id(Fix.model_validate(f), DEVICE), parse_iso_utc(f["time"])) for f in vessel
+    ]
+    fixes, skies = ten_hz(120)
+    t_end = parse_iso_utc(fixes[-1]["time"])
+    short: list[Stored] = [
+        Stored(Status(time=iso_utc(t_end - 120), state="online", health=health), t_end - 120, True)
+    ]
+    short += [
+        Stored(derive_id(Fix.model_validate(f), DEVICE), parse_iso_utc(f["time"])) for f in fixes
+    ]
+    short += [
+        Stored(derive_id(Sky.model_validate(s), DEVICE), parse_iso_utc(s["time"])) for s in skies
+    ]
+    short += [
+        Stored(make_event("uplink", "MQTT link lost: timeout", now=t_end - 119), t_end - 119),
+        Stored(make_event("gnss", "antenna ok", now=t_end - 60, antenna="ok"), t_end - 60),
+    ]
+    short.sort(key=lambda r: r.created)
+    profiles = {
+        "compact": {"name": "compact", "encoding": "compact"},
+        "json": {"name": "json", "encoding": "json"},
+    }
+    lines = [
+        "",
+        (
+            "Bytes on the wire per position, draining a backlog over one MQTT 5 connection"
+            " (mosquitto through a counting relay: payload both ways + 52 B a TCP segment):"
+        ),
+        "",
+        (
+            "| backlog | profile | positions | messages | up B | down B | segments | wire B |"
+            " B/position | drain s |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for title, records in (
+        (f"24 h at 1 Hz ({len(day)} fixes)", day),
+        (f"2 min at 10 Hz ({len(fixes)} fixes, {len(skies)} sky, 2 events, 1 status)", short),
+    ):
+        for name, profile in profiles.items():
+            d = drain(profile, records, health)
+            lines.append(
+                f"| {title} | {name} | {d.positions} | {d.messages} | {d.up} | {d.down} |"
+                f" {d.segments} | {d.wire} | {d.per_position:.2f} | {d.seconds:.1f} |"
+            )
+            print(lines[-1], file=sys.stderr)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=float, default=24.0, help="vessel track length")
     parser.add_argument("--batch", type=int, action="append", help="fixes a batch (repeatable)")
     parser.add_argument("--cache", type=Path, help="keep the generated fixes here between runs")
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="only the drains through a real broker: bytes on the wire per position",
+    )
     args = parser.parse_args()
     batches = args.batch or [60, 600]
 
@@ -206,8 +335,11 @@ def main() -> None:
         path.write_bytes(pickle.dumps(value))
         return list(value)
 
-    corpus = cached("corpus", corpus_fixes)
     vessel = cached(f"vessel-{args.hours:g}h", lambda: vessel_fixes(args.hours))
+    if args.drain:
+        print("\n".join(drains(vessel)))
+        return
+    corpus = cached("corpus", corpus_fixes)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if "Model name" in ln), "")
     lines = [

@@ -266,6 +266,19 @@ class LinkProfileConfig(_Section):
     keepalive_s: int | None = Field(default=None, ge=5, le=65535)
 
 
+class FallbackConfig(_Section):
+    """`[fallback]`: positions over short messages while MQTT is unreachable, and (shore
+    side) the senders whose reports become fixes of their device."""
+
+    channel: Literal["none", "bds", "sms"] = "none"
+    to: str = ""  # the recipient: BeiDou user id (bds) or phone number (sms)
+    after_s: float = Field(default=600.0, ge=0)
+    interval_s: float = Field(default=600.0, ge=1)
+    max_error_m: float = Field(default=10.0, gt=0, le=10000)
+    max_per_day: int = Field(default=48, ge=0)
+    senders: dict[str, str] = Field(default_factory=dict)  # sender id/number -> device id
+
+
 class MqttConfig(_Section):
     host: str = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -468,6 +481,7 @@ class Config(_Section):
     commands: CommandsConfig = CommandsConfig()
     gpsd_server: GpsdServerConfig = GpsdServerConfig()
     nmea_out: NmeaOutConfig = NmeaOutConfig()
+    fallback: FallbackConfig = FallbackConfig()
     links: list[LinkProfileConfig] = Field(
         default_factory=lambda: [LinkProfileConfig()], min_length=1
     )

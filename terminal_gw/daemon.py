@@ -29,6 +29,7 @@ from terminal_gw.errors import (
     StoreError,
     TransportError,
 )
+from terminal_gw.fallback import FallbackSender, ShoreSink
 from terminal_gw.gnss.framer import Framer
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.gnss.policy import ReportingPolicy
@@ -48,7 +49,8 @@ from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
-from terminal_gw.uplink import Uplink
+from terminal_gw.uplink import LinkState, Uplink
+from terminal_gw.uplink.compact import derive_id
 
 #: Events waiting for the outbox; beyond this they are counted and dropped (a flood guard).
 EVENT_QUEUE_MAX = 10_000
@@ -171,7 +173,17 @@ class Daemon:
             self.pipeline.assembler.sky_wanted = lambda: self.policy.sky_due(time.monotonic())
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()
-        self.sink = CountingSink(self.outbox, self.records_in)
+        self.sink: CountingSink | ShoreSink = CountingSink(self.outbox, self.records_in)
+        # A shore station: track reports received from known senders become their fixes.
+        self.fallback_counters: Counter[str] = Counter()
+        if config.fallback.senders:
+            self.sink = ShoreSink(
+                self.sink,
+                prefix=config.mqtt.prefix,
+                senders=config.fallback.senders,
+                counters=self.fallback_counters,
+                log=get_logger("fallback"),
+            )
         self.modem: TiantongModem | None = None
         if config.modem.port != "none":
             self.modem = TiantongModem(
@@ -220,6 +232,19 @@ class Daemon:
             )
             self.commands.commands["bds/send"] = bds_send_spec(self.rdss)
         self.commands.commands["link/set"] = link_set_spec(self.uplink)
+        # Positions over short messages while MQTT is unreachable ([fallback]).
+        self.fallback: FallbackSender | None = None
+        if config.fallback.channel != "none":
+            self.fallback = FallbackSender(
+                config.fallback,
+                connected=lambda: self.uplink.state is LinkState.CONNECTED,
+                rdss=self.rdss,
+                sms=self.commands,
+                state_path=config.outbox.path.parent / "fallback.json",
+                events=self.emit,
+                log=get_logger("fallback"),
+            )
+            self.gnss_observers.append(self.fallback.observe)
         self.gnss_port: ReconnectingPort | None = None
         self.recorder: TapWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
@@ -258,6 +283,9 @@ class Daemon:
 
     async def accept_gnss(self, payload: Payload, now: float) -> None:
         """A record from the GNSS pipeline: local servers, clock check, reporting policy, outbox."""
+        # A fix or sky with a GNSS time gets the id derived from the device and that time
+        # (stable, and free in a compact batch); untimed ones keep their random id.
+        payload = derive_id(payload, self.config.device.id)
         for observe in self.gnss_observers:
             observe(payload)
         if isinstance(payload, Fix):
@@ -417,6 +445,12 @@ class Daemon:
         b.add_counters("uplink", self.uplink.counters.as_dict)
         b.add_gauge("link_profile", self.uplink.link_summary)
         b.add_counters("commands", lambda: self.commands.counters)
+        if self.fallback is not None or self.config.fallback.senders:
+            fb = self.fallback
+            b.add_counters(
+                "fallback",
+                lambda: self.fallback_counters + (fb.counters if fb is not None else Counter()),
+            )
         if self.serving.stages():
             b.add_counters("serve", self.serving.counters)
         if self.modem is not None:
@@ -503,6 +537,8 @@ class Daemon:
         if self.rdss is not None:
             stages.insert(0, Stage("rdss", self.rdss_stage, input=True))
         stages.append(Stage("commands", self.commands_stage, input=True))
+        if self.fallback is not None:
+            stages.append(Stage("fallback", self.fallback.run))
         if self.config.status.metrics_port:
             stages.append(Stage("metrics", self.metrics_stage))
         return stages + self.serving.stages() + self.extra_stages

@@ -464,6 +464,14 @@ def make_event(
     )
 
 
+class ReportedFix(Fix):
+    """A position of another device decoded from a track report received over a BeiDou short
+    message or an SMS (`[fallback] senders`), on `{prefix}/{that device}/gnss/fix`; mode 2, the
+    id derived from that device and the time."""
+
+    source: str = Field(description="how it came: bds:<sender id> or sms:<sender number>")
+
+
 #: Every payload model, for `terminal-gw schema` and the schema files in the repository.
 PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "fix": Fix,
@@ -471,6 +479,7 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "event": Event,
     "status": Status,
     "fix_batch": FixBatch,
+    "fix_reported": ReportedFix,
     "sms_tx": SmsSendProgress,
     "cmd_result": CommandResult,
     "sms_rx": SmsReceived,

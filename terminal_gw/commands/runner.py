@@ -589,6 +589,19 @@ class CommandRunner:
     # ---- sms/send ---------------------------------------------------------------------
 
     async def _sms_send(self, request: _Request, command: SmsSendCommand) -> Answer:
+        return await self._queue_sms(command)
+
+    async def queue_sms(self, sms_id: str, to: str, text: str) -> None:
+        """Queue an SMS of the daemon's own (a fallback track report) as `cmd/sms/send` does:
+        durable, sent by the same worker under the same cost guard, progress on sms/tx/{id}.
+        CommandError when it is refused (invalid number, too long, the store)."""
+        answer = await self._queue_sms(SmsSendCommand(id=sms_id, to=to, text=text))
+        if not answer.ok:
+            raise CommandError(
+                answer.reason or "the SMS was refused", code=answer.code or "refused"
+            )
+
+    async def _queue_sms(self, command: SmsSendCommand) -> Answer:
         if not NUMBER.fullmatch(command.to):
             raise CommandError(
                 f"invalid phone number {command.to[:32]!r}:"

@@ -45,11 +45,12 @@ from typing import Any, Protocol
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from terminal_gw import wire
 from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.config import Config, MqttConfig
 from terminal_gw.errors import ConfigError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import SCHEMA_VERSION, EventSink, Status, iso_utc, make_event, new_id
-from terminal_gw.uplink import links
+from terminal_gw.uplink import compact, links
 from terminal_gw.uplink.inbox import Inbox, InboxEntry, Received
 from terminal_gw.uplink.mqtt import (
     Failure,
@@ -170,6 +171,8 @@ class UplinkCounters:
     budget_reached: int = 0  # times a link profile's daily budget held records back
     commands_over_limit: int = 0  # larger than mqtt.max_command_bytes (3.1.1 cannot refuse them)
     refused: int = 0  # records the broker refused for good (MQTT 5 PUBACK reason code)
+    unencodable: int = 0  # fix/sky records a compact batch could not carry: sent as JSON
+    status_skipped: int = 0  # compact links: retained statuses superseded or saying nothing new
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain mapping."""
@@ -206,6 +209,7 @@ class Outgoing:
     retain: bool
     seqs: tuple[int, ...]
     batch: bool = False
+    content_type: str | None = None  # MQTT 5 content type (compact batches)
 
 
 BATCH_TOPIC_SUFFIX = "/batch"
@@ -355,6 +359,8 @@ class Uplink:
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.uplink")
         self._clock = clock
         base = f"{self._cfg.prefix}/{config.device.id}"
+        self.device = config.device.id
+        self.batch_topic = f"{base}/{wire.TOPIC_SUFFIX}"
         self.status_topic = f"{base}/status"
         self.command_filter = f"{base}/cmd/#"
         self._command_prefix = f"{base}/cmd/"
@@ -401,6 +407,8 @@ class Uplink:
         self._budget_reported: set[tuple[str, str]] = set()
         self._position_slots: dict[int, None] = {}  # position_interval_s slots sent, bounded
         self._slot_of: dict[int, int] = {}  # seq -> slot of the fixes kept by the last read
+        self._birth_at = 0.0  # when this connection's birth status was made
+        self._status_sent: tuple[str, float] | None = None  # compact links: last status sent
         self._idle = asyncio.Event()  # no message awaits its PUBACK
         self._idle.set()
 
@@ -559,11 +567,14 @@ class Uplink:
 
     def _status_payload(self, state: str) -> bytes:
         now = self._clock()
+        health = self._health() if state == "online" else {}
+        if health and self.profile.encoding == "compact":
+            health = compact.compact_health(health, self.profile.name)
         status = Status(
             id=new_id(int(now * 1000)),
             time=iso_utc(now),
             state="online" if state == "online" else "offline",
-            health=self._health() if state == "online" else {},
+            health=health,
         )
         return status.to_json().encode()
 
@@ -759,10 +770,14 @@ class Uplink:
     async def _announce(self, client: MqttLink) -> None:
         """Birth (retained online) and the command subscription."""
         timeout = self._cfg.publish_timeout_s
+        birth = self._status_payload("online")
+        self._birth_at = self._clock()
+        if self.profile.encoding == "compact":
+            self._status_sent = (compact.status_key(birth), time.monotonic())
         try:
             await client.publish(
                 self.status_topic,
-                self._status_payload("online"),
+                birth,
                 qos=1,
                 retain=True,
                 timeout=timeout,
@@ -975,6 +990,8 @@ class Uplink:
         profile = self.profile
         batch = cfg.batch_backlog or profile.batch_max_records is not None
         batch_max = profile.batch_max_records or cfg.batch_max
+        if profile.encoding == "compact":
+            batch, batch_max = True, profile.batch_max_records or compact.DEFAULT_MAX_RECORDS
         batch_min_age_s = (
             cfg.batch_min_age_s if profile.batch_max_age_s is None else profile.batch_max_age_s
         )
@@ -1009,14 +1026,22 @@ class Uplink:
             woke = False
             full = len(records) >= limit
             records = self._thin(records)
-            messages = plan_messages(
-                records,
-                now=self._clock(),
-                batch=batch,
-                batch_max=batch_max,
-                batch_min_age_s=batch_min_age_s,
-                hold_tail=full,
-            )
+            if profile.encoding == "compact":
+                messages, due = self._plan_compact(records, full)
+                if not messages:
+                    # A batch waits for more records, until its oldest is old enough.
+                    bound = 1.0 if due is None else max(0.01, due - self._clock())
+                    woke = await self._wait(window, bound, records=True)
+                    continue
+            else:
+                messages = plan_messages(
+                    records,
+                    now=self._clock(),
+                    batch=batch,
+                    batch_max=batch_max,
+                    batch_min_age_s=batch_min_age_s,
+                    hold_tail=full,
+                )
             for msg in messages:
                 while window.free <= 0:
                     await self._wait(window, cfg.publish_timeout_s)
@@ -1029,6 +1054,82 @@ class Uplink:
                 if self._classes_now() != classes:
                     break  # a budget was reached: read again with what may still go
                 self._send(client, window, msg)
+
+    def _plan_compact(
+        self, records: Sequence[OutboxRecord], full: bool
+    ) -> tuple[list[Outgoing], float | None]:
+        profile = self.profile
+        records = self._statuses_needed(records)
+        plan = compact.plan_compact(
+            records,
+            now=self._clock(),
+            device=self.device,
+            topic=self.batch_topic,
+            batch_max=profile.batch_max_records or compact.DEFAULT_MAX_RECORDS,
+            max_age_s=(
+                compact.DEFAULT_MAX_AGE_S
+                if profile.batch_max_age_s is None
+                else profile.batch_max_age_s
+            ),
+            hold_tail=full,
+        )
+        if plan.unencodable:
+            self.counters.unencodable += plan.unencodable
+            self._log.warning("compact_batch_unencodable", records=plan.unencodable)
+        messages = [
+            Outgoing(
+                topic,
+                payload,
+                retain,
+                seqs,
+                batch=is_batch,
+                content_type=wire.CONTENT_TYPE if is_batch else None,
+            )
+            for topic, payload, retain, seqs, is_batch in plan.messages
+        ]
+        return messages, plan.due
+
+    def _statuses_needed(self, records: Sequence[OutboxRecord]) -> list[OutboxRecord]:
+        """On a compact link, the retained statuses worth sending, made small: one stored
+        before this connection's birth or followed by a newer one on its topic is superseded,
+        and one that says nothing new (`compact.status_key`) within STATUS_REFRESH_S of the
+        last is not needed; those are removed unsent."""
+        newest: dict[str, int] = {}
+        for rec in records:
+            if rec.cls == "status" and rec.retain:
+                newest[rec.topic] = rec.seq
+        if not newest:
+            return list(records)
+        kept: list[OutboxRecord] = []
+        dropped: list[int] = []
+        for rec in records:
+            if not (rec.cls == "status" and rec.retain):
+                kept.append(rec)
+                continue
+            if newest[rec.topic] != rec.seq or (
+                rec.topic == self.status_topic and rec.created <= self._birth_at
+            ):
+                dropped.append(rec.seq)
+                continue
+            small = compact.compact_status(rec.payload, self.profile.name)
+            if small is None:
+                kept.append(rec)
+                continue
+            if rec.topic == self.status_topic:
+                key = compact.status_key(small)
+                last = self._status_sent
+                now = time.monotonic()
+                if last is not None and last[0] == key and now - last[1] < compact.STATUS_REFRESH_S:
+                    dropped.append(rec.seq)
+                    continue
+                self._status_sent = (key, now)
+            kept.append(compact.Stored(rec.seq, rec.cls, rec.topic, small, rec.created, True))
+        if dropped:
+            self.counters.status_skipped += len(dropped)
+            self._inflight.update(dropped)
+            self._acked.extend(dropped)
+            self._ack_wake.set()
+        return kept
 
     def _send(self, client: MqttLink, window: _Window, msg: Outgoing) -> None:
         if self._slot_of:
@@ -1050,7 +1151,14 @@ class Uplink:
             self._published(window, key, msg, refusal, error)
 
         try:
-            client.publish_nowait(msg.topic, msg.payload, retain=msg.retain, done=done)
+            client.publish_nowait(
+                msg.topic,
+                msg.payload,
+                retain=msg.retain,
+                content_type=msg.content_type,
+                alias=True,
+                done=done,
+            )
         except LinkError as exc:
             window.sent.pop(key, None)
             window.free += 1

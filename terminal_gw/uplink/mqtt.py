@@ -212,6 +212,10 @@ class MqttLink:
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.session_present = False
         self._aborted = threading.Event()
+        # MQTT 5 topic aliases of this connection (the broker's TopicAliasMaximum, from the
+        # CONNACK): a topic's first publish names it and its alias, later ones the alias only.
+        self.topic_alias_max = 0
+        self._aliases: dict[str, int] = {}
 
     # --- life -------------------------------------------------------------------------------
 
@@ -360,19 +364,50 @@ class MqttLink:
         payload: bytes,
         *,
         retain: bool = False,
+        content_type: str | None = None,
+        alias: bool = False,
         done: Callable[[Refusal | None, LinkError | None], None],
     ) -> None:
         """Queue a QoS 1 publish; `done(refusal, None)` runs when its PUBACK arrives, or
         `done(None, error)` when the link ends first. No task, no timer: the caller keeps
-        its own deadline (the drain checks the oldest message in flight)."""
+        its own deadline (the drain checks the oldest message in flight). `content_type` is
+        sent as the MQTT 5 property (3.1.1 has none: left out). With `alias`, the topic goes
+        by an MQTT 5 topic alias while the broker allows one more (`topic_alias`)."""
         self._check_open()
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        props: Properties | None = None
+        if content_type is not None and self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
+            props.ContentType = content_type
+        name = topic
+        if alias:
+            number, known = self.topic_alias(topic)
+            if number is not None:
+                if props is None:
+                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
+                props.TopicAlias = number
+                if known:
+                    name = ""  # the alias alone names the topic
+        info = self._client.publish(name, payload, qos=1, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             raise LinkError(Failure.LOST, f"lost: publish failed: {paho.error_string(info.rc)}")
         if info.mid in self._early_acks:
             done(self._early_acks.pop(info.mid), None)
             return
         self._callbacks[info.mid] = done
+
+    def topic_alias(self, topic: str) -> tuple[int | None, bool]:
+        """The alias for `topic` on this connection and whether the broker knows it already;
+        (None, False) on 3.1.1, when the broker allows no aliases, or all are taken."""
+        if not self._v5:
+            return None, False
+        number = self._aliases.get(topic)
+        if number is not None:
+            return number, True
+        if len(self._aliases) >= self.topic_alias_max:
+            return None, False
+        number = len(self._aliases) + 1
+        self._aliases[topic] = number
+        return number, False
 
     async def subscribe(self, topic: str, qos: int, timeout: float) -> int:  # noqa: ASYNC109 - the SUBACK deadline
         """Subscribe and wait for the SUBACK: the QoS granted, or LinkError(REFUSED)."""
@@ -431,6 +466,8 @@ class MqttLink:
                 )
             )
         else:
+            if self._v5 and properties is not None:
+                self.topic_alias_max = int(getattr(properties, "TopicAliasMaximum", 0) or 0)
             self._connack.set_result(bool(flags.session_present))
 
     def _handle_disconnect(
