@@ -224,3 +224,36 @@ async def test_a_profile_carries_only_its_classes_and_thins_positions(
                 assert 5 <= len(fixes) <= 6  # one a minute
                 assert uplink.counters.thinned == 300 - len(fixes)
                 assert ("EVENT", e.id) not in got.record_ids()
+
+
+async def test_the_profile_follows_the_route_when_it_moves_to_another_interface(
+    tmp_path: Path, broker: Broker
+) -> None:
+    config = with_links(
+        make_config(tmp_path, broker.port),
+        {"name": "tiantong", "interface": "wwan*", "classes": ["sms"]},
+        {"name": "lan"},
+    )
+    route = ["eth0"]
+    events: list[Any] = []
+    async with Outbox(config.outbox) as outbox:
+        uplink = Uplink(config, outbox, events=events.append)
+        uplink.interface_probe = lambda: route[0]
+        uplink.route_check_s = 0.0  # look at every tick (a second)
+        async with subscriber(broker.port, f"tgw/{DEVICE}/#") as got, running(uplink, outbox):
+            await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+            assert (uplink.profile.name, uplink.interface) == ("lan", "eth0")
+            connects = uplink.counters.connects
+            # The LAN goes away and the default route is now the Tiantong modem.
+            route[0] = "wwan0"
+            await wait_until(lambda: uplink.counters.connects > connects, timeout=15)
+            await wait_until(lambda: uplink.state is LinkState.CONNECTED)
+            assert (uplink.profile.name, uplink.interface) == ("tiantong", "wwan0")
+            assert any("moved to wwan0" in e.message for e in events)
+            # On the Tiantong profile only SMS go.
+            p, s = fix(1), Sms(n=1)
+            await outbox.put(topic_of(config, p), p)
+            await outbox.put(topic_of(config, s), s)
+            await got.wait_for(lambda g: ("SMS", s.id) in g.record_ids())
+            assert ("TPV", p.id) not in got.record_ids()
+            assert outbox.depth == 1

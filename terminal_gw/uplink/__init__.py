@@ -402,6 +402,11 @@ class Uplink:
         self.profile = self._profiles[-1]
         self.interface: str | None = None
         self._forced: str | None = None
+        self._broker_addresses: list[str] = []
+        #: The interface carrying the broker's traffic (the kernel's routes; replaceable).
+        self.interface_probe: Callable[[], str | None] = self._kernel_interface
+        #: How often the route is looked at again while connected (seconds).
+        self.route_check_s = 30.0
         self.ledger = links.LinkLedger(ledger_path(config), clock=clock)
         self._wire_seen = 0  # bytes of the current connection already in the ledger
         self._budget_reported: set[tuple[str, str]] = set()
@@ -595,18 +600,46 @@ class Uplink:
         """The configured link profiles, in their order."""
         return [p.name for p in self._profiles]
 
+    def _kernel_interface(self) -> str | None:
+        """The interface the kernel routes the broker's address through now."""
+        routes = links.read_routes()
+        for address in self._broker_addresses:
+            interface = links.interface_for(address, routes)
+            if interface is not None:
+                return interface
+        return None
+
     def _choose_profile(self) -> None:
         if self._forced is not None:
             self.profile = next(p for p in self._profiles if p.name == self._forced)
             self.interface = None
             return
-        routes = links.read_routes()
-        self.interface = None
-        for address in links.resolve(self._cfg.host):
-            self.interface = links.interface_for(address, routes)
-            if self.interface is not None:
-                break
+        self._broker_addresses = links.resolve(self._cfg.host)
+        self.interface = self.interface_probe()
         self.profile = links.choose_profile(self._profiles, self.interface)
+
+    async def _recheck_route(self) -> None:
+        """The route to the broker moved to another interface whose profile differs (a
+        Tiantong modem took over from the LAN): make the connection again under it."""
+        if self._forced is not None:
+            return
+        interface = await asyncio.to_thread(self.interface_probe)
+        profile = links.choose_profile(self._profiles, interface)
+        if profile.name == self.profile.name:
+            self.interface = interface
+            return
+        reason = (
+            f"the route to the broker moved to {interface or 'no interface'}:"
+            f" link profile {profile.name} (was {self.profile.name})"
+        )
+        self._log.info("link_profile_changed", interface=interface, profile=profile.name)
+        self._events(make_event("uplink", reason, now=self._clock(), profile=profile.name))
+        window = self._window
+        if window is not None and window.error is None:
+            window.error = _LinkDown(Failure.LOST, f"lost: {reason}")
+            window.wake.set()
+        if self._client is not None:
+            self._client.abort("link profile changed")
 
     def link_summary(self) -> dict[str, Any]:
         """The active link profile and its use today (for the status)."""
@@ -632,14 +665,19 @@ class Uplink:
         self._wire_seen = total
 
     async def _wire_loop(self, client: MqttLink) -> None:
-        """Count the link's bytes every second; save the ledger every 10 s."""
+        """Count the link's bytes every second; save the ledger every 10 s; look at the
+        route to the broker every `route_check_s`."""
         n = 0
+        checked = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             self._count_wire(client)
             n += 1
             if n % 10 == 0:
                 await asyncio.to_thread(self.ledger.save)
+            if time.monotonic() - checked >= self.route_check_s:
+                checked = time.monotonic()
+                await self._recheck_route()
 
     async def _make_link(self) -> MqttLink:
         cfg = self._cfg
