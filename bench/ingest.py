@@ -2,6 +2,14 @@
 end-to-end lag at a steady rate from many devices.
 
     python bench/ingest.py [--messages 100000] [--devices 100] [--rate 1000] [--seconds 20]
+                           [--kinds fix wire600 wire60 json50] [--processes 1 2]
+
+Kinds of load (each run with 1 and 2 processes, printed side by side at the end):
+  fix      one JSON TPV per message on {prefix}/{device}/gnss/fix (a live daemon);
+  wireN    compact batches of N fixes (zstd) on {prefix}/{device}/gnss/batch, ids derived
+           from device and time (wire.fix_id), as devices on metered links send them;
+  jsonN    JSON TPV_BATCH payloads of N fixes on {prefix}/{device}/gnss/fix/batch, as the
+           daemon's backlog drain sends them (mqtt.batch_backlog).
 
 Throughput: sessions are made first, then `--messages` fixes from `--devices` devices are
 published into the broker's queue, then 1 (or 2) `terminal-gw ingest --once` processes drain
@@ -31,7 +39,8 @@ import paho.mqtt.client as paho  # noqa: E402 - after the path set-up
 import psycopg  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from terminal_gw.models import Fix, iso_utc, new_id  # noqa: E402
+from terminal_gw import wire  # noqa: E402
+from terminal_gw.models import Fix, FixBatch, iso_utc, new_id  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.ingest_support import write_config  # noqa: E402
 from tests.pg import Postgres  # noqa: E402
@@ -73,9 +82,9 @@ def pids_named(name: str) -> list[int]:
     return found
 
 
-def payload(device: int, i: int, t: float) -> bytes:
-    fix = Fix(
-        id=new_id(int(t * 1000)),
+def make_fix(device: int, i: int, t: float, ident: str | None = None) -> Fix:
+    return Fix(
+        id=ident or new_id(int(t * 1000)),
         time=iso_utc(t),
         mode=3,
         status=1,
@@ -93,7 +102,43 @@ def payload(device: int, i: int, t: float) -> bytes:
         uSat=12,
         used={"gps": 5, "bds": 7},
     )
-    return fix.to_json().encode()
+
+
+def payload(device: int, i: int, t: float) -> bytes:
+    return make_fix(device, i, t).to_json().encode()
+
+
+def messages(kind: str, n: int, devices: int, t0: float) -> list[tuple[str, bytes]]:
+    """(topic, payload) of `n` fixes from `devices` devices, one second apart per device."""
+    if kind == "fix":
+        return [
+            (f"tgw/dev-{i % devices:03d}/gnss/fix", payload(i % devices, i, t0 + i))
+            for i in range(n)
+        ]
+    size = int(kind.removeprefix("wire").removeprefix("json"))
+    per_device = -(-n // devices)
+    out: list[tuple[str, bytes]] = []
+    left = n
+    for start in range(0, per_device, size):
+        for d in range(devices):
+            name = f"dev-{d:03d}"
+            count = min(size, per_device - start, left)
+            if count <= 0:
+                break
+            left -= count
+            fixes = []
+            for k in range(start, start + count):
+                t_ms = int((t0 + k) * 1000)
+                fixes.append(make_fix(d, k, t_ms / 1000, wire.fix_id(name, t_ms)))
+            if kind.startswith("wire"):
+                dicts = [json.loads(f.to_json()) for f in fixes]
+                body = wire.encode_batch(dicts, name, compress=True)
+                out.append((f"tgw/{name}/{wire.TOPIC_SUFFIX}", body))
+            else:
+                batch = FixBatch(count=count, fixes=fixes)
+                out.append((f"tgw/{name}/gnss/fix/batch", batch.to_json().encode()))
+    assert left == 0
+    return out
 
 
 class Pub:
@@ -133,14 +178,14 @@ def rows(pg: Postgres) -> int:
 
 
 def throughput(
-    tmp: Path, pg: Postgres, broker: Broker, *, procs: int, n: int, devices: int
-) -> dict[str, float]:
+    tmp: Path, pg: Postgres, broker: Broker, *, kind: str, procs: int, n: int, devices: int
+) -> dict[str, object]:
     pg.reset()
     config = write_config(
-        tmp / f"ingest-{procs}.toml",
+        tmp / f"ingest-{kind}-{procs}.toml",
         broker,
         pg,
-        group=f"bench-{procs}",  # a group of its own: the earlier run's sessions keep theirs
+        group=f"bench-{kind}-{procs}",  # a group of its own: the earlier run's sessions keep theirs
         batch_max_rows=2000,
         batch_max_age_ms=200,
         once_idle_ms=3000,
@@ -149,15 +194,12 @@ def throughput(
     subprocess.run(
         [*ingest_cmd(config, "x", False)[:6], "--migrate"], env=env(), check=True, cwd=REPO
     )
-    ids = [f"bench-{procs}-{k}" for k in range(procs)]
+    ids = [f"bench-{kind}-{procs}-{k}" for k in range(procs)]
     for cid in ids:  # make the sessions and their shared subscription
         subprocess.run(ingest_cmd(config, cid, True), env=env(), check=True, cwd=REPO)
-    t0 = time.time() - n
+    load = messages(kind, n, devices, float(int(time.time()) - n))
     pub = Pub(broker)
-    infos = [
-        pub.c.publish(f"tgw/dev-{i % devices:03d}/gnss/fix", payload(i % devices, i, t0 + i), 1)
-        for i in range(n)
-    ]
+    infos = [pub.c.publish(topic, body, 1) for topic, body in load]
     pub.close(infos)
     # PostgreSQL backends come and go with the connections: each one's CPU is read at every
     # poll, the last reading counts.
@@ -178,15 +220,22 @@ def throughput(
         for cid in ids
     ]
     first = last = None
+    # Ingest CPU from the first row to the last, read from /proc: the interpreter's start
+    # and imports (about a second of CPU) are left out, as they are of the rows/s.
+    ingest_pids = [p.pid for p in running]
+    ingest_first = ingest_last = 0.0
     while True:
         count = rows(pg)
         for pid in pids_named("postgres"):
             pg_cpu[pid] = cpu_seconds([pid])
         now = time.monotonic()
-        if count > 0 and first is None:
-            first = now
+        if first is None:
+            ingest_first = cpu_seconds(ingest_pids)
+            if count > 0:
+                first = now
         if count >= n:
             last = now
+            ingest_last = cpu_seconds(ingest_pids)
             break
         if all(p.poll() is not None for p in running) and rows(pg) < n:
             raise SystemExit(f"ingest exited with {rows(pg)} of {n} rows")
@@ -203,14 +252,23 @@ def throughput(
     for out in outs:
         final = [json.loads(line) for line in out.splitlines() if '"ingest_stopped"' in line]
         per_proc.append(final[-1]["totals"]["rows"] if final else 0)
+    ingest_s = round(ingest_last - ingest_first, 2)
+    pg_s = round(sum(pg_cpu.values()) - sum(pg_cpu0.values()), 2)
     return {
+        "kind": kind,
         "processes": procs,
+        "messages": len(load),
+        "bytes": sum(len(body) for _, body in load),
         "rows": n,
         "seconds": round(span, 2),
         "rows_per_s": round(n / span),
         "wall_s_incl_start": round(last - started, 2),
-        "ingest_cpu_s": round(ingest_cpu, 2),
-        "postgres_cpu_s": round(sum(pg_cpu.values()) - sum(pg_cpu0.values()), 2),
+        "rows_per_s_per_process": round(n / span / procs),
+        "ingest_cpu_s": ingest_s,
+        "ingest_cpu_s_incl_start": round(ingest_cpu, 2),
+        "ingest_us_per_row": round(ingest_s / n * 1e6, 1),
+        "postgres_cpu_s": pg_s,
+        "postgres_us_per_row": round(pg_s / n * 1e6, 1),
         "broker_cpu_s": round(cpu_seconds(broker_pids) - broker_cpu0, 2),
         "rows_by_process": per_proc,  # type: ignore[dict-item]
     }
@@ -286,6 +344,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--kinds", nargs="+", default=["fix", "wire600", "wire60", "json50"])
+    ap.add_argument("--no-lag", action="store_true", help="skip the lag run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tgw-bench-ingest-"))
     (tmp / "broker").mkdir()
@@ -300,22 +360,40 @@ def main() -> None:
     pg.create_database()
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results: list[dict[str, object]] = []
     try:
-        for procs in args.processes:
-            result = throughput(tmp, pg, broker, procs=procs, n=args.messages, devices=args.devices)
-            print(json.dumps(result))
-            busy = {
-                "ingest": result["ingest_cpu_s"],
-                "postgres": result["postgres_cpu_s"],
-                "mosquitto": result["broker_cpu_s"],
-            }
-            share = {k: round(v / result["seconds"], 2) for k, v in busy.items()}
-            print(f"  cores busy during the drain: {share} (of {os.cpu_count()})")
-        print(
-            json.dumps(
-                lag(tmp, pg, broker, rate=args.rate, seconds=args.seconds, devices=args.devices)
+        for kind in args.kinds:
+            for procs in args.processes:
+                result = throughput(
+                    tmp, pg, broker, kind=kind, procs=procs, n=args.messages, devices=args.devices
+                )
+                results.append(result)
+                print(json.dumps(result), flush=True)
+                seconds = float(result["seconds"])  # type: ignore[arg-type]
+                busy = {
+                    "ingest": result["ingest_cpu_s"],
+                    "postgres": result["postgres_cpu_s"],
+                    "mosquitto": result["broker_cpu_s"],
+                }
+                share = {k: round(float(v) / seconds, 2) for k, v in busy.items()}  # type: ignore[arg-type]
+                print(f"  cores busy during the drain: {share} (of {os.cpu_count()})", flush=True)
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print()
+        print("| load | procs | msgs | fixes/s | per proc | ingest us/row | postgres us/row |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            print(
+                f"| {r['kind']} | {r['processes']} | {r['messages']:,} | {r['rows_per_s']:,} "
+                f"| {r['rows_per_s_per_process']:,} | {r['ingest_us_per_row']} "
+                f"| {r['postgres_us_per_row']} |"
             )
-        )
+        if not args.no_lag:
+            print(
+                json.dumps(
+                    lag(tmp, pg, broker, rate=args.rate, seconds=args.seconds, devices=args.devices)
+                )
+            )
     finally:
         broker.kill()
         pg.destroy()

@@ -301,13 +301,17 @@ _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 - UTC throughout; naive formats faster
+
+
 def _iso(ms: int) -> str:
     try:
-        dt = _EPOCH + timedelta(milliseconds=ms)
+        dt = _NAIVE_EPOCH + timedelta(milliseconds=ms)
     except OverflowError as exc:
         raise WireError(f"time {ms} ms is out of range", reason="bad_value") from exc
-    if not 1 <= dt.year <= 9999:
-        raise WireError(f"time {ms} ms is out of range", reason="bad_value")
+    if dt.year >= 1000:
+        # The same text as the strftime below, at a quarter of its cost.
+        return dt.isoformat(timespec="milliseconds") + "Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -668,6 +672,82 @@ def _scale(exp: int) -> Callable[[int], float]:
     return lambda k: float(k * mul)
 
 
+_ABSENT = object()  # a record without the field
+_NEW_GROUP = object()  # a record with the group: a dict of its own
+
+
+def _records(
+    columns: list[tuple[Field, list[bool], list[Any]]], n: int
+) -> Iterator[dict[str, Any]] | list[dict[str, Any]]:
+    """The records of a batch from its columns, in field order. Column by column (lists
+    built by comprehensions) when the batch has no extra JSON and every group comes before
+    its members; else record by record."""
+    index = {f.key: i for i, (f, _, _) in enumerate(columns) if f.parent is None}
+    if any(f.kind == JSON for f, _, _ in columns) or any(
+        f.parent is not None and index.get(f.parent, i) >= i for i, (f, _, _) in enumerate(columns)
+    ):
+        return _records_one_by_one(columns, n)
+    top_keys: list[str] = []
+    top_cols: list[list[Any]] = []
+    members: list[tuple[str, str, list[Any]]] = []
+    for f, flags, values in columns:
+        col: list[Any]
+        if f.kind == GROUP:
+            col = [_NEW_GROUP if flag else _ABSENT for flag in flags]
+        elif len(values) == n:  # present in every record
+            col = values
+        else:
+            it = iter(values)
+            col = [next(it) if flag else _ABSENT for flag in flags]
+        if f.parent is None:
+            top_keys.append(f.key)
+            top_cols.append(col)
+        else:
+            members.append((f.parent, f.key, col))
+    if not top_cols:
+        records: list[dict[str, Any]] = [{} for _ in range(n)]
+    else:
+        records = [
+            {
+                k: {} if v is _NEW_GROUP else v
+                for k, v in zip(top_keys, row, strict=True)
+                if v is not _ABSENT
+            }
+            for row in zip(*top_cols, strict=True)
+        ]
+    for parent, key, col in members:
+        for rec, v in zip(records, col, strict=True):
+            if v is not _ABSENT:
+                group = rec.get(parent)
+                if not isinstance(group, dict):
+                    raise WireError(f"{parent}.{key} without {parent}", reason="bad_group")
+                group[key] = v
+    return records
+
+
+def _records_one_by_one(
+    columns: list[tuple[Field, list[bool], list[Any]]], n: int
+) -> Iterator[dict[str, Any]]:
+    iters = [(f, iter(flags), iter(values)) for f, flags, values in columns]
+    for _ in range(n):
+        rec: dict[str, Any] = {}
+        for f, flags_it, values_it in iters:
+            if not next(flags_it):
+                continue
+            if f.kind == GROUP:
+                rec[f.key] = {}
+            elif f.kind == JSON:
+                rec.update(next(values_it))
+            elif f.parent is not None:
+                group = rec.get(f.parent)
+                if not isinstance(group, dict):
+                    raise WireError(f"{f.parent}.{f.key} without {f.parent}", reason="bad_group")
+                group[f.key] = next(values_it)
+            else:
+                rec[f.key] = next(values_it)
+        yield rec
+
+
 def _decode(body: bytes) -> Iterator[dict[str, Any]]:
     r = _Reader(body)
     device, n, base, present, exps = _head(r)
@@ -682,6 +762,7 @@ def _decode(body: bytes) -> Iterator[dict[str, Any]]:
     raw_ids = r.take(10 * n_uuid, "ids")
     texts = [r.text("id") for _ in range(tags.count(ID_TEXT))]
     columns: list[tuple[Field, list[bool], list[Any]]] = []
+    ms_of_time: dict[str, int] = {}
     for f in present:
         flags = _get_presence(r, n, f.key)
         k = flags.count(True)
@@ -706,7 +787,15 @@ def _decode(body: bytes) -> Iterator[dict[str, Any]]:
             columns.append((f, flags, [conv(v) for v in ints]))
         elif f.kind == TIME:
             mul = 10 ** (exps[f.bit] + 3)
-            columns.append((f, flags, [_iso((v + base) * mul) for v in ints]))
+            texts_of = [_iso((v + base) * mul) for v in ints]
+            if f.key == "time" and f.parent is None and mul == 1:
+                # The derived ids below need each record's time in ms: kept, not parsed again.
+                ms_of_time = {
+                    text: v + base
+                    for text, v in zip(texts_of, ints, strict=True)
+                    if len(text) == 24  # canonical (years 1000-9999), as _ms requires
+                }
+            columns.append((f, flags, texts_of))
         elif f.kind == ENUM:
             if any(not 0 <= v < len(f.names) for v in ints):
                 raise WireError(f"{f.key} value outside its table", reason="bad_value")
@@ -715,28 +804,16 @@ def _decode(body: bytes) -> Iterator[dict[str, Any]]:
             columns.append((f, flags, ints))
     if r.pos != len(body):
         raise WireError(f"{len(body) - r.pos} bytes after the last field", reason="trailing")
-    iters = [(f, iter(flags), iter(values)) for f, flags, values in columns]
     time_exp = exps.get(_TOP["time"].bit, -3)
     u = t = 0
-    for tag in tags:
-        rec: dict[str, Any] = {}
-        for f, flags_it, values_it in iters:
-            if not next(flags_it):
-                continue
-            if f.kind == GROUP:
-                rec[f.key] = {}
-            elif f.kind == JSON:
-                rec.update(next(values_it))
-            elif f.parent is not None:
-                group = rec.get(f.parent)
-                if not isinstance(group, dict):
-                    raise WireError(f"{f.parent}.{f.key} without {f.parent}", reason="bad_group")
-                group[f.key] = next(values_it)
-            else:
-                rec[f.key] = next(values_it)
+    for tag, rec in zip(tags, _records(columns, n), strict=True):
         ident: str | None = None
         if tag == ID_DERIVED:
-            t_ms, cls = _ms(rec.get("time")), rec.get("class")
+            text = rec.get("time")
+            t_ms = ms_of_time.get(text) if isinstance(text, str) else None
+            if t_ms is None:
+                t_ms = _ms(text)
+            cls = rec.get("class")
             if t_ms is None or cls not in _TOP["class"].names or time_exp != -3:
                 raise WireError("derived id without time and class", reason="bad_ids")
             assert isinstance(cls, str)
