@@ -101,21 +101,8 @@ PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x95, 0x99})
 CLASSES = ("sms", "bds", "command", "event", "status", "fix", "sky")
 
 
-class OutboxRecord(Protocol):
-    """What the uplink reads of an outbox record (`terminal_gw.outbox.Record`)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def cls(self) -> str: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def payload(self) -> bytes: ...
-    @property
-    def created(self) -> float: ...
-    @property
-    def retain(self) -> bool: ...
+#: What the uplink reads of an outbox record (`terminal_gw.outbox.Record`).
+OutboxRecord = compact.Record
 
 
 class DrainSource(Protocol):

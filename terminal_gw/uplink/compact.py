@@ -66,7 +66,7 @@ def derive_id(payload: Payload, device: str) -> Payload:
 
 
 class Record(Protocol):
-    """What the planner reads of an outbox record."""
+    """What the uplink and its planners read of an outbox record (`terminal_gw.outbox.Record`)."""
 
     @property
     def seq(self) -> int: ...
