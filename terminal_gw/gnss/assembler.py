@@ -25,10 +25,12 @@ A fix needs evidence. A position is reported (mode 2 or 3) only when a sentence 
 it: RMC or GLL with status A (and a mode indicator other than N), GNS with a mode other than
 N, or GGA with quality 1 or more and at least 3 satellites used (or a 2D/3D GSA in the same
 epoch). A GGA with quality 1 and 0 satellites (Hemisphere, without a fix) vouches for nothing.
-When the vouching sentences of one epoch give different positions, GLL wins, then GGA, GNS,
-RMC: on the chartplotter relay in the corpus (B&G Zeus²) GLL is the sentence whose position
-belongs to its time (its RMC lags a second, its GGA at times leads one), and GGA carries the
-altitude its position belongs to.
+When the sentences of one epoch disagree, the last one received wins, field by field, as in
+gpsd's fix at the end of its cycle: the position is the last vouching sentence's (GGA, GNS,
+GLL or RMC), speed and track each the last RMC (status A) or VTG that gives them, the altitude
+GGA's (else GNS's). A chartplotter relaying GGA, GLL and RMC from different sources (B&G
+Zeus² in the corpus) sends positions up to a second apart under one time; no sentence is
+right in every part of that capture, and the last one is what gpsd reports.
 
 Mode: the epoch's GSA (highest), else Garmin's PGRMZ, else 3 with an altitude (GGA, GNS or
 PGRMZ), else 3 when the previous epoch was a 3D fix at most MODE_CARRY_MAX_GAP_S earlier
@@ -148,6 +150,9 @@ class _Epoch:
     zda: ZDA | None = None
     gst: GST | None = None
     pgrmz: PGRMZ | None = None
+    # The position and velocity sentences kept above, in the order they came: where they
+    # disagree, the last one wins (see the module docstring).
+    order: list[GGA | RMC | GNS | GLL | VTG] = field(default_factory=list)
     gsa: list[GSA] = field(default_factory=list)
     view_rows: dict[tuple[int, int], _SatRow] | None = None  # a view completed in it
     view: list[_SatRow] | None = None  # its copy when the epoch closes
@@ -336,15 +341,25 @@ class EpochAssembler:
             ep.size += 1
             self._gsv(ep, msg)
         elif isinstance(msg, GGA):
-            ep.gga = ep.gga or msg
+            if ep.gga is None:
+                ep.gga = msg
+                ep.order.append(msg)
         elif isinstance(msg, RMC):
-            ep.rmc = ep.rmc or msg
+            if ep.rmc is None:
+                ep.rmc = msg
+                ep.order.append(msg)
         elif isinstance(msg, GNS):
-            ep.gns = ep.gns or msg
+            if ep.gns is None:
+                ep.gns = msg
+                ep.order.append(msg)
         elif isinstance(msg, GLL):
-            ep.gll = ep.gll or msg
+            if ep.gll is None:
+                ep.gll = msg
+                ep.order.append(msg)
         elif isinstance(msg, VTG):
-            ep.vtg = ep.vtg or msg
+            if ep.vtg is None:
+                ep.vtg = msg
+                ep.order.append(msg)
         elif isinstance(msg, ZDA):
             ep.zda = ep.zda or msg
         elif isinstance(msg, GST):
@@ -486,45 +501,53 @@ class EpochAssembler:
     def _used_of(ep: _Epoch) -> set[tuple[int, int]]:
         return {(s.gnssid, s.svid) for g in ep.gsa for s in g.used}
 
-    def _position(self, ep: _Epoch) -> tuple[float, float] | None:
-        """The vouched-for position of the epoch (see the module docstring), or None."""
-        gll, gga, gns, rmc = ep.gll, ep.gga, ep.gns, ep.rmc
-        if (
-            gll is not None
-            and gll.valid
-            and gll.pos_mode != "N"
-            and gll.lat is not None
-            and gll.lon is not None
-        ):
-            return gll.lat, gll.lon
-        if (
-            gga is not None
-            and gga.quality not in (None, 0)
-            and gga.lat is not None
-            and gga.lon is not None
-            and (
-                (gga.num_sv is not None and gga.num_sv >= GGA_MIN_SATELLITES)
-                or any(g.nav_mode in (2, 3) for g in ep.gsa)
-            )
-        ):
-            return gga.lat, gga.lon
-        if (
-            gns is not None
-            and gns.pos_mode
-            and gns.pos_mode[0] != "N"
-            and gns.lat is not None
-            and gns.lon is not None
-        ):
-            return gns.lat, gns.lon
-        if (
-            rmc is not None
-            and rmc.valid
-            and (rmc.pos_mode or "A")[0] != "N"
-            and rmc.lat is not None
-            and rmc.lon is not None
-        ):
-            return rmc.lat, rmc.lon
+    @staticmethod
+    def _position(ep: _Epoch) -> tuple[float, float] | None:
+        """The vouched-for position of the epoch (see the module docstring), or None: of the
+        sentences that vouch for theirs, the last one received."""
+        for msg in reversed(ep.order):
+            if isinstance(msg, VTG) or msg.lat is None or msg.lon is None:
+                continue
+            if isinstance(msg, GLL):
+                if msg.valid and msg.pos_mode != "N":
+                    return msg.lat, msg.lon
+            elif isinstance(msg, GGA):
+                if msg.quality not in (None, 0) and (
+                    (msg.num_sv is not None and msg.num_sv >= GGA_MIN_SATELLITES)
+                    or any(g.nav_mode in (2, 3) for g in ep.gsa)
+                ):
+                    return msg.lat, msg.lon
+            elif isinstance(msg, GNS):
+                if msg.pos_mode and msg.pos_mode[0] != "N":
+                    return msg.lat, msg.lon
+            elif msg.valid and (msg.pos_mode or "A")[0] != "N":  # RMC
+                return msg.lat, msg.lon
         return None
+
+    @staticmethod
+    def _velocity(ep: _Epoch) -> tuple[float | None, float | None]:
+        """Speed (knots) and track of the epoch: each from the last RMC (status A) or VTG
+        received that gives it."""
+        speed_kn: float | None = None
+        track: float | None = None
+        for msg in reversed(ep.order):
+            if isinstance(msg, RMC):
+                if not msg.valid:
+                    continue
+                s, c = msg.speed_kn, msg.course
+            elif isinstance(msg, VTG):
+                s, c = msg.speed_kn, msg.course
+                if s is None and msg.speed_kmh is not None:
+                    s = msg.speed_kmh / 1.852
+            else:
+                continue
+            if speed_kn is None:
+                speed_kn = s
+            if track is None:
+                track = c
+            if speed_kn is not None and track is not None:
+                break
+        return speed_kn, track
 
     def _fix(
         self,
@@ -536,7 +559,7 @@ class EpochAssembler:
         gnss_time: bool,
         used: set[tuple[int, int]],
     ) -> Fix:
-        gga, rmc, vtg, pgrmz = ep.gga, ep.rmc, ep.vtg, ep.pgrmz
+        gga, rmc, pgrmz = ep.gga, ep.rmc, ep.pgrmz
         position = self._position(ep)
         gsa_modes = [g.nav_mode for g in ep.gsa if g.nav_mode in (1, 2, 3)]
         alt_src = gga if gga is not None and gga.alt is not None else ep.gns
@@ -566,16 +589,9 @@ class EpochAssembler:
             if sep is not None:
                 values["geoidSep"] = sep
                 values["altHAE"] = round(alt + sep, 4)
-        speed_kn = rmc.speed_kn if rmc is not None and rmc.valid else None
-        if speed_kn is None and vtg is not None:
-            speed_kn = vtg.speed_kn
-            if speed_kn is None and vtg.speed_kmh is not None:
-                speed_kn = vtg.speed_kmh / 1.852
+        speed_kn, track = self._velocity(ep)
         if mode >= 2 and speed_kn is not None:
             values["speed"] = round(speed_kn * KNOTS_TO_MPS, 3)
-        track = rmc.course if rmc is not None and rmc.valid else None
-        if track is None and vtg is not None:
-            track = vtg.course
         if mode >= 2 and track is not None:
             values["track"] = track
         if rmc is not None and rmc.magvar is not None:

@@ -310,7 +310,8 @@ def test_garmin_pgrmz_gives_the_altitude_and_mode_of_a_gll_second() -> None:
     assert (gll.mode, gll.altMSL) == (3, 14.6304)  # 48 ft
 
 
-def test_when_positions_disagree_gll_wins_then_gga_then_rmc() -> None:
+def test_when_positions_disagree_the_last_sentence_of_the_epoch_wins() -> None:
+    # B&G Zeus² relay, first minute: RMC first (its position a second old), GLL last.
     records = run(
         "GPRMC,094737,A,5251.0093,N,00518.8170,E,5.6,230.5,200818,1.4,E,A",
         "GPGGA,094737,5251.0085,N,00518.8151,E,1,12,0.60,-4,M,46.8,M,,",
@@ -322,6 +323,34 @@ def test_when_positions_disagree_gll_wins_then_gga_then_rmc() -> None:
     assert (round(first.lat or 0, 9), round(first.lon or 0, 9)) == (52.85014, 5.313581667)
     assert round(second.lat or 0, 9) == 52.850123333  # GGA before RMC
     assert first.speed == 2.881  # speed and track still from the RMC
+
+
+def test_a_later_rmc_and_vtg_give_the_position_and_the_velocity() -> None:
+    # The same relay a minute later: GGA and GLL first, then RMC, then a VTG that disagrees.
+    records = run(
+        "GPGGA,094855,5250.9360,N,00518.6511,E,1,12,0.60,-5,M,46.8,M,,",
+        "GPGLL,5250.9359,N,00518.6508,E,094855,A,A",
+        "GPGSA,A,3,07,08,10,16,20,21,26,27,29,76,75,70,1.10,0.60,0.90",
+        "GPRMC,094855,A,5250.9358,N,00518.6506,E,6.3,232.6,200818,1.4,E,A",
+        "GPVTG,222.3,T,220.9,M,6.6,N,12.2,K,A",
+        "GPZDA,094855,20,08,2018,-01,00",
+    )
+    (fix,) = of(Fix, records)
+    assert (round(fix.lat or 0, 9), round(fix.lon or 0, 9)) == (52.84893, 5.310843333)  # RMC
+    assert (fix.speed, fix.track) == (3.395, 222.3)  # VTG's 6.6 kn, not RMC's 6.3
+    assert fix.altMSL == -5.0  # the altitude is still the GGA's
+
+
+def test_a_last_sentence_without_a_fix_does_not_replace_the_position() -> None:
+    records = run(
+        "GPGGA,120000,5250.9360,N,00518.6511,E,1,08,0.9,3.0,M,46.8,M,,",
+        "GPRMC,120000,V,5250.0000,N,00518.0000,E,9.9,100.0,200818,,,N",
+        "GPGLL,5250.0000,N,00518.0000,E,120000,V,N",
+        "GPVTG,,T,,M,,N,,K,N",
+    )
+    (fix,) = of(Fix, records)
+    assert (round(fix.lat or 0, 6), round(fix.lon or 0, 6)) == (52.848933, 5.310852)  # GGA's
+    assert fix.speed is None  # the RMC without a fix vouches for no speed either
 
 
 def test_a_second_with_only_rmc_keeps_the_3d_of_the_second_before() -> None:
