@@ -11,20 +11,22 @@ from __future__ import annotations
 BINARY_ONLY = frozenset({"quectel-l76k-binary", "ublox-lea-m8f", "ublox-neo-m8l"})
 
 #: Totals over the NMEA captures (both directories, binary-only ones left out); reached:
-#: fixes 1969/2061 (95.54%), sky exact 1389/1399 (99.29%).
-GOALS = {"fix_rate": 0.955, "false_fixes": 0, "sky_rate": 0.992}
+#: fixes 2020/2061 (98.01%), sky exact 1392/1399 (99.50%). The fix goal of 99% is out of
+#: reach while gpsd is kept wrong on the GPSD_WRONG epochs below (40 of the 41 misses).
+GOALS = {"fix_rate": 0.98, "false_fixes": 0, "sky_rate": 0.9949}
 
 #: Fix epochs where gpsd is wrong and we keep our answer (README: "Where gpsd is wrong"):
 #: capture -> (epochs, why). They stay mismatches in the comparator's figures; the goal is
 #: checked on the rest too.
 GPSD_WRONG: dict[str, tuple[int, str]] = {
     "bundg_zeus_9": (
-        87,
+        38,
         (
-            "a chartplotter relaying GGA, GLL and RMC with shifted times: gpsd reports at its "
-            "GLL, before the epoch's RMC, with speed and track derived from two positions a "
-            "second apart (0.0 m/s while RMC and VTG say 5.7 kn), or, where its cycle detector "
-            "ends on the RMC, that sentence's later position; ours: GLL's position, RMC's speed"
+            "09:48:17-09:48:54, a chartplotter relaying GLL with a time a second ahead of its "
+            "GGA: the GLL starts gpsd's cycle and gpsd reports at once, before that time's "
+            "RMC, VTG and GGA, with a speed of 0.0-0.4 m/s derived from two positions while "
+            "RMC and VTG say 5-6.7 kn, and never reports the complete second; ours: the "
+            "whole second, last sentence wins (GGA's position, VTG's speed and track)"
         ),
     ),
     "quectel": (
@@ -44,7 +46,7 @@ GPSD_WRONG: dict[str, tuple[int, str]] = {
     ),
 }
 #: Goal on the NMEA captures with the GPSD_WRONG epochs left out.
-GOAL_FIX_RATE_WITHOUT_GPSD_WRONG = 0.99
+GOAL_FIX_RATE_WITHOUT_GPSD_WRONG = 0.999  # reached: 2020/2021 (99.95%)
 
 FLOORS: dict[str, tuple[int, int, int]] = {
     "GPSmap-76S": (0, 0, 0),  # 0 fixes, 0 sky
@@ -61,7 +63,7 @@ FLOORS: dict[str, tuple[int, int, int]] = {
     "bt451": (12, 0, 12),  # 12 fixes, 12 sky
     "bu353-glonass": (9, 0, 3),  # 9 fixes, 3 sky
     "bu353s4": (25, 0, 5),  # 25 fixes, 5 sky
-    "bundg_zeus_9": (60, 0, 144),  # 147 fixes, 144 sky
+    "bundg_zeus_9": (109, 0, 144),  # 147 fixes, 144 sky
     "cat-ms352": (40, 0, 0),  # 40 fixes, 0 sky
     "ch-4701": (26, 0, 4),  # 26 fixes, 4 sky
     "ch-4711": (0, 0, 2),  # 0 fixes, 2 sky
@@ -119,7 +121,7 @@ FLOORS: dict[str, tuple[int, int, int]] = {
     "polarx2": (5, 0, 5),  # 5 fixes, 5 sky
     "quectel": (0, 0, 31),  # 1 fixes, 32 sky
     "quectel-L70": (16, 0, 3),  # 16 fixes, 3 sky
-    "quectel-l76k-binary": (0, 0, 0),  # 129 fixes, 129 sky
+    "quectel-l76k-binary": (129, 0, 129),  # 129 fixes, 129 sky
     "quectel-l76k-nmea": (150, 0, 150),  # 150 fixes, 150 sky
     "rgm3800": (0, 0, 1),  # 0 fixes, 1 sky
     "rst39": (0, 0, 0),  # 0 fixes, 0 sky
@@ -146,11 +148,11 @@ FLOORS: dict[str, tuple[int, int, int]] = {
     "ublox-lea-4s": (2, 0, 2),  # 2 fixes, 2 sky
     "ublox-lea-5h": (19, 0, 18),  # 19 fixes, 18 sky
     "ublox-lea-5q": (0, 0, 0),  # 0 fixes, 0 sky
-    "ublox-lea-m8f": (0, 0, 0),  # 18 fixes, 23 sky
-    "ublox-neo-m8l": (0, 0, 0),  # 189 fixes, 19 sky
+    "ublox-lea-m8f": (18, 0, 23),  # 18 fixes, 23 sky
+    "ublox-neo-m8l": (189, 0, 19),  # 189 fixes, 19 sky
     "ublox-neo-m9n-nmea": (61, 0, 61),  # 61 fixes, 61 sky
     "ublox-zed-f9p-nmea": (29, 0, 29),  # 29 fixes, 29 sky
-    "ublox8-uniqid-monhw": (5, 0, 5),  # 8 fixes, 8 sky
+    "ublox8-uniqid-monhw": (7, 0, 8),  # 8 fixes, 8 sky
     "udp-test": (1, 0, 1),  # 1 fixes, 1 sky
     "unicore-um621": (16, 0, 20),  # 16 fixes, 20 sky
     "venus634lp": (5, 0, 5),  # 5 fixes, 5 sky
