@@ -39,6 +39,7 @@ from terminal_gw.models import (
     EventSink,
     Fix,
     Payload,
+    RecordSink,
     ReportedFix,
     SmsReceived,
     make_event,
@@ -67,12 +68,6 @@ __all__ = [
 
 #: A report as base64 in one 7-bit SMS: 160 characters carry 120 bytes.
 SMS_REPORT_BYTES = SMS_BYTES * 8 // 7 // 4 * 3
-
-
-class RecordSink(Protocol):
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None: ...
 
 
 def report_of(payload: Payload) -> tuple[str, str, bytes] | None:

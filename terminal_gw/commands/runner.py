@@ -62,7 +62,7 @@ from terminal_gw.config import MAX_TOPIC_BYTES, Config
 from terminal_gw.errors import CommandError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import (
     CommandResult,
-    Payload,
+    RecordSink,
     SmsSendProgress,
     iso_utc,
     new_id,
@@ -90,16 +90,6 @@ class SmsModem(Protocol):
 
     async def poll_now(self) -> None:
         """Read signal, registration and operator now and publish the modem status."""
-        ...
-
-
-class ResultSink(Protocol):
-    """Where progress and results are stored for delivery (`terminal_gw.outbox.Outbox`)."""
-
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None:
-        """Accept a record; with sync, return once it is committed."""
         ...
 
 
@@ -283,7 +273,7 @@ class CommandRunner:
         self,
         config: Config,
         store: CommandStore,
-        outbox: ResultSink,
+        outbox: RecordSink,
         modem: SmsModem,
         *,
         responder: Responder | None = None,

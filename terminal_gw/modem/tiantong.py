@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -51,6 +51,7 @@ from terminal_gw.models import (
     EventSink,
     ModemStatus,
     Payload,
+    RecordSink,
     SmsReceived,
     iso_utc,
     make_event,
@@ -120,16 +121,6 @@ NOT_FOR_USER_PID: dict[int, str] = {
 }
 #: Direct (`+CMT`) messages remembered to tell identical ones in the same second apart.
 CMT_SEEN_MAX = 1024
-
-
-class RecordSink(Protocol):
-    """Where records go (the outbox)."""
-
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None:
-        """Store a record; with sync, return only once it is durable."""
-        ...
 
 
 class ModemState(StrEnum):

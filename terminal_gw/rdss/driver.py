@@ -45,8 +45,8 @@ from terminal_gw.models import (
     BdsReceived,
     BdsSendProgress,
     EventSink,
-    Payload,
     RdssStatus,
+    RecordSink,
     iso_utc,
     make_event,
     new_id,
@@ -122,16 +122,6 @@ class TerminalPort(Port, Protocol):
 
     def mark_alive(self) -> None:
         """A valid sentence was read."""
-        ...
-
-
-class RecordSink(Protocol):
-    """Where records go (the outbox)."""
-
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None:
-        """Store a record; with sync, return only once it is durable."""
         ...
 
 
