@@ -45,6 +45,7 @@ from terminal_gw.sdnotify import Notifier
 from terminal_gw.serve import Serving
 from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
+from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.port import Port
@@ -142,7 +143,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.log = log or get_logger("daemon")
-        self.base_topic = f"{config.mqtt.prefix}/{config.device.id}"
+        self.topics = Topics.of_config(config)
         self.board = StatusBoard(config.device.id, stall_s=config.status.stall_s)
         self.status_file = StatusFile(config.status.path)
         self.supervisor = Supervisor(
@@ -189,7 +190,7 @@ class Daemon:
             self.modem = TiantongModem(
                 config.modem,
                 self.sink,
-                topic_base=self.base_topic,
+                topics=self.topics,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("modem"),
                 port_factory=self._open_modem_port,
@@ -223,7 +224,7 @@ class Daemon:
                 config.rdss,
                 self.sink,
                 RdssStore(config.rdss.path or state_dir / "rdss.db"),
-                topic_base=self.base_topic,
+                topics=self.topics,
                 state_dir=state_dir,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("rdss"),
@@ -265,14 +266,10 @@ class Daemon:
         except asyncio.QueueFull:
             self.records_in["event_dropped_queue_full"] += 1
 
-    def topic_for(self, payload: Payload) -> str:
-        """The full MQTT topic of a payload."""
-        return f"{self.base_topic}/{payload.topic_path()}"
-
     async def store(self, payload: Payload, *, retain: bool = False) -> bool:
         """Put a record into the outbox; False (counted, logged) when it was refused."""
         try:
-            await self.sink.put(self.topic_for(payload), payload, retain=retain)
+            await self.sink.put(self.topics.of(payload), payload, retain=retain)
         except OutboxFullError as exc:
             self.log.warning("outbox refused a record", cls=payload.record_class, reason=str(exc))
             return False

@@ -46,6 +46,7 @@ from terminal_gw.models import (
     new_id,
 )
 from terminal_gw.rdss.driver import RdssDriver
+from terminal_gw.topics import Topics
 from terminal_gw.wire.track import (
     SMS_BYTES,
     Point,
@@ -133,11 +134,11 @@ class ShoreSink:
             self._log.warning("track_report_undecodable", sender=sender, error=str(exc))
             return
         self.counters["report_received"] += 1
+        topics = Topics(self.prefix, device)
         for fix in report_fixes(points, device, f"{channel}:{sender}"):
+            reported = ReportedFix.model_validate(fix)
             try:
-                await self.inner.put(
-                    f"{self.prefix}/{device}/gnss/fix", ReportedFix.model_validate(fix)
-                )
+                await self.inner.put(topics.of(reported), reported)
             except StoreError as exc:
                 self.counters["report_fix_refused"] += 1
                 self._log.error("track_report_fix_refused", error=str(exc))

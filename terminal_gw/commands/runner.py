@@ -69,6 +69,7 @@ from terminal_gw.models import (
     stable_id,
 )
 from terminal_gw.modem.sms import SubmitPdu, encode_submit
+from terminal_gw.topics import Topics
 
 #: A phone number as the port may see it: digits only, an optional leading +.
 NUMBER = re.compile(r"\+?[0-9]{3,20}")
@@ -289,9 +290,9 @@ class CommandRunner:
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.commands")
         self._clock = clock
         self._max_bytes = int(config.mqtt.max_command_bytes)
+        self._topics = Topics.of_config(config)
         self._prefix = config.mqtt.prefix
-        self._base = f"{config.mqtt.prefix}/{config.device.id}"
-        self._cmd_prefix = f"{self._base}/cmd/"
+        self._cmd_prefix = self._topics.command_prefix
         self._wake = asyncio.Event()
         # Orders progress: "queued" is stored before the sender can report "sending".
         self._order = asyncio.Lock()
@@ -534,7 +535,7 @@ class CommandRunner:
 
     async def _store_result(self, payload: CommandResult | SmsSendProgress) -> None:
         try:
-            await self._outbox.put(f"{self._base}/{payload.topic_path()}", payload, sync=True)
+            await self._outbox.put(self._topics.of(payload), payload, sync=True)
         except StoreError as exc:
             # The command store still holds the SMS's state; a repeat of the command shows it.
             self.counters["results_lost"] += 1

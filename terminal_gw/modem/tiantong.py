@@ -71,6 +71,7 @@ from terminal_gw.modem.sms import (
     decode_pdu,
     parse_stored,
 )
+from terminal_gw.topics import Topics
 from terminal_gw.transport.port import PortFactory, open_with_retry
 
 __all__ = [
@@ -207,7 +208,7 @@ class TiantongModem:
         config: ModemConfig,
         outbox: RecordSink,
         *,
-        topic_base: str,
+        topics: Topics,
         events: EventSink | None = None,
         port_factory: PortFactory | None = None,
         on_status_report: Callable[[SmsStatusReport], None] | None = None,
@@ -218,7 +219,7 @@ class TiantongModem:
     ) -> None:
         self._cfg = config
         self._outbox = outbox
-        self._base = topic_base.rstrip("/")
+        self._topics = topics
         self._events = events
         self._factory = port_factory or self._open_serial
         # A fixed wait between opens, as configured (a modem port is one local device).
@@ -266,7 +267,7 @@ class TiantongModem:
 
     def topic(self, payload: Payload) -> str:
         """The full MQTT topic of a payload."""
-        return f"{self._base}/{payload.topic_suffix}"
+        return self._topics.of(payload)
 
     def status(self) -> dict[str, Any]:
         """A snapshot for the health report."""
