@@ -210,7 +210,7 @@ class LiveView:
     def line(self) -> str:
         """The current state in one line."""
         d = self.daemon
-        fix = d.last_fix
+        fix = d.gnss.last_fix
         if fix is None or fix.lat is None or fix.lon is None:
             where = "waiting for a fix"
         else:
