@@ -1,9 +1,10 @@
 """The daemon: stages wired into one supervisor (`terminal-gw run`).
 
-gnss (serial -> pipeline -> reporting policy), modem (SMS in, signal, registration) and the
-event queue feed the outbox; the uplink drains it and hands downlink commands to the command
-runner, which sends SMS through the modem; status writes the local status file and refreshes
-the retained status topic.
+The daemon composes stages that live in their own modules: gnss (`gnss.stage`: serial ->
+pipeline -> reporting policy), modem (SMS in, signal, registration) and rdss feed the outbox,
+as does the daemon's event queue; the uplink drains it and hands downlink commands to the
+command runner, which sends SMS through the modem; the daemon's status stage writes the local
+status file and refreshes the retained status topic.
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from terminal_gw.errors import (
     TransportError,
 )
 from terminal_gw.fallback import FallbackSender, ShoreSink
-from terminal_gw.gnss.framer import Framer
-from terminal_gw.gnss.pipeline import GnssPipeline
-from terminal_gw.gnss.policy import ReportingPolicy
+from terminal_gw.gnss.stage import GnssStage
 from terminal_gw.logs import get_logger
-from terminal_gw.models import Event, Fix, Payload, Status, iso_utc, make_event
+from terminal_gw.models import Event, Payload, Status, iso_utc, make_event
 from terminal_gw.modem.sms import SubmitPdu
 from terminal_gw.modem.tiantong import TiantongModem
 from terminal_gw.outbox import CLASS_PRIORITY, Outbox
@@ -45,31 +44,15 @@ from terminal_gw.sdnotify import Notifier
 from terminal_gw.serve import Serving
 from terminal_gw.status import MetricsServer, StatusBoard, StatusFile
 from terminal_gw.supervisor import Stage, Supervisor
+from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.port import Port
-from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
+from terminal_gw.transport.serial import SerialPort
 from terminal_gw.uplink import LinkState, Uplink
-from terminal_gw.uplink.compact import derive_id
 
 #: Events waiting for the outbox; beyond this they are counted and dropped (a flood guard).
 EVENT_QUEUE_MAX = 10_000
-
-
-def _framer_validator(config: Config) -> Validator:
-    """A fresh check for auto-baud: True once a checksum-valid sentence or binary frame
-    (UBX, CASIC) framed."""
-    framer = Framer(
-        max_sentence_len=config.gnss.max_sentence_len,
-        allow_no_checksum=False,
-    )
-
-    def valid(chunk: bytes) -> bool:
-        framer.feed(chunk)
-        c = framer.counters
-        return c.get("good", 0) + c.get("ubx_good", 0) + c.get("casic_good", 0) > 0
-
-    return valid
 
 
 #: +CMS ERROR 302, "operation not allowed": a permanent failure, so an SMS is not retried.
@@ -142,7 +125,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.log = log or get_logger("daemon")
-        self.base_topic = f"{config.mqtt.prefix}/{config.device.id}"
+        self.topics = Topics.of_config(config)
         self.board = StatusBoard(config.device.id, stall_s=config.status.stall_s)
         self.status_file = StatusFile(config.status.path)
         self.supervisor = Supervisor(
@@ -154,23 +137,8 @@ class Daemon:
         )
         self.extra_stages = extra_stages or []
         self.clock = ClockWatch(config.clock.skew_threshold_s, config.clock.chrony_socket)
-        self.policy = ReportingPolicy(config.gnss.reporting)
-        self.pipeline = GnssPipeline(
-            max_sentence_len=config.gnss.max_sentence_len,
-            allow_no_checksum=config.gnss.allow_no_checksum,
-            prefer=config.gnss.prefer,
-        )
-        # The receiver served to the tools on board (gpsd protocol, NMEA out); off by default,
-        # and then nothing is hooked. Every epoch reaches them, before the reporting policy.
-        self.serving = Serving(
-            config, bps=lambda: None if self.gnss_port is None else self.gnss_port.baud
-        )
-        self.pipeline.sentence_observers.extend(self.serving.sentence_observers)
-        self.pipeline.binary_observers.extend(self.serving.binary_observers)
-        self.gnss_observers = self.serving.payload_observers
-        if not self.gnss_observers:
-            # Only the reporting policy reads sky views: build one only when it would go out.
-            self.pipeline.assembler.sky_wanted = lambda: self.policy.sky_due(time.monotonic())
+        # The receiver served to the tools on board (gpsd protocol, NMEA out); off by default.
+        self.serving = Serving(config, bps=self._gnss_bps)
         self.outbox = Outbox(config.outbox, events=self.emit, log=get_logger("outbox"))
         self.records_in: Counter[str] = Counter()
         self.sink: CountingSink | ShoreSink = CountingSink(self.outbox, self.records_in)
@@ -184,12 +152,26 @@ class Daemon:
                 counters=self.fallback_counters,
                 log=get_logger("fallback"),
             )
+        self.gnss = GnssStage(
+            config.gnss,
+            self.sink,
+            topics=self.topics,
+            clock=self.clock,
+            events=self.emit,
+            counts=self.records_in,
+            observers=self.serving.payload_observers,
+            sentence_observers=self.serving.sentence_observers,
+            binary_observers=self.serving.binary_observers,
+            capture=self.capture_writer,
+            on_progress=lambda: self.board.progress("gnss"),
+            log=self.log,
+        )
         self.modem: TiantongModem | None = None
         if config.modem.port != "none":
             self.modem = TiantongModem(
                 config.modem,
                 self.sink,
-                topic_base=self.base_topic,
+                topics=self.topics,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("modem"),
                 port_factory=self._open_modem_port,
@@ -223,7 +205,7 @@ class Daemon:
                 config.rdss,
                 self.sink,
                 RdssStore(config.rdss.path or state_dir / "rdss.db"),
-                topic_base=self.base_topic,
+                topics=self.topics,
                 state_dir=state_dir,
                 events=self.emit,
                 on_progress=lambda: self.board.progress("rdss"),
@@ -244,12 +226,9 @@ class Daemon:
                 events=self.emit,
                 log=get_logger("fallback"),
             )
-            self.gnss_observers.append(self.fallback.observe)
-        self.gnss_port: ReconnectingPort | None = None
+            self.gnss.fix_observers.append(self.fallback.observe)
         self.recorder: TapWriter | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
-        self.last_fix_mono: float | None = None
-        self.last_fix: Fix | None = None
         self._register_health()
 
     # --- records --------------------------------------------------------------------------
@@ -265,14 +244,10 @@ class Daemon:
         except asyncio.QueueFull:
             self.records_in["event_dropped_queue_full"] += 1
 
-    def topic_for(self, payload: Payload) -> str:
-        """The full MQTT topic of a payload."""
-        return f"{self.base_topic}/{payload.topic_path()}"
-
     async def store(self, payload: Payload, *, retain: bool = False) -> bool:
         """Put a record into the outbox; False (counted, logged) when it was refused."""
         try:
-            await self.sink.put(self.topic_for(payload), payload, retain=retain)
+            await self.sink.put(self.topics.of(payload), payload, retain=retain)
         except OutboxFullError as exc:
             self.log.warning("outbox refused a record", cls=payload.record_class, reason=str(exc))
             return False
@@ -281,54 +256,11 @@ class Daemon:
             return False
         return True
 
-    async def accept_gnss(self, payload: Payload, now: float) -> None:
-        """A record from the GNSS pipeline: local servers, clock check, reporting policy, outbox."""
-        # A fix or sky with a GNSS time gets the id derived from the device and that time
-        # (stable, and free in a compact batch); untimed ones keep their random id.
-        payload = derive_id(payload, self.config.device.id)
-        for observe in self.gnss_observers:
-            observe(payload)
-        if isinstance(payload, Fix):
-            self.last_fix_mono = time.monotonic()
-            self.last_fix = payload
-            event = self.clock.observe(payload, now)
-            if event is not None:
-                self.emit(event)
-        if self.policy.should_report(payload, time.monotonic()):
-            await self.store(payload)
-        else:
-            self.records_in[f"{payload.record_class}_thinned_by_policy"] += 1
-
     # --- stages ---------------------------------------------------------------------------
 
-    async def gnss_stage(self) -> None:
-        """Read the receiver, frame/decode/assemble, report."""
-        cfg = self.config.gnss
-        port = ReconnectingPort(
-            cfg.port,
-            cfg.baud,
-            name="gnss",
-            validator=lambda: _framer_validator(self.config),
-            init=cfg.init,
-            stale_after_s=cfg.stale_after_s,
-            events=self.emit,
-            log=get_logger("serial", port="gnss"),
-        )
-        self.gnss_port = port
-        recorder = self.capture_writer("gnss") if cfg.record else None
-        async with port:
-            while True:
-                chunk = await port.read()
-                now = time.time()
-                if recorder is not None:
-                    recorder.write("gnss", "<", chunk, now)
-                before = self.pipeline.last_valid_sentence
-                records = self.pipeline.feed(chunk, now)
-                if self.pipeline.last_valid_sentence != before:
-                    port.mark_alive()
-                for payload in records:
-                    await self.accept_gnss(payload, now)
-                self.board.progress("gnss")
+    def _gnss_bps(self) -> int | None:
+        port = self.gnss.port
+        return None if port is None else port.baud
 
     def capture_writer(self, port: str) -> TapWriter | None:
         """The daemon's capture file: every port with `record = true` writes into this one
@@ -423,8 +355,7 @@ class Daemon:
         # while its port is down or reopening (the port reports why), the others while their
         # task runs (each wait inside them has its own timeout). The outbox and the modem
         # report their own progress, so a disk write or a modem that hangs is seen.
-        port = self.gnss_port
-        if port is not None and port.state is not PortState.OPEN:
+        if self.gnss.port_down():
             self.board.progress("gnss")
         for name in ("uplink", "events", "metrics", "commands", *self.serving.stage_names()):
             info = self.board.stages.get(name)
@@ -440,7 +371,7 @@ class Daemon:
 
     def _register_health(self) -> None:
         b = self.board
-        b.add_counters("sentences", lambda: self.pipeline.counters)
+        b.add_counters("sentences", lambda: self.gnss.pipeline.counters)
         b.add_counters("records_in", lambda: self.records_in)
         b.add_counters("uplink", self.uplink.counters.as_dict)
         b.add_gauge("link_profile", self.uplink.link_summary)
@@ -478,10 +409,11 @@ class Daemon:
         b.add_check("outbox", lambda: self.outbox.health_problem)
         b.add_gauge("link", lambda: str(self.uplink.state))
         b.add_gauge("link_reason", lambda: self.uplink.state_reason)
-        b.add_gauge("last_fix_age_s", self._fix_age)
-        b.add_gauge("last_fix_mode", lambda: None if self.last_fix is None else self.last_fix.mode)
+        gnss = self.gnss
+        b.add_gauge("last_fix_age_s", gnss.fix_age)
+        b.add_gauge("last_fix_mode", lambda: None if gnss.last_fix is None else gnss.last_fix.mode)
         b.add_gauge("clock_offset_s", self._clock_offset)
-        b.add_gauge("gnss_port", self._port_state)
+        b.add_gauge("gnss_port", gnss.port_state)
         b.add_gauge(
             "capture_errors", lambda: None if self.recorder is None else self.recorder.errors
         )
@@ -490,18 +422,9 @@ class Daemon:
         age = self.outbox.oldest_age_s()
         return None if age is None else round(age, 1)
 
-    def _fix_age(self) -> float | None:
-        if self.last_fix_mono is None:
-            return None
-        return round(time.monotonic() - self.last_fix_mono, 1)
-
     def _clock_offset(self) -> float | None:
         off = self.clock.offset_s
         return None if off is None else round(off, 3)
-
-    def _port_state(self) -> str | None:
-        port = self.gnss_port
-        return None if port is None else f"{port.state}: {port.reason}"
 
     def health_summary(self) -> dict[str, Any]:
         """The health summary carried by the retained status topic."""
@@ -531,7 +454,7 @@ class Daemon:
             Stage("status", self.status_stage),
         ]
         if self.config.gnss.port != "none":
-            stages.insert(0, Stage("gnss", self.gnss_stage, input=True))
+            stages.insert(0, Stage("gnss", self.gnss.run, input=True))
         if self.modem is not None:
             stages.insert(0, Stage("modem", self.modem_stage, input=True))
         if self.rdss is not None:
@@ -545,9 +468,7 @@ class Daemon:
 
     async def on_stopping(self) -> None:
         """Shutdown: keep what the pipeline holds, commit, publish offline, disconnect."""
-        now = time.time()
-        for payload in self.pipeline.flush(now):
-            await self.accept_gnss(payload, now)
+        await self.gnss.flush(time.time())
         while not self._events.empty():
             await self.store(self._events.get_nowait())
         with contextlib.suppress(StoreError):
@@ -575,7 +496,7 @@ class Daemon:
             return
         applied: list[str] = []
         if new.gnss.reporting != self.config.gnss.reporting:
-            self.policy = ReportingPolicy(new.gnss.reporting)
+            self.gnss.set_reporting(new.gnss.reporting)
             applied.append("gnss.reporting")
         if new.clock.skew_threshold_s != self.config.clock.skew_threshold_s:
             self.clock.threshold_s = new.clock.skew_threshold_s

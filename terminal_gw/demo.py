@@ -31,6 +31,7 @@ from terminal_gw.logs import configure_logging
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.sim.rdss import RdssSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.pty import PtyDevice
 
 DEVICE_ID = "demo-vessel"
@@ -209,7 +210,7 @@ class LiveView:
     def line(self) -> str:
         """The current state in one line."""
         d = self.daemon
-        fix = d.last_fix
+        fix = d.gnss.last_fix
         if fix is None or fix.lat is None or fix.lon is None:
             where = "waiting for a fix"
         else:
@@ -295,21 +296,21 @@ async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict
     )
     print(f"  state, outbox and logs in {workdir}", file=out)
     if broker.how not in ("none", "not_found"):
-        base = f"{config.mqtt.prefix}/{DEVICE_ID}"
+        topics = Topics(config.mqtt.prefix, DEVICE_ID)
         print(
             f"  watch the topics:  mosquitto_sub -h {broker.host} -p {broker.port}"
-            f" -t '{base}/#' -v",
+            f" -t '{topics.base}/#' -v",
             file=out,
         )
         print(
             f"  send an SMS:       mosquitto_pub -h {broker.host} -p {broker.port}"
-            f" -t '{base}/cmd/sms/send' -q 1"
+            f" -t '{topics.command('sms/send')}' -q 1"
             """ -m '{"id": "demo-1", "to": "+8613800138000", "text": "hello"}'""",
             file=out,
         )
         print(
             f"  send a BeiDou message: mosquitto_pub -h {broker.host} -p {broker.port}"
-            f" -t '{base}/cmd/bds/send' -q 1"
+            f" -t '{topics.command('bds/send')}' -q 1"
             """ -m '{"id": "bds-1", "to": "0166166", "text": "你好, hello"}'""",
             file=out,
         )

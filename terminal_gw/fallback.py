@@ -39,12 +39,14 @@ from terminal_gw.models import (
     EventSink,
     Fix,
     Payload,
+    RecordSink,
     ReportedFix,
     SmsReceived,
     make_event,
     new_id,
 )
 from terminal_gw.rdss.driver import RdssDriver
+from terminal_gw.topics import Topics
 from terminal_gw.wire.track import (
     SMS_BYTES,
     Point,
@@ -67,12 +69,6 @@ __all__ = [
 
 #: A report as base64 in one 7-bit SMS: 160 characters carry 120 bytes.
 SMS_REPORT_BYTES = SMS_BYTES * 8 // 7 // 4 * 3
-
-
-class RecordSink(Protocol):
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None: ...
 
 
 def report_of(payload: Payload) -> tuple[str, str, bytes] | None:
@@ -138,11 +134,11 @@ class ShoreSink:
             self._log.warning("track_report_undecodable", sender=sender, error=str(exc))
             return
         self.counters["report_received"] += 1
+        topics = Topics(self.prefix, device)
         for fix in report_fixes(points, device, f"{channel}:{sender}"):
+            reported = ReportedFix.model_validate(fix)
             try:
-                await self.inner.put(
-                    f"{self.prefix}/{device}/gnss/fix", ReportedFix.model_validate(fix)
-                )
+                await self.inner.put(topics.of(reported), reported)
             except StoreError as exc:
                 self.counters["report_fix_refused"] += 1
                 self._log.error("track_report_fix_refused", error=str(exc))

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -435,6 +435,17 @@ class RdssStatus(Payload):
 
 #: Where stages send events; called synchronously, must not block (the daemon queues them).
 EventSink = Callable[[Event], None]
+
+
+class RecordSink(Protocol):
+    """Where records go: the outbox, or what the daemon wraps around it (counting, a shore
+    station's track reports). Every stage that stores records is given one."""
+
+    async def put(
+        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
+    ) -> None:
+        """Store a record; with sync, return only once it is durable."""
+        ...
 
 
 def iso_utc(unix_s: float) -> str:

@@ -65,6 +65,7 @@ from structlog.typing import FilteringBoundLogger
 from terminal_gw.errors import TerminalGwError
 from terminal_gw.exit_codes import EXIT_FAILURE as EXIT_NOTHING_PLAYED
 from terminal_gw.exit_codes import EXIT_OK, EXIT_USAGE
+from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import FROM_DEVICE, CaptureReader, Chunk
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ class Replayer:
         self.out = out
         self.jsonl = jsonl
         self.speed = speed
-        self.topic_base = f"{prefix}/{device}/"
+        self.topics = Topics(prefix, device)
         self.port = port
         self.progress = progress
         self.stats = Stats()
@@ -385,11 +386,11 @@ class Replayer:
             if payload.record_class == "fix":
                 fixes += 1
             if self.jsonl:
-                suffix = payload.topic_suffix
-                topic = self._topic_json.get(suffix)
+                path = payload.topic_path()
+                topic = self._topic_json.get(path)
                 if topic is None:
-                    topic = json.dumps(self.topic_base + suffix, ensure_ascii=False)
-                    self._topic_json[suffix] = topic
+                    topic = json.dumps(self.topics.below(path), ensure_ascii=False)
+                    self._topic_json[path] = topic
                 self.out.write(f'{{"topic":{topic},"payload":{payload.to_json()}}}\n')
         return fixes
 
@@ -565,7 +566,7 @@ class ModemReplayer:
         self.out = out
         self.jsonl = jsonl
         self.paced = speed is not None
-        self.base = f"{prefix}/{device}"
+        self.topics = Topics(prefix, device)
         self.port = port
         self.log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.replay")
         self.progress = progress
@@ -629,7 +630,7 @@ class ModemReplayer:
         modem = TiantongModem(
             self.driver_config,
             self,
-            topic_base=self.base,
+            topics=self.topics,
             events=self._event,
             port_factory=open_port,
             log=self.log,
@@ -720,7 +721,7 @@ class ModemReplayer:
                 self.stats.mismatches_folded += 1
                 return
             self._last_mismatch = key
-        self._emit(f"{self.base}/{event.topic_path()}", event)
+        self._emit(self.topics.of(event), event)
 
     def _emit(self, topic: str, payload: Payload) -> None:
         self._last_record = time.monotonic()
@@ -826,7 +827,7 @@ def _replay_log(level: str | None) -> FilteringBoundLogger:
 
 
 def _replay_rdss_side(
-    tap: ModemChunks, config: RdssConfig, *, base: str, jsonl: bool, log: FilteringBoundLogger
+    tap: ModemChunks, config: RdssConfig, *, topics: Topics, jsonl: bool, log: FilteringBoundLogger
 ) -> RdssReplay:
     """Without --port: the RDSS sessions of the captures played to the RDSS driver."""
     import tempfile
@@ -835,7 +836,7 @@ def _replay_rdss_side(
 
     with tempfile.TemporaryDirectory(prefix="tgw-rdss-replay-") as tmp:
         replay = RdssReplay(
-            config, out=sys.stdout, jsonl=jsonl, base=base, state_dir=Path(tmp), log=log
+            config, out=sys.stdout, jsonl=jsonl, topics=topics, state_dir=Path(tmp), log=log
         )
         replay.play(tap.sessions())
     return replay
@@ -873,7 +874,7 @@ def cli(args: argparse.Namespace) -> int:
         return replay_rdss(
             readers,
             rdss_config,
-            base=f"{prefix}/{device}",
+            topics=Topics(prefix, device),
             jsonl=args.jsonl,
             out=sys.stdout,
             err=sys.stderr,
@@ -938,7 +939,7 @@ def cli(args: argparse.Namespace) -> int:
         if rdss_tap is not None and rdss_tap.total:
             sys.stdout.flush()  # then the RDSS side's
             rdss_replay = _replay_rdss_side(
-                rdss_tap, rdss_config, base=f"{prefix}/{device}", jsonl=args.jsonl, log=log
+                rdss_tap, rdss_config, topics=Topics(prefix, device), jsonl=args.jsonl, log=log
             )
     except TerminalGwError as exc:
         progress.clear()

@@ -15,6 +15,7 @@ from terminal_gw.modem.sms import SmsSubmit, decode_pdu
 from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.outbox import Outbox
 from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.uplink import LinkState, Uplink
 from tests.broker import Broker
@@ -45,7 +46,9 @@ async def test_sms_send_and_modem_status_through_the_tiantong_driver(
                 "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5
             ) as client,
         ):
-            modem = TiantongModem(ModemConfig(port=device.path, **FAST), outbox, topic_base=BASE)
+            modem = TiantongModem(
+                ModemConfig(port=device.path, **FAST), outbox, topics=Topics.of_config(config)
+            )
             runner = CommandRunner(config, store, outbox, modem)
             uplink = Uplink(config, outbox, events=lambda e: None, on_command=runner.handle)
             runner.responder = uplink

@@ -165,17 +165,17 @@ async def test_pty_hangups_are_survived(
         sim_task = tg.create_task(sim.run(), name="sim")
         daemon_task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
         for _ in range(20):
-            before = daemon.pipeline.counters.get("good", 0)
+            before = daemon.gnss.pipeline.counters.get("good", 0)
             await wait_until(
-                lambda n=before: daemon.pipeline.counters.get("good", 0) > n, what="sentences"
+                lambda n=before: daemon.gnss.pipeline.counters.get("good", 0) > n, what="sentences"
             )
             sim.set_fault("hangup")
             # wait for the pty to come back, then time how long until sentences flow again
             await wait_until(lambda: device.is_up, what="pty re-created")
-            count = daemon.pipeline.counters.get("good", 0)
+            count = daemon.gnss.pipeline.counters.get("good", 0)
             delays.append(
                 await wait_until(
-                    lambda n=count: daemon.pipeline.counters.get("good", 0) > n,
+                    lambda n=count: daemon.gnss.pipeline.counters.get("good", 0) > n,
                     what="sentences after the hang-up",
                 )
             )
@@ -184,8 +184,8 @@ async def test_pty_hangups_are_survived(
         sim_task.cancel()
     print(f"hang-ups: {len(delays)}, reading again after max {max(delays):.3f}s")
     assert max(delays) < 2.0, delays
-    assert daemon.gnss_port is not None
-    assert daemon.gnss_port.opens >= 21
+    assert daemon.gnss.port is not None
+    assert daemon.gnss.port.opens >= 21
 
 
 async def test_status_record_tap_metrics_and_reload(
@@ -240,7 +240,7 @@ async def test_status_record_tap_metrics_and_reload(
         await wait_until(
             lambda: any(e.kind == "config_reload" for e in events), what="config reloaded"
         )
-        assert daemon.policy.config.min_interval_s == 42
+        assert daemon.gnss.policy.config.min_interval_s == 42
         reload = next(e for e in events if e.kind == "config_reload")
         assert "mqtt.port" in reload.data["needs_restart"]
         assert "gnss.reporting" in reload.data["applied"]

@@ -258,7 +258,7 @@ async def test_the_daemon_sends_a_report_when_its_broker_is_unreachable(tmp_path
             daemon_task = tg.create_task(daemon.run(handle_signals=False))
             await wait_until(lambda: daemon.rdss is not None and daemon.rdss.card is not None)
             for f in track:
-                await daemon.accept_gnss(f, START)
+                await daemon.gnss.accept(f, START)
             await wait_until(lambda: len(sim.sent) >= 1, timeout=20, what="a report")
             health = daemon.health_summary()
             daemon.supervisor.stop_requested.set()

@@ -62,3 +62,41 @@ def test_jitter_is_drawn_only_in_the_backoff_module() -> None:
                 and node.attr in ("uniform", "random")
             ):
                 raise AssertionError(f"{path.relative_to(PACKAGE)}:{node.lineno} draws jitter")
+
+
+def test_one_record_sink_protocol() -> None:
+    """Exactly one Protocol declares the record sink's `put`: models.py's RecordSink."""
+    found = []
+    for path, tree in modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            if not any(isinstance(b, ast.Name) and b.id == "Protocol" for b in node.bases):
+                continue
+            for n in node.body:
+                if isinstance(n, ast.AsyncFunctionDef) and n.name == "put":
+                    names = [a.arg for a in n.args.args]
+                    if names[1:3] == ["topic", "payload"]:
+                        found.append(f"{path.relative_to(PACKAGE)}:{node.name}")
+    assert found == ["models.py:RecordSink"]
+
+
+def test_device_topics_are_built_only_in_the_topics_module() -> None:
+    """No f-string outside topics.py joins a prefix, "/" and a device: `Topics` does."""
+    for path, tree in modules():
+        if path.name == "topics.py":
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.JoinedStr):
+                continue
+            parts = node.values
+            for a, slash, b in zip(parts, parts[1:], parts[2:], strict=False):
+                if (
+                    isinstance(a, ast.FormattedValue)
+                    and "prefix" in ast.unparse(a.value)
+                    and isinstance(slash, ast.Constant)
+                    and slash.value == "/"
+                    and isinstance(b, ast.FormattedValue)
+                ):
+                    where = f"{path.relative_to(PACKAGE)}:{node.lineno}"
+                    raise AssertionError(f"{where} builds a topic")

@@ -22,6 +22,7 @@ from terminal_gw.modem.at import AtPort
 from terminal_gw.modem.sms import encode_submit
 from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import CaptureReader, CaptureWriter
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.pty import PtyDevice
@@ -60,7 +61,7 @@ async def recorded_driver(
         async def factory() -> AtPort:
             return RecordingPort(await SerialPort.open(device.path, 115200), writer)
 
-        modem = TiantongModem(config, sink, topic_base="tgw/replay", port_factory=factory)
+        modem = TiantongModem(config, sink, topics=Topics("tgw", "replay"), port_factory=factory)
         async with asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(sim.run(), name="sim")
             modem_task = tg.create_task(modem.run(), name="modem")

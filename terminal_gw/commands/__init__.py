@@ -9,7 +9,6 @@ from terminal_gw.commands.runner import (
     ModemStatusCommand,
     PingCommand,
     Responder,
-    ResultSink,
     SmsModem,
     SmsSendCommand,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "ModemStatusCommand",
     "PingCommand",
     "Responder",
-    "ResultSink",
     "SendFailure",
     "SmsJob",
     "SmsModem",

@@ -62,13 +62,14 @@ from terminal_gw.config import MAX_TOPIC_BYTES, Config
 from terminal_gw.errors import CommandError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import (
     CommandResult,
-    Payload,
+    RecordSink,
     SmsSendProgress,
     iso_utc,
     new_id,
     stable_id,
 )
 from terminal_gw.modem.sms import SubmitPdu, encode_submit
+from terminal_gw.topics import Topics
 
 #: A phone number as the port may see it: digits only, an optional leading +.
 NUMBER = re.compile(r"\+?[0-9]{3,20}")
@@ -90,16 +91,6 @@ class SmsModem(Protocol):
 
     async def poll_now(self) -> None:
         """Read signal, registration and operator now and publish the modem status."""
-        ...
-
-
-class ResultSink(Protocol):
-    """Where progress and results are stored for delivery (`terminal_gw.outbox.Outbox`)."""
-
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None:
-        """Accept a record; with sync, return once it is committed."""
         ...
 
 
@@ -283,7 +274,7 @@ class CommandRunner:
         self,
         config: Config,
         store: CommandStore,
-        outbox: ResultSink,
+        outbox: RecordSink,
         modem: SmsModem,
         *,
         responder: Responder | None = None,
@@ -299,9 +290,9 @@ class CommandRunner:
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.commands")
         self._clock = clock
         self._max_bytes = int(config.mqtt.max_command_bytes)
+        self._topics = Topics.of_config(config)
         self._prefix = config.mqtt.prefix
-        self._base = f"{config.mqtt.prefix}/{config.device.id}"
-        self._cmd_prefix = f"{self._base}/cmd/"
+        self._cmd_prefix = self._topics.command_prefix
         self._wake = asyncio.Event()
         # Orders progress: "queued" is stored before the sender can report "sending".
         self._order = asyncio.Lock()
@@ -544,7 +535,7 @@ class CommandRunner:
 
     async def _store_result(self, payload: CommandResult | SmsSendProgress) -> None:
         try:
-            await self._outbox.put(f"{self._base}/{payload.topic_path()}", payload, sync=True)
+            await self._outbox.put(self._topics.of(payload), payload, sync=True)
         except StoreError as exc:
             # The command store still holds the SMS's state; a repeat of the command shows it.
             self.counters["results_lost"] += 1

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -51,6 +51,7 @@ from terminal_gw.models import (
     EventSink,
     ModemStatus,
     Payload,
+    RecordSink,
     SmsReceived,
     iso_utc,
     make_event,
@@ -70,6 +71,7 @@ from terminal_gw.modem.sms import (
     decode_pdu,
     parse_stored,
 )
+from terminal_gw.topics import Topics
 from terminal_gw.transport.port import PortFactory, open_with_retry
 
 __all__ = [
@@ -120,16 +122,6 @@ NOT_FOR_USER_PID: dict[int, str] = {
 }
 #: Direct (`+CMT`) messages remembered to tell identical ones in the same second apart.
 CMT_SEEN_MAX = 1024
-
-
-class RecordSink(Protocol):
-    """Where records go (the outbox)."""
-
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None:
-        """Store a record; with sync, return only once it is durable."""
-        ...
 
 
 class ModemState(StrEnum):
@@ -216,7 +208,7 @@ class TiantongModem:
         config: ModemConfig,
         outbox: RecordSink,
         *,
-        topic_base: str,
+        topics: Topics,
         events: EventSink | None = None,
         port_factory: PortFactory | None = None,
         on_status_report: Callable[[SmsStatusReport], None] | None = None,
@@ -227,7 +219,7 @@ class TiantongModem:
     ) -> None:
         self._cfg = config
         self._outbox = outbox
-        self._base = topic_base.rstrip("/")
+        self._topics = topics
         self._events = events
         self._factory = port_factory or self._open_serial
         # A fixed wait between opens, as configured (a modem port is one local device).
@@ -275,7 +267,7 @@ class TiantongModem:
 
     def topic(self, payload: Payload) -> str:
         """The full MQTT topic of a payload."""
-        return f"{self._base}/{payload.topic_suffix}"
+        return self._topics.of(payload)
 
     def status(self) -> dict[str, Any]:
         """A snapshot for the health report."""

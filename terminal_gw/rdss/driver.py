@@ -45,8 +45,8 @@ from terminal_gw.models import (
     BdsReceived,
     BdsSendProgress,
     EventSink,
-    Payload,
     RdssStatus,
+    RecordSink,
     iso_utc,
     make_event,
     new_id,
@@ -83,6 +83,7 @@ from terminal_gw.rdss.sentences import (
     parse,
 )
 from terminal_gw.rdss.store import BdsJob, RdssStore
+from terminal_gw.topics import Topics
 from terminal_gw.transport.port import Port
 from terminal_gw.transport.serial import PortState, ReconnectingPort
 
@@ -122,16 +123,6 @@ class TerminalPort(Port, Protocol):
 
     def mark_alive(self) -> None:
         """A valid sentence was read."""
-        ...
-
-
-class RecordSink(Protocol):
-    """Where records go (the outbox)."""
-
-    async def put(
-        self, topic: str, payload: Payload, *, retain: bool = False, sync: bool | None = None
-    ) -> None:
-        """Store a record; with sync, return only once it is durable."""
         ...
 
 
@@ -202,7 +193,7 @@ class RdssDriver:
         sink: RecordSink,
         store: RdssStore,
         *,
-        topic_base: str,
+        topics: Topics,
         state_dir: Path,
         events: EventSink | None = None,
         on_progress: Callable[[], None] | None = None,
@@ -218,7 +209,7 @@ class RdssDriver:
         self.asks_card = asks_card
         self._sink = sink
         self.store = store
-        self._base = topic_base.rstrip("/")
+        self._topics = topics
         self._state_file = state_dir / DIALECT_FILE
         self._events = events
         self._on_progress = on_progress
@@ -614,7 +605,7 @@ class RdssDriver:
 
     async def _store_rx(self, payload: BdsReceived) -> bool:
         try:
-            await self._sink.put(f"{self._base}/{payload.topic_path()}", payload, sync=True)
+            await self._sink.put(self._topics.of(payload), payload, sync=True)
         except StoreError as exc:
             self.counters["rx_store_failed"] += 1
             self._log.error("bds_rx_not_stored", error=str(exc), id=payload.id)
@@ -710,9 +701,8 @@ class RdssDriver:
         ):
             return
         try:
-            await self._sink.put(
-                f"{self._base}/rdss/status", self.status_payload(), retain=True, sync=False
-            )
+            status = self.status_payload()
+            await self._sink.put(self._topics.of(status), status, retain=True, sync=False)
         except StoreError as exc:
             self._log.warning("rdss_status_not_stored", error=str(exc))
             return
@@ -777,7 +767,7 @@ class RdssDriver:
 
     async def _put_progress(self, payload: BdsSendProgress) -> None:
         try:
-            await self._sink.put(f"{self._base}/{payload.topic_path()}", payload, sync=True)
+            await self._sink.put(self._topics.of(payload), payload, sync=True)
         except StoreError as exc:
             self.counters["progress_lost"] += 1
             self._log.error("bds_progress_not_stored", error=str(exc))

@@ -63,6 +63,7 @@ from terminal_gw.rdss.sentences import (
     parse,
 )
 from terminal_gw.rdss.store import RdssStore
+from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import TO_DEVICE, CaptureReader, Chunk
 from terminal_gw.transport.playback import PlaybackPort
 from terminal_gw.transport.serial import PortState
@@ -195,7 +196,7 @@ class RdssReplay:
         *,
         out: TextIO,
         jsonl: bool,
-        base: str,
+        topics: Topics,
         state_dir: Path,
         log: FilteringBoundLogger | None = None,
     ) -> None:
@@ -207,7 +208,7 @@ class RdssReplay:
         )
         self.out = out
         self.jsonl = jsonl
-        self.base = base
+        self.topics = topics
         self.state_dir = state_dir
         self.log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.replay")
         self.records: Counter[str] = Counter()
@@ -239,7 +240,7 @@ class RdssReplay:
             )
 
     def _event(self, event: Event) -> None:
-        self._emit(f"{self.base}/{event.topic_path()}", event)
+        self._emit(self.topics.of(event), event)
 
     def advance(self, recorded: float | None) -> None:
         """The recording's clock moves on to `recorded` (never back)."""
@@ -281,7 +282,7 @@ class RdssReplay:
             self.config,
             self,
             RdssStore(self.state_dir / "rdss-replay.db"),
-            topic_base=self.base,
+            topics=self.topics,
             state_dir=self.state_dir,
             events=self._event,
             log=self.log,
@@ -295,7 +296,8 @@ class RdssReplay:
     async def _finish(self, driver: RdssDriver) -> None:
         for _ in driver.framer.flush():
             driver.counters["unterminated_at_end"] += 1
-        await self.put(f"{self.base}/rdss/status", driver.status_payload(), retain=True)
+        status = driver.status_payload()
+        await self.put(self.topics.of(status), status, retain=True)
         self.counters.update(driver.counters)
         self.framer_counters.update(driver.framer.counters)
         await driver.close()
@@ -512,7 +514,7 @@ def replay_rdss(
     readers: Iterable[CaptureReader],
     config: RdssConfig,
     *,
-    base: str,
+    topics: Topics,
     jsonl: bool,
     out: TextIO,
     err: TextIO,
@@ -529,7 +531,9 @@ def replay_rdss(
         )
         return 2
     with tempfile.TemporaryDirectory(prefix="tgw-rdss-replay-") as tmp:
-        replay = RdssReplay(config, out=out, jsonl=jsonl, base=base, state_dir=Path(tmp), log=log)
+        replay = RdssReplay(
+            config, out=out, jsonl=jsonl, topics=topics, state_dir=Path(tmp), log=log
+        )
         replay.play(sessions)
     if not jsonl:
         print("\n".join(replay.summary_lines()), file=out)

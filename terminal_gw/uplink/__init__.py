@@ -50,6 +50,7 @@ from terminal_gw.backoff import Backoff, Retry
 from terminal_gw.config import Config, MqttConfig
 from terminal_gw.errors import ConfigError, StoreError, TerminalGwError, UplinkError
 from terminal_gw.models import SCHEMA_VERSION, EventSink, Status, iso_utc, make_event, new_id
+from terminal_gw.topics import Topics
 from terminal_gw.uplink import compact, links
 from terminal_gw.uplink.inbox import Inbox, InboxEntry, Received
 from terminal_gw.uplink.mqtt import (
@@ -345,12 +346,12 @@ class Uplink:
         self._on_command = on_command
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.uplink")
         self._clock = clock
-        base = f"{self._cfg.prefix}/{config.device.id}"
+        topics = Topics.of_config(config)
         self.device = config.device.id
-        self.batch_topic = f"{base}/{wire.TOPIC_SUFFIX}"
-        self.status_topic = f"{base}/status"
-        self.command_filter = f"{base}/cmd/#"
-        self._command_prefix = f"{base}/cmd/"
+        self.batch_topic = topics.batch
+        self.status_topic = topics.status
+        self.command_filter = topics.command_filter
+        self._command_prefix = topics.command_prefix
         self.client_id = self._cfg.client_id or f"terminal-gw-{config.device.id}"
 
         self.state = LinkState.STOPPED

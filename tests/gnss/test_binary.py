@@ -509,12 +509,12 @@ def test_a_raw_capture_keeps_binary_that_starts_a_line_with_a_hash(tmp_path: Pat
 
 
 def test_auto_baud_accepts_a_rate_at_which_only_binary_frames_arrive(tmp_path: Path) -> None:
-    from terminal_gw.daemon import _framer_validator
+    from terminal_gw.gnss.stage import framer_validator
 
     path = tmp_path / "c.toml"
     path.write_text('[device]\nid = "v1"\n')
     config = load_config(path)
-    valid = _framer_validator(config)
+    valid = framer_validator(config.gnss)
     assert not valid(b"\x00\xb5\x62\x01garbage at the wrong rate")
     assert valid(casic(0x01, 0x01, bytes(28)))
-    assert _framer_validator(config)(ubx(0x01, 0x61, bytes(4)))
+    assert framer_validator(config.gnss)(ubx(0x01, 0x61, bytes(4)))

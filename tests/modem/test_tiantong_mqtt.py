@@ -20,6 +20,7 @@ from terminal_gw.models import Payload, SmsReceived
 from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.outbox import Outbox
 from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.uplink import Uplink
 from tests.broker import Broker
@@ -42,7 +43,7 @@ async def test_sms_reach_a_real_subscriber(tmp_path: Path, broker: Broker) -> No
             subscriber(broker.port, f"{base}/#") as got,
         ):
             uplink = Uplink(config, outbox, events=lambda e: None)
-            modem = TiantongModem(modem_cfg, outbox, topic_base=base)
+            modem = TiantongModem(modem_cfg, outbox, topics=Topics.of_config(config))
             async with running(uplink, outbox), asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(sim.run(), name="sim")]
                 tasks.append(tg.create_task(modem.run(), name="modem"))
@@ -98,7 +99,7 @@ async def _child(port: str, db: Path) -> None:
     config = make_config(db.parent, 1, outbox={"path": str(db)})
     async with Outbox(config.outbox) as outbox:
         modem = TiantongModem(
-            ModemConfig(port=port, **FAST), _KillAfterPut(outbox), topic_base="tgw/dev1"
+            ModemConfig(port=port, **FAST), _KillAfterPut(outbox), topics=Topics("tgw", "dev1")
         )
         async with asyncio.timeout(20):
             await modem.run()
@@ -153,7 +154,9 @@ async def test_sigkill_between_store_and_delete_loses_nothing_and_repeats_the_id
                     subscriber(broker.port, f"{base}/sms/#") as got,
                 ):
                     modem = TiantongModem(
-                        ModemConfig(port=device.path, **FAST), outbox, topic_base=base
+                        ModemConfig(port=device.path, **FAST),
+                        outbox,
+                        topics=Topics.of_config(config),
                     )
                     uplink = Uplink(config, outbox, events=lambda e: None)
                     async with running(uplink, outbox), asyncio.TaskGroup() as inner:

@@ -23,7 +23,7 @@ from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.sim.modem import ModemSimulator, deliver_pdus
 from terminal_gw.transport.pty import PtyDevice
 from tests.conftest import REPO
-from tests.modem.test_tiantong_rig import BASE, FAST, Sink, wait_until
+from tests.modem.test_tiantong_rig import FAST, TOPICS, Sink, wait_until
 
 T0 = datetime(2026, 11, 25, 18, 30, 5, tzinfo=timezone(timedelta(hours=8)))
 TEXT = "Gale warning for sea area 7: wind NE 7-8, waves 4 m, visibility poor. " * 4
@@ -41,7 +41,7 @@ async def _child(port: str, parts: Path) -> None:
     modem = TiantongModem(
         ModemConfig(port=port, ack_cmt=True, **FAST),
         _PrintSink(),
-        topic_base=BASE,
+        topics=TOPICS,
         parts_path=parts,
     )
     async with asyncio.timeout(30):
@@ -91,7 +91,7 @@ async def test_cmt_parts_survive_a_killed_driver(tmp_path: Path) -> None:
                 modem = TiantongModem(
                     ModemConfig(port=device.path, ack_cmt=True, **FAST),
                     sink,
-                    topic_base=BASE,
+                    topics=TOPICS,
                     events=events.append,
                     parts_path=parts_db,
                 )
@@ -127,14 +127,14 @@ async def test_restored_part_keeps_its_age_and_expires_incomplete(tmp_path: Path
         sink = Sink()
         async with asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(sim.run(), name="sim")
-            first = TiantongModem(config, sink, topic_base=BASE, parts_path=parts_db)
+            first = TiantongModem(config, sink, topics=TOPICS, parts_path=parts_db)
             task = tg.create_task(first.run(), name="modem-1")
             await wait_until(lambda: first.state is ModemState.OK)
             sim.deliver_pdus([pdus[1]], direct=True)
             await wait_until(lambda: "AT+CNMA" in sim.commands)
             task.cancel()
             await asyncio.wait([task])  # the port closed: one reader on it at a time
-            second = TiantongModem(config, sink, topic_base=BASE, parts_path=parts_db)
+            second = TiantongModem(config, sink, topics=TOPICS, parts_path=parts_db)
             task = tg.create_task(second.run(), name="modem-2")
             try:
                 await wait_until(lambda: bool(sink.sms()), within=8)

@@ -16,9 +16,11 @@ from terminal_gw.errors import StoreError
 from terminal_gw.models import Event, ModemStatus, Payload, SmsReceived
 from terminal_gw.modem.tiantong import ModemState, TiantongModem
 from terminal_gw.sim.modem import ModemSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.pty import PtyDevice
 from tests import waiting
 
+TOPICS = Topics("tgw", "dev1")
 BASE = "tgw/dev1"
 
 #: Short timings so every ladder step happens within a test's few seconds.
@@ -122,7 +124,7 @@ async def running(
         modem = TiantongModem(
             config,
             sink,
-            topic_base=BASE,
+            topics=TOPICS,
             events=events.append,
             on_progress=lambda: progress.append(time.monotonic()),
             parts_path=parts_path,

@@ -14,6 +14,7 @@ from terminal_gw.models import Event, Payload
 from terminal_gw.rdss.driver import RdssDriver
 from terminal_gw.rdss.store import RdssStore
 from terminal_gw.sim.rdss import RdssSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.pty import PtyDevice
 
 #: Short timeouts: tests wait on conditions, these only bound the driver's own waits.
@@ -80,7 +81,7 @@ async def rig(
         config,
         sink,
         RdssStore(tmp_path / "rdss.db"),
-        topic_base="tgw/dev1",
+        topics=Topics("tgw", "dev1"),
         state_dir=tmp_path,
         events=events.append,
     )

@@ -29,6 +29,7 @@ from terminal_gw.outbox import Outbox
 from terminal_gw.rdss.driver import RdssDriver
 from terminal_gw.rdss.store import RdssStore
 from terminal_gw.sim.rdss import RdssSimulator
+from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.uplink import Uplink
@@ -212,7 +213,7 @@ async def _child(port: str, db: Path) -> None:
             RdssConfig(port=port, dialect="2.1", **FAST),
             _KillAfterPut(outbox),
             RdssStore(db.parent / "rdss.db"),
-            topic_base="tgw/dev1",
+            topics=Topics("tgw", "dev1"),
             state_dir=db.parent,
         )
         await driver.open()
@@ -264,7 +265,7 @@ async def test_sigkill_right_after_a_message_is_read_publishes_it_once_after_res
                     RdssConfig(port=device.path, dialect="2.1", **FAST),
                     outbox,
                     RdssStore(tmp_path / "rdss.db"),
-                    topic_base=base,
+                    topics=Topics.of_config(config),
                     state_dir=tmp_path,
                 )
                 await driver.open()

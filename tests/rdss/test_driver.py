@@ -19,6 +19,7 @@ from terminal_gw.gnss.framer import Framer
 from terminal_gw.rdss.driver import DIALECT_FILE, RdssDriver
 from terminal_gw.rdss.store import RdssStore
 from terminal_gw.sim.rdss import RdssSimulator, sim_sentence
+from terminal_gw.topics import Topics
 from terminal_gw.transport.pty import PtyDevice
 from tests.rdss.rig import FAST, Sink, rig
 from tests.waiting import wait_until
@@ -364,7 +365,7 @@ def test_the_driver_takes_any_bytes_and_any_well_framed_values(
         RdssConfig(port="/dev/null"),
         sink,
         RdssStore(tmp / "rdss.db"),
-        topic_base="tgw/d",
+        topics=Topics("tgw", "d"),
         state_dir=tmp,
     )
     driver.replaying = True
@@ -421,7 +422,7 @@ async def test_a_message_the_store_refuses_is_kept_and_stored_later(tmp_path: Pa
         RdssConfig(port=device.path, **FAST),
         sink,
         RdssStore(tmp_path / "rdss.db"),
-        topic_base="tgw/d",
+        topics=Topics("tgw", "d"),
         state_dir=tmp_path,
     )
     await driver.open()

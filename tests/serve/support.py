@@ -78,7 +78,7 @@ class Served:
     async def feed(self, exp: Expected) -> None:
         """Write the capture step by step, each once the daemon has read the one before (a
         pty drops what nobody reads, as a UART does)."""
-        framer = self.daemon.pipeline.framer
+        framer = self.daemon.gnss.pipeline.framer
         base = framer.counters["good"]
         for step, good in zip(exp.steps, exp.good_after, strict=True):
             self.device.write(step.data)
@@ -115,7 +115,7 @@ async def serving(
             task = tg.create_task(daemon.run(handle_signals=False), name="daemon")
             served = Served(daemon, device, udp_port)
             await wait_until(
-                lambda: daemon.gnss_port is not None and daemon.gnss_port.state is PortState.OPEN,
+                lambda: daemon.gnss.port is not None and daemon.gnss.port.state is PortState.OPEN,
                 what="the daemon opens the receiver's port",
             )
             await wait_until(lambda: served.gpsd_port != 0, what="the gpsd server listens")

@@ -30,8 +30,8 @@ def test_off_by_default_and_then_nothing_is_hooked(tmp_path: Path) -> None:
     assert config.nmea_out.udp_host == ""
     daemon = Daemon(config)
     assert daemon.serving.stages() == []
-    assert daemon.pipeline.sentence_observers == []
-    assert daemon.gnss_observers == []
+    assert daemon.gnss.pipeline.sentence_observers == []
+    assert daemon.gnss.observers == []
     names = [s.name for s in daemon.stages()]
     assert "gpsd_server" not in names
 
@@ -50,7 +50,7 @@ def test_each_server_is_a_stage_of_its_own(tmp_path: Path) -> None:
     daemon = Daemon(config)
     names = [s.name for s in daemon.stages()]
     assert {"gpsd_server", "nmea_tcp", "nmea_udp"} <= set(names)
-    assert len(daemon.pipeline.sentence_observers) == 3
+    assert len(daemon.gnss.pipeline.sentence_observers) == 3
     assert daemon.serving.gpsd is not None
     assert daemon.serving.gpsd.device_path == "/dev/ttyUSB0"
 

@@ -127,7 +127,7 @@ async def test_slow_clients_dropped_fast_ones_get_every_tpv(tmp_path: Path, brok
         fast_tpv = [o for o in json_lines(bytes(fast.data).decode()) if o.get("class") == "TPV"]
         assert [o["time"] for o in fast_tpv] == want
         # The daemon's own path went on as well: every sentence was read and counted.
-        assert s.daemon.pipeline.framer.counters["good"] == len(exp.sentences)
+        assert s.daemon.gnss.pipeline.framer.counters["good"] == len(exp.sentences)
 
 
 async def test_a_client_that_never_reads_is_dropped_within_its_bound(
@@ -162,4 +162,4 @@ async def test_a_client_that_never_reads_is_dropped_within_its_bound(
                 slow.recv(1)
         finally:
             slow.close()
-        assert s.daemon.pipeline.framer.counters["good"] == len(exp.sentences)
+        assert s.daemon.gnss.pipeline.framer.counters["good"] == len(exp.sentences)

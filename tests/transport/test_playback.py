@@ -23,7 +23,7 @@ from terminal_gw.transport.capture import CaptureReader, CaptureWriter, Chunk
 from terminal_gw.transport.playback import PlaybackPort, RecordingPort, steps_from_chunks
 from terminal_gw.transport.pty import PtyDevice
 from terminal_gw.transport.serial import SerialPort
-from tests.modem.test_tiantong_rig import BASE, FAST, Sink, wait_until
+from tests.modem.test_tiantong_rig import FAST, TOPICS, Sink, wait_until
 
 T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=timezone(timedelta(hours=8)))
 #: Nothing periodic during a test: the exchange is the start sequence and the sweep only.
@@ -44,7 +44,7 @@ async def driver(
     modem = TiantongModem(
         config,
         sink,
-        topic_base=BASE,
+        topics=TOPICS,
         port_factory=factory,
         events=None if events is None else events.append,
     )
