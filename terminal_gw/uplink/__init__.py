@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -308,7 +309,13 @@ class _Window:
     waits on the one event, with the oldest message's deadline as its bound.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        published: Callable[[_Window, int, Refusal | None, LinkError | None], None],
+    ) -> None:
+        #: The link's callback for a message of this window (one bound once, not one a message).
+        self.done = functools.partial(published, self)
         self.free = size
         self.sent: dict[int, tuple[Outgoing, float]] = {}  # key -> (message, deadline)
         self.next_key = 0
@@ -816,7 +823,7 @@ class Uplink:
 
     async def _serve(self, client: MqttLink) -> None:
         """Receive, drain and acknowledge until stop or a failure."""
-        window = self._window = _Window(self._cfg.inflight)
+        window = self._window = _Window(self._cfg.inflight, self._published)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name="uplink-receive")
@@ -963,6 +970,12 @@ class Uplink:
     def _classes_now(self) -> frozenset[str] | None:
         """The classes the link may carry now (profile and budget); None: every class."""
         profile = self.profile
+        if (
+            profile.classes is None
+            and profile.budget_bytes_per_day is None
+            and profile.budget_messages_per_day is None
+        ):
+            return None  # nothing to look up (the drain asks before every message)
         over = self.ledger.over_budget(profile)
         if over:
             key = (profile.name, self.ledger.day)
@@ -1171,10 +1184,6 @@ class Uplink:
         self._inflight.update(msg.seqs)
         self.ledger.add(self.profile.name, messages=1)
         self._idle.clear()
-
-        def done(refusal: Refusal | None, error: LinkError | None) -> None:
-            self._published(window, key, msg, refusal, error)
-
         try:
             client.publish_nowait(
                 msg.topic,
@@ -1182,7 +1191,8 @@ class Uplink:
                 retain=msg.retain,
                 content_type=msg.content_type,
                 alias=True,
-                done=done,
+                done=window.done,
+                key=key,
             )
         except LinkError as exc:
             window.sent.pop(key, None)
@@ -1193,13 +1203,14 @@ class Uplink:
         self,
         window: _Window,
         key: int,
-        msg: Outgoing,
         refusal: Refusal | None,
         error: LinkError | None,
     ) -> None:
         """A PUBACK (or the end of the link) for one message: from the link's callback."""
-        if window.sent.pop(key, None) is None:
+        sent = window.sent.pop(key, None)
+        if sent is None:
             return
+        msg = sent[0]
         window.free += 1
         window.wake.set()
         if not window.sent:
