@@ -306,7 +306,9 @@ class _Window:
     """One connection's QoS 1 messages awaiting their PUBACK, and what wakes the drain.
 
     PUBACKs arrive through the link's callback (no task and no timer per message); the drain
-    waits on the one event, with the oldest message's deadline as its bound.
+    waits on the one event, with the oldest message's deadline as its bound: one timer a
+    connection rings the event by then, armed again only when a wait needs it sooner (a wake
+    earlier than needed is harmless: the drain looks at the window and waits again).
     """
 
     def __init__(
@@ -321,8 +323,28 @@ class _Window:
         self.next_key = 0
         self.error: BaseException | None = None  # the link ended, a PUBACK timed out, ...
         self.wake = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None  # rings `wake` at a wait's bound
         self.records = False  # the outbox says records wait
         self.read = asyncio.Event()  # the drain read the outbox since the watcher last woke it
+
+    def ring_by(self, when: float) -> None:
+        """Have `wake` set by `when` (time.monotonic(), the event loop's clock) at the latest."""
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self.timer = asyncio.get_running_loop().call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self.timer = None
+        self.wake.set()
+
+    def close(self) -> None:
+        """The connection ended: no more rings."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def oldest_deadline(self) -> float | None:
         for _msg, deadline in self.sent.values():
@@ -848,6 +870,8 @@ class Uplink:
                     first = first.exceptions[0]
                 raise first from None
             raise
+        finally:
+            window.close()
 
     async def _receive(self, client: MqttLink) -> None:
         """Store what arrives in the inbox, then acknowledge it, until the link ends."""
@@ -1250,12 +1274,14 @@ class Uplink:
         window.wake.clear()
         if records and window.records:
             return True
+        now = time.monotonic()
+        until = now + bound
         deadline = window.oldest_deadline()
-        if deadline is not None:
-            bound = min(bound, max(0.0, deadline - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(bound):
-                await window.wake.wait()
+        if deadline is not None and deadline < until:
+            until = deadline
+        if until > now:
+            window.ring_by(until)
+            await window.wake.wait()
         self._check_window(window)
         return records and window.records
 

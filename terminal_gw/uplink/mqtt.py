@@ -10,7 +10,10 @@ the event loop's thread.
 
 One `MqttLink` is one network connection: connect, publish (returns the PUBACK reason code),
 subscribe, ack, then `disconnect()` (clean) or `abort()` (no DISCONNECT: the broker sends the
-last will). A PUBACK resolves its future from paho's callback: no task per message.
+last will). A PUBACK resolves its future, or calls `publish_nowait`'s callback, from paho's
+`on_publish`: no task, timer or closure per message. What paho queues during one pass of the
+event loop is written at the end of it by one `loop_write` (corked, so the kernel sends it in
+full segments); a writer is registered only while the socket's buffer is full.
 """
 
 from __future__ import annotations
