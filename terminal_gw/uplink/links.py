@@ -200,8 +200,8 @@ class LinkLedger:
     _dirty: bool = False
     # The current day's bounds (unix times): a message counted is then one clock read and
     # two comparisons, no date formatting.
-    _day_start: float = 0.0
-    _day_end: float = 0.0
+    _day_start: float = field(default=0.0, init=False, repr=False)
+    _day_end: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         now = self.clock()
