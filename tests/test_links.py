@@ -112,6 +112,27 @@ def test_the_kernel_counts_a_connections_bytes_both_ways() -> None:
     assert links.wire_count(object()) is None
 
 
+def test_ledger_counts_by_the_clock_at_each_message_midnight_and_a_clock_set_back(
+    tmp_path: Path,
+) -> None:
+    """The day is that of the clock at each count: a second before midnight counts to the old
+    day, midnight to a new one, and a clock set back a day starts that day afresh."""
+    midnight = datetime(2026, 12, 3, tzinfo=UTC).timestamp()
+    now = [midnight - 1.0]
+    profile = LinkProfileConfig(name="tiantong", budget_messages_per_day=2)
+    ledger = links.LinkLedger(None, clock=lambda: now[0])
+    ledger.add("tiantong", messages=2)
+    assert ledger.over_budget(profile)
+    assert ledger.day == "2026-12-02"
+    now[0] = midnight
+    assert not ledger.over_budget(profile)
+    assert ledger.day == "2026-12-03"
+    ledger.add("tiantong", messages=2)
+    now[0] = midnight - 3600.0  # set back (an RTC corrected by GNSS time)
+    assert ledger.summary(profile)["messages"] == 0
+    assert ledger.day == "2026-12-02"
+
+
 def test_ledger_budget_persists_and_resets_at_utc_midnight(tmp_path: Path) -> None:
     path = tmp_path / "links.json"
     now = [datetime(2026, 12, 2, 23, 59, 0, tzinfo=UTC).timestamp()]

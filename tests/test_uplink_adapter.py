@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+import structlog
 
 from terminal_gw.outbox import Outbox
 from terminal_gw.uplink import CommandMeta, LinkState, Uplink
+from terminal_gw.uplink.mqtt import LinkError, LinkOptions, MqttLink, Refusal
 from tests.broker import Broker
 from tests.test_uplink_session import (
     BASE,
@@ -222,3 +226,118 @@ async def test_stop_does_not_wait_for_a_tls_handshake_that_never_ends(
                 assert uplink.state is LinkState.STOPPED
     finally:
         os.kill(broker.proc.pid, signal.SIGCONT)
+
+
+def _link(port: int, protocol: str) -> MqttLink:
+    options = LinkOptions(
+        host="127.0.0.1",
+        port=port,
+        client_id=f"adapter-{protocol}",
+        protocol=protocol,
+        keepalive_s=30,
+        timeout_s=5.0,
+        inflight=100,
+        session_expiry_s=0,
+        max_packet_bytes=65536,
+        will=None,
+    )
+    return MqttLink(options, on_message=lambda m: None, log=structlog.get_logger())
+
+
+def _data_segments_out(link: MqttLink) -> int:
+    """Segments carrying data the kernel sent on the link's socket (tcp_info, Linux 4.6+)."""
+    sock = link._client.socket()
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    segments: int = struct.unpack_from("=I", raw, 156)[0]
+    return segments
+
+
+class _Acks:
+    """publish_nowait's callback: what came back for each key."""
+
+    def __init__(self, expected: int) -> None:
+        self.got: dict[int, Refusal | None] = {}
+        self.errors: list[LinkError] = []
+        self.expected = expected
+        self.all = asyncio.Event()
+
+    def __call__(self, key: int, refusal: Refusal | None, error: LinkError | None) -> None:
+        if error is not None:
+            self.errors.append(error)
+        assert key not in self.got, f"key {key} resolved twice"
+        self.got[key] = refusal
+        if len(self.got) >= self.expected:
+            self.all.set()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_window_published_in_one_pass_leaves_in_one_write_each_puback_to_its_key(
+    broker: Broker, protocol: str
+) -> None:
+    """16 publishes queued without awaiting in between go out together (one segment on
+    loopback, not one each: fewer headers on a link paid by the byte), in order, topic aliases
+    and all, and every PUBACK reaches the callback with its own key."""
+    link = _link(broker.port, protocol)
+    acks = _Acks(16)
+    async with subscriber(broker.port, "adapter/#", qos=1) as got:
+        await link.connect()
+        try:
+            before = _data_segments_out(link)
+            for key in range(16):
+                link.publish_nowait(
+                    f"adapter/{key % 3}", b'{"n":%d}' % key, alias=True, done=acks, key=key
+                )
+            async with asyncio.timeout(5):
+                await acks.all.wait()
+            sent = _data_segments_out(link) - before
+            await got.wait_for(lambda g: len(g.messages) >= 16)
+        finally:
+            await link.disconnect(1.0)
+    assert acks.errors == []
+    assert acks.got == dict.fromkeys(range(16))
+    assert [(t, p) for t, p, _ in got.messages] == [
+        (f"adapter/{k % 3}", b'{"n":%d}' % k) for k in range(16)
+    ]
+    assert 1 <= sent <= 2, sent
+
+
+async def test_publishes_larger_than_the_socket_buffer_all_arrive(broker: Broker) -> None:
+    """Megabytes queued at once: the socket takes part, the rest goes as it drains."""
+    link = _link(broker.port, "5")
+    payloads = [bytes([65 + k]) * (1024 * 1024) for k in range(12)]
+    acks = _Acks(len(payloads))
+    async with subscriber(broker.port, "adapter/big", qos=1) as got:
+        await link.connect()
+        try:
+            for key, payload in enumerate(payloads):
+                link.publish_nowait("adapter/big", payload, done=acks, key=key)
+            async with asyncio.timeout(20):
+                await acks.all.wait()
+            await got.wait_for(lambda g: len(g.messages) >= len(payloads), within=20)
+        finally:
+            await link.disconnect(1.0)
+    assert acks.errors == []
+    assert acks.got == dict.fromkeys(range(len(payloads)))
+    assert [p for _, p, _ in got.messages] == payloads
+
+
+async def test_the_end_of_the_link_reaches_every_publish_in_flight(broker: Broker) -> None:
+    """The broker killed with publishes unacknowledged: each callback hears of it, once."""
+    link = _link(broker.port, "5")
+    acks = _Acks(8)
+    await link.connect()
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # no PUBACK comes
+    try:
+        for key in range(8):
+            link.publish_nowait("adapter/lost", b"x", done=acks, key=key)
+        await asyncio.sleep(0.05)
+        link.abort("test")
+        async with asyncio.timeout(5):
+            await acks.all.wait()
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert sorted(acks.got) == list(range(8))
+    assert len(acks.errors) == 8
+    with pytest.raises(LinkError):
+        link.publish_nowait("adapter/lost", b"x", done=acks, key=99)

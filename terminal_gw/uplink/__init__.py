@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -306,17 +307,45 @@ class _Window:
     """One connection's QoS 1 messages awaiting their PUBACK, and what wakes the drain.
 
     PUBACKs arrive through the link's callback (no task and no timer per message); the drain
-    waits on the one event, with the oldest message's deadline as its bound.
+    waits on the one event, with the oldest message's deadline as its bound: one timer a
+    connection rings the event by then, armed again only when a wait needs it sooner (a wake
+    earlier than needed is harmless: the drain looks at the window and waits again).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        published: Callable[[_Window, int, Refusal | None, LinkError | None], None],
+    ) -> None:
+        #: The link's callback for a message of this window (one bound once, not one a message).
+        self.done = functools.partial(published, self)
         self.free = size
         self.sent: dict[int, tuple[Outgoing, float]] = {}  # key -> (message, deadline)
         self.next_key = 0
         self.error: BaseException | None = None  # the link ended, a PUBACK timed out, ...
         self.wake = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None  # rings `wake` at a wait's bound
         self.records = False  # the outbox says records wait
         self.read = asyncio.Event()  # the drain read the outbox since the watcher last woke it
+
+    def ring_by(self, when: float) -> None:
+        """Have `wake` set by `when` (time.monotonic(), the event loop's clock) at the latest."""
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self.timer = asyncio.get_running_loop().call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self.timer = None
+        self.wake.set()
+
+    def close(self) -> None:
+        """The connection ended: no more rings."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def oldest_deadline(self) -> float | None:
         for _msg, deadline in self.sent.values():
@@ -817,7 +846,7 @@ class Uplink:
 
     async def _serve(self, client: MqttLink) -> None:
         """Receive, drain and acknowledge until stop or a failure."""
-        window = self._window = _Window(self._cfg.inflight)
+        window = self._window = _Window(self._cfg.inflight, self._published)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name="uplink-receive")
@@ -842,6 +871,8 @@ class Uplink:
                     first = first.exceptions[0]
                 raise first from None
             raise
+        finally:
+            window.close()
 
     async def _receive(self, client: MqttLink) -> None:
         """Store what arrives in the inbox, then acknowledge it, until the link ends."""
@@ -964,6 +995,12 @@ class Uplink:
     def _classes_now(self) -> frozenset[str] | None:
         """The classes the link may carry now (profile and budget); None: every class."""
         profile = self.profile
+        if (
+            profile.classes is None
+            and profile.budget_bytes_per_day is None
+            and profile.budget_messages_per_day is None
+        ):
+            return None  # nothing to look up (the drain asks before every message)
         over = self.ledger.over_budget(profile)
         if over:
             key = (profile.name, self.ledger.day)
@@ -1172,10 +1209,6 @@ class Uplink:
         self._inflight.update(msg.seqs)
         self.ledger.add(self.profile.name, messages=1)
         self._idle.clear()
-
-        def done(refusal: Refusal | None, error: LinkError | None) -> None:
-            self._published(window, key, msg, refusal, error)
-
         try:
             client.publish_nowait(
                 msg.topic,
@@ -1183,7 +1216,8 @@ class Uplink:
                 retain=msg.retain,
                 content_type=msg.content_type,
                 alias=True,
-                done=done,
+                done=window.done,
+                key=key,
             )
         except LinkError as exc:
             window.sent.pop(key, None)
@@ -1194,13 +1228,14 @@ class Uplink:
         self,
         window: _Window,
         key: int,
-        msg: Outgoing,
         refusal: Refusal | None,
         error: LinkError | None,
     ) -> None:
         """A PUBACK (or the end of the link) for one message: from the link's callback."""
-        if window.sent.pop(key, None) is None:
+        sent = window.sent.pop(key, None)
+        if sent is None:
             return
+        msg = sent[0]
         window.free += 1
         window.wake.set()
         if not window.sent:
@@ -1240,12 +1275,14 @@ class Uplink:
         window.wake.clear()
         if records and window.records:
             return True
+        now = time.monotonic()
+        until = now + bound
         deadline = window.oldest_deadline()
-        if deadline is not None:
-            bound = min(bound, max(0.0, deadline - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(bound):
-                await window.wake.wait()
+        if deadline is not None and deadline < until:
+            until = deadline
+        if until > now:
+            window.ring_by(until)
+            await window.wake.wait()
         self._check_window(window)
         return records and window.records
 

@@ -174,6 +174,12 @@ def utc_day(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
 
 
+def _day_bounds(now: float) -> tuple[float, float]:
+    """The unix times the UTC day of `now` starts and ends at."""
+    start = float(int(now // 86400) * 86400)
+    return start, start + 86400.0
+
+
 @dataclass
 class LinkUsage:
     """One profile's use on one UTC day."""
@@ -192,9 +198,15 @@ class LinkLedger:
     usage: dict[str, LinkUsage] = field(default_factory=dict)
     save_errors: int = 0
     _dirty: bool = False
+    # The current day's bounds (unix times): a message counted is then one clock read and
+    # two comparisons, no date formatting.
+    _day_start: float = field(default=0.0, init=False, repr=False)
+    _day_end: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.day = utc_day(self.clock())
+        now = self.clock()
+        self.day = utc_day(now)
+        self._day_start, self._day_end = _day_bounds(now)
         if self.path is None:
             return
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
@@ -204,7 +216,11 @@ class LinkLedger:
                     self.usage[str(name)] = LinkUsage(int(u["bytes"]), int(u["messages"]))
 
     def _roll(self) -> None:
-        today = utc_day(self.clock())
+        now = self.clock()
+        if self._day_start <= now < self._day_end:
+            return
+        self._day_start, self._day_end = _day_bounds(now)
+        today = utc_day(now)
         if today != self.day:
             self.day = today
             self.usage.clear()

@@ -10,7 +10,10 @@ the event loop's thread.
 
 One `MqttLink` is one network connection: connect, publish (returns the PUBACK reason code),
 subscribe, ack, then `disconnect()` (clean) or `abort()` (no DISCONNECT: the broker sends the
-last will). A PUBACK resolves its future from paho's callback: no task per message.
+last will). A PUBACK resolves its future, or calls `publish_nowait`'s callback, from paho's
+`on_publish`: no task, timer or closure per message. What paho queues during one pass of the
+event loop is written at the end of it by one `loop_write` (corked, so the kernel sends it in
+full segments); a writer is registered only while the socket's buffer is full.
 """
 
 from __future__ import annotations
@@ -125,6 +128,32 @@ class Incoming:
     correlation_data: bytes | None = None
 
 
+class _Packed(Properties):
+    """PUBLISH properties packed once: paho packs a message's properties at every publish (a
+    walk over every property name, tens of µs), and a drain sends the same few over and over
+    (a topic alias, a content type). Set them through the public attributes, then `freeze()`;
+    `pack()` (paho's public serialisation) returns the bytes made then."""
+
+    def freeze(self) -> _Packed:
+        """Pack the properties as they are now; later `pack()` calls return those bytes."""
+        object.__setattr__(self, "packed", bytes(super().pack()))  # type: ignore[no-untyped-call]  # paho has no annotation here
+        return self
+
+    def pack(self) -> bytes:
+        """The bytes `freeze()` made (paho's own packing before that)."""
+        packed: bytes | None = self.__dict__.get("packed")
+        if packed is None:
+            return bytes(super().pack())  # type: ignore[no-untyped-call]  # paho has no annotation here
+        return packed
+
+
+#: TCP_CORK (Linux): hold partial segments until uncorked; None where the platform has none.
+_CORK: int | None = getattr(socket, "TCP_CORK", None)
+
+#: publish_nowait's callback: (key, refusal, error), for a PUBACK or the end of the link.
+Done = Callable[[int, Refusal | None, LinkError | None], None]
+
+
 def _describe_ssl(exc: ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"certificate verify failed: {exc.verify_message}"
@@ -207,7 +236,11 @@ class MqttLink:
         self._connack: asyncio.Future[bool] = self._loop.create_future()
         self.closed: asyncio.Future[LinkError] = self._loop.create_future()
         self._acks: dict[int, asyncio.Future[Refusal | None]] = {}
-        self._callbacks: dict[int, Callable[[Refusal | None, LinkError | None], None]] = {}
+        self._callbacks: dict[int, tuple[Done, int]] = {}
+        # publish_nowait's (topic, content type, alias) -> (topic name, properties) once settled.
+        self._routes: dict[tuple[str, str | None, bool], tuple[str, _Packed | None]] = {}
+        self._writing = False  # the socket is registered for writing (its buffer was full)
+        self._queued = 0  # publishes queued since the last write
         self._early_acks: dict[int, Refusal | None] = {}
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.session_present = False
@@ -366,34 +399,56 @@ class MqttLink:
         retain: bool = False,
         content_type: str | None = None,
         alias: bool = False,
-        done: Callable[[Refusal | None, LinkError | None], None],
+        done: Done,
+        key: int = 0,
     ) -> None:
-        """Queue a QoS 1 publish; `done(refusal, None)` runs when its PUBACK arrives, or
-        `done(None, error)` when the link ends first. No task, no timer: the caller keeps
-        its own deadline (the drain checks the oldest message in flight). `content_type` is
-        sent as the MQTT 5 property (3.1.1 has none: left out). With `alias`, the topic goes
-        by an MQTT 5 topic alias while the broker allows one more (`topic_alias`)."""
+        """Queue a QoS 1 publish; `done(key, refusal, None)` runs when its PUBACK arrives, or
+        `done(key, None, error)` when the link ends first. No task, no timer, no closure: the
+        caller keeps its own deadline (the drain checks the oldest message in flight) and
+        tells its messages apart by `key`. `content_type` is sent as the MQTT 5 property
+        (3.1.1 has none: left out). With `alias`, the topic goes by an MQTT 5 topic alias
+        while the broker allows one more (`topic_alias`). The packets queued in one pass of
+        the event loop are written together at its end (`_register_write`)."""
         self._check_open()
-        props: Properties | None = None
-        if content_type is not None and self._v5:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
-            props.ContentType = content_type
-        name = topic
-        if alias:
-            number, known = self.topic_alias(topic)
-            if number is not None:
-                if props is None:
-                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
-                props.TopicAlias = number
-                if known:
-                    name = ""  # the alias alone names the topic
+        route = self._routes.get((topic, content_type, alias))
+        if route is None:
+            name, props, final = self._route(topic, content_type, alias)
+            if final:
+                self._routes[topic, content_type, alias] = (name, props)
+        else:
+            name, props = route
         info = self._client.publish(name, payload, qos=1, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             raise LinkError(Failure.LOST, f"lost: publish failed: {paho.error_string(info.rc)}")
-        if info.mid in self._early_acks:
-            done(self._early_acks.pop(info.mid), None)
+        mid = info.mid
+        if mid in self._early_acks:
+            done(key, self._early_acks.pop(mid), None)
             return
-        self._callbacks[info.mid] = done
+        self._callbacks[mid] = (done, key)
+        self._queued += 1
+
+    def _route(
+        self, topic: str, content_type: str | None, alias: bool
+    ) -> tuple[str, _Packed | None, bool]:
+        """The topic name and properties to publish `topic` with, and whether later publishes
+        use the same (False for the one that makes a topic alias known to the broker)."""
+        props: _Packed | None = None
+        if content_type is not None and self._v5:
+            props = _Packed(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
+            props.ContentType = content_type
+        name = topic
+        known = True
+        if alias:
+            number, known = self.topic_alias(topic)
+            if number is None:
+                known = True  # no alias now or later on this connection: always the name
+            else:
+                if props is None:
+                    props = _Packed(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no annotation here
+                props.TopicAlias = number
+                if known:
+                    name = ""  # the alias alone names the topic
+        return name, None if props is None else props.freeze(), known
 
     def topic_alias(self, topic: str) -> tuple[int | None, bool]:
         """The alias for `topic` on this connection and whether the broker knows it already;
@@ -508,9 +563,9 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         code = Refusal(reason.value, str(reason)) if self._v5 and reason.is_failure else None
-        done = self._callbacks.pop(mid, None)
-        if done is not None:
-            done(code, None)
+        callback = self._callbacks.pop(mid, None)
+        if callback is not None:
+            callback[0](callback[1], code, None)
             return
         fut = self._acks.get(mid)
         if fut is None:
@@ -572,8 +627,8 @@ class MqttLink:
                 suback.set_exception(error)
         callbacks = list(self._callbacks.values())
         self._callbacks.clear()
-        for done in callbacks:
-            done(None, error)
+        for done, key in callbacks:
+            done(key, None, error)
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
@@ -603,18 +658,44 @@ class MqttLink:
             self._unregister(sock)
 
     def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        def register() -> None:
-            if self._current(client, sock) and not self.closed.done():
-                self._loop.add_writer(sock, self._write)
-
-        self._on_loop(register)
+        # paho has packets to send (the first since it last wrote all): write them once the
+        # callbacks of this loop pass ran, so that every publish of the pass goes out in one
+        # go, and without a writer registered (two epoll calls) when the socket takes them.
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(self._flush, sock)
+        else:
+            self._loop.call_soon_threadsafe(self._flush, sock)
 
     def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         def unregister() -> None:
-            if self._current(client, sock):
+            if self._writing and self._current(client, sock):
+                self._writing = False
                 self._loop.remove_writer(sock)
 
         self._on_loop(unregister)
+
+    def _flush(self, sock: Any) -> None:
+        """Write what paho queued; wait for the socket to take the rest when its buffer is full."""
+        client = self._client
+        if self.closed.done() or not self._current(client, sock) or self._writing:
+            return
+        queued, self._queued = self._queued, 0
+        # paho writes each packet with its own send(): corked, the kernel sends them as one
+        # stream of full segments when uncorked (fewer segments on a link paid by the byte,
+        # and the work of a transmit once instead of once a message).
+        cork = queued > 1 and _CORK is not None and isinstance(sock, socket.socket)
+        if cork:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        try:
+            self._write()
+        finally:
+            if cork:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+        if not self.closed.done() and client.want_write() and self._current(client, sock):
+            self._writing = True
+            self._loop.add_writer(sock, self._write)
 
     @staticmethod
     def _current(client: paho.Client, sock: Any) -> bool:
@@ -625,6 +706,7 @@ class MqttLink:
         if sock is None or sock is not self._sock:
             return
         self._sock = None
+        self._writing = False
         with contextlib.suppress(OSError, ValueError):
             self._loop.remove_reader(sock)
         with contextlib.suppress(OSError, ValueError):
