@@ -214,6 +214,22 @@ async def test_batch_is_committed_every_commit_records(tmp_path: Path) -> None:
         assert outbox.depth == 25
 
 
+async def test_batch_is_committed_once_it_holds_commit_bytes(tmp_path: Path) -> None:
+    # Batching by size and time together: a batch is written once it holds commit_bytes,
+    # well before its time is up, and the commit counter says how many commits that took.
+    one = len(fix().to_json()) + len("fix") + 36 + 64  # a record's counted size
+    cfg = config(tmp_path, commit_interval_s=60, commit_records=10_000, commit_bytes=10 * one)
+    async with Outbox(cfg) as outbox:
+        ids = []
+        for _ in range(25):
+            f = fix()
+            await outbox.put("fix", f)
+            ids.append(f.id)
+        assert stored_ids(cfg.path) == ids[:20]
+        assert outbox.commits == 2
+        assert outbox.depth == 25
+
+
 async def test_wait_for_records_times_out_when_empty(tmp_path: Path) -> None:
     async with Outbox(config(tmp_path)) as outbox:
         loop = asyncio.get_running_loop()
