@@ -122,9 +122,9 @@ async def _probe(path: Path) -> dict[str, Any]:
     await outbox.open()
     opened = time.perf_counter() - t0
     t1 = time.perf_counter()
-    batch = await outbox.next_batch(16)
+    batch = await outbox.lease(16)
     next_batch_ms = (time.perf_counter() - t1) * 1000
-    await outbox.ack(r.seq for r in batch[:4])
+    await outbox.ack(batch[:4])
     stats = await outbox.stats()
     await outbox.put("tgw/vessel-042/gnss/fix", sample_fix(0))
     await outbox.flush()
@@ -527,12 +527,12 @@ def main() -> None:
         asyncio.run(fill(empty, 0))
         a = probe(empty)
         b = probe(full)
-        print("resident memory after open, next_batch, ack, stats, put:")
+        print("resident memory after open, lease, ack, stats, put:")
         print(f"  0 waiting                {a['rss_kib'] / 1024:>10.1f} MiB")
         print(f"  {b['depth']:,} waiting      {b['rss_kib'] / 1024:>10.1f} MiB")
         print(f"  difference               {(b['rss_kib'] - a['rss_kib']) / 1024:>10.1f} MiB")
         print(f"open (quick_check) with {b['depth']:,} waiting: {b['open_s']:.2f} s")
-        print(f"next_batch(16) with {b['depth']:,} waiting: {b['next_batch_ms']:.2f} ms")
+        print(f"lease(16) with {b['depth']:,} waiting: {b['next_batch_ms']:.2f} ms")
         live_section(work, args.live_seconds)
         drain_section(work, args.backlog)
     finally:

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import sqlite3
@@ -84,7 +85,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,7 +173,13 @@ CREATE INDEX IF NOT EXISTS outbox_class ON outbox (cls);
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One waiting record, as stored."""
+    """One waiting record, as stored.
+
+    `seq` is the record's place in the outbox as `next_batch` reads it (a row's seq, or a
+    temporary negative one for a record not yet committed); in a record from `lease` it is
+    the lease key instead: opaque, positive, never reused by this outbox, and the same
+    whether the record is a row yet or not.
+    """
 
     seq: int
     id: str
@@ -1117,6 +1124,11 @@ class Outbox:
         self._cursor: dict[str, int] = {}
         self._cursor_rows: set[int] = set()
         self._live_marks: dict[str, int] = {}
+        # Leases (the drain's records in hand): key -> the record's seq in `next_batch` terms,
+        # and back. A leased record is not handed out again until it is acked or released.
+        self._leases: dict[int, int] = {}
+        self._leased: dict[int, int] = {}
+        self._next_key = 1
         self._live_tmp_marks: dict[str, int] = {}  # the same for records sent before commit
         #: Records delivered before their batch was committed: never written to disk.
         self.delivered_unwritten = 0
@@ -1439,6 +1451,11 @@ class Outbox:
         acks, and their live marks in the rows' seq space."""
         late_acks = False
         for r, seq in zip(batch, seqs, strict=True):
+            key = self._leased.pop(r.tmp, None)
+            if key is not None:
+                # Leased while in the batch: the lease now holds the row.
+                self._leases[key] = seq
+                self._leased[seq] = key
             if r.acked:
                 # Delivered while being committed: the row goes with the next write.
                 self._acked.add(seq)
@@ -1824,10 +1841,11 @@ class Outbox:
         self, limit: int, exclude: Collection[int] = (), classes: Collection[str] | None = None
     ) -> list[Record]:
         """The next records in drain order, skipping seqs in `exclude` (and, with `classes`,
-        records of other classes: they wait for a link that may carry them).
+        records of other classes: they wait for a link that may carry them). The low-level
+        read under `lease` (which the drain uses); tools and tests read with it.
 
         Within a priority level the committed records come first, then those not yet committed
-        (the batch), each with a negative seq that `ack` and `exclude` take like any other.
+        (the batch), each with a negative seq that `ack_seqs` and `exclude` take like a row's.
         """
         if not self._open or limit <= 0:
             return []
@@ -1930,11 +1948,73 @@ class Outbox:
             self._cursor_rows.update(s for s in passed.get(cls, ()) if s <= seq)
             self._cursor[cls] = max(self._cursor.get(cls, 0), seq)
 
-    async def ack(self, seqs: Iterable[int]) -> None:
-        """Records delivered (PUBACK): delete them; a record not yet committed is never written."""
+    # ---- leases: the drain's contract (`terminal_gw.uplink.DrainSource`) -----------------
+
+    async def lease(self, n: int, classes: Collection[str] | None = None) -> list[Record]:
+        """Lease the next `n` records in drain order (with `classes`, only records of those
+        classes: the others wait for a link that may carry them).
+
+        A leased record is not handed out again until it is acked (delivered) or released.
+        Its `seq` is its lease key: opaque and positive, whether the record is a row yet or
+        still in the batch (it may be committed while leased: the lease follows it).
+        """
+        if n <= 0:
+            return []
+        records = await self.next_batch(n, exclude=self._leased, classes=classes)
+        out: list[Record] = []
+        for rec in records:
+            key = self._next_key
+            self._next_key += 1
+            self._leases[key] = rec.seq
+            self._leased[rec.seq] = key
+            out.append(dataclasses.replace(rec, seq=key))
+        return out
+
+    def ack(self, records: Iterable[int | Record]) -> Awaitable[None]:
+        """Leased records delivered (PUBACK), given as records or keys: they leave the outbox
+        (a record not yet committed is never written). The leases end at the call itself
+        (so a `release_all` right after it cannot hand them out again); the returned
+        awaitable deletes the rows. Keys not leased (released, or acked before) are ignored.
+        """
+        return self._deleted(self._settle(self._end_leases(records)))
+
+    def release(self, records: Iterable[int | Record]) -> None:
+        """Leased records not sent after all (given as records or keys): they may be leased
+        again, in their place in the drain order."""
+        self._end_leases(records)
+
+    def release_all(self) -> None:
+        """End every lease (the link went down): what was not acked is handed out again."""
+        self._leases.clear()
+        self._leased.clear()
+        self._fresh = True
+        self._arrived.set()
+
+    def _end_leases(self, records: Iterable[int | Record]) -> list[int]:
+        seqs: list[int] = []
+        for item in records:
+            seq = self._leases.pop(item.seq if isinstance(item, Record) else item, None)
+            if seq is not None:
+                self._leased.pop(seq, None)
+                seqs.append(seq)
+        return seqs
+
+    @property
+    def leased(self) -> int:
+        """Records leased and neither acked nor released."""
+        return len(self._leases)
+
+    async def ack_seqs(self, seqs: Iterable[int]) -> None:
+        """Records read with `next_batch` delivered, by seq: delete them; a record not yet
+        committed is never written."""
+        await self._deleted(self._settle(seqs))
+
+    def _settle(self, seqs: Iterable[int]) -> set[int]:
+        """Delivered records: those still in the batch leave it (or are marked to go once
+        their commit lands); the rows to delete are returned, kept out of reads from now on."""
         wanted = set(seqs)
         if not wanted or not self._open:
-            return
+            return set()
         stored: set[int] = set()
         for seq in wanted:
             if seq >= 0:
@@ -1953,14 +2033,20 @@ class Outbox:
             else:
                 self._forget_pending(held)
         if not stored:
-            return
+            return stored
         if self._store_cause == "read-only":
             self._acked |= stored
             self._journal_acks()
-            return
+            return set()
         # Kept out of reads from now on, before the delete's task even starts: their
-        # temporary seqs have just left `_handed`, so an `exclude` no longer covers them.
+        # temporary seqs have just left `_handed` (and their leases ended), so neither an
+        # `exclude` nor a lease covers them any more.
         self._deleting |= stored
+        return stored
+
+    async def _deleted(self, stored: set[int]) -> None:
+        if not stored:
+            return
         # Tried on a full disk too (the reserve file lets deletes through). Shielded: a caller
         # cancelled mid-delete (a link dropping during shutdown) must not leave the rows
         # deleted on disk but still counted in depth and quotas.
