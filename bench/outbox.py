@@ -51,6 +51,19 @@ def write_bytes() -> int:
     raise RuntimeError("no write_bytes in /proc/self/io")
 
 
+def device_written(path: Path) -> int | None:
+    """Bytes written to the block device that holds `path`, as the device sees them (its
+    sectors written, /sys/dev/block): the filesystem's journal and metadata included, what an
+    SD card would be asked to write. Everyone's writes: exact only on a filesystem of its own
+    (a loop-mounted image, the SD card itself). None when the device has no statistics."""
+    st = os.stat(path)
+    stat = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat")
+    try:
+        return int(stat.read_text().split()[6]) * 512
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
@@ -352,6 +365,7 @@ async def _live(config: Any, seconds: float, rate: float, *, link: bool) -> dict
             await asyncio.sleep(0.5)
             await asyncio.to_thread(os.sync)
             w0 = write_bytes()
+            d0 = device_written(config.outbox.path)
             next_at = time.monotonic()
             for f in fixes:
                 await outbox.put(FIX_TOPIC, f)
@@ -370,6 +384,7 @@ async def _live(config: Any, seconds: float, rate: float, *, link: bool) -> dict
             await asyncio.to_thread(_checkpoint, config.outbox.path)
             await asyncio.to_thread(os.sync)
             w2 = write_bytes()
+            d2 = device_written(config.outbox.path)
             if run is not None:
                 await uplink.stop()
                 run.cancel()
@@ -384,6 +399,7 @@ async def _live(config: Any, seconds: float, rate: float, *, link: bool) -> dict
         "commits": commits,
         "written_per_record": (w1 - w0) / n,
         "checkpoint_per_record": (w2 - w1) / n,
+        "device_per_record": None if d0 is None or d2 is None else (d2 - d0) / n,
         "close": write_bytes() - w2,  # once per run, not per record
     }
 
@@ -430,6 +446,11 @@ def live_section(work: Path, seconds: float, rate: float = 10.0) -> None:
                 f" = {total:,.1f} B/record ({r['commits']} commits), then {r['close']:,} B at"
                 f" close; {r['delivered']} delivered, {r['unwritten']} of them never written"
             )
+            if r["device_per_record"] is not None:
+                print(
+                    f"  {'':<28} the block device: {r['device_per_record']:,.1f} B/record"
+                    " (journal and metadata too; every writer's on a shared disk)"
+                )
     finally:
         proc.kill()
         proc.wait(5)
