@@ -24,8 +24,9 @@ Choices (each tested):
   ledger of its own. `next_batch`/`ack_seqs`, the reads under leases, take the seqs below.
 - Live path: `next_batch` also hands out the records of the batch at once, each after the
   committed records of its class, under a temporary seq (negative, growing with arrival)
-  that `ack` and `exclude` take like a row's. A record acked before its batch is committed
-  is dropped from the batch and never written: while the link keeps up, live records cost
+  that `ack_seqs` and `exclude` take like a row's (a lease hides it behind its key). A
+  record acked before its batch is committed is dropped from the batch and never written:
+  while the link keeps up, live records cost
   no SD-card write at all (batching still spares the card while it does not). A record
   committed while in flight maps its temporary seq to its row: its ack deletes the row (an
   ack that lands during the commit, with the next write) and an `exclude` of the temporary
