@@ -51,9 +51,9 @@ async def test_a_record_acked_before_its_commit_is_never_written(tmp_path: Path)
 
 
 async def test_a_live_stream_kept_up_with_writes_nothing(tmp_path: Path) -> None:
-    # The default batching (a commit a second) and the outbox's timer running, as in the
-    # daemon: records acked within a few milliseconds never reach the disk.
-    cfg = config(tmp_path, live_window_s=0)
+    # A commit a second (the default is 30 s: this runs past one) and the outbox's timer
+    # running, as in the daemon: records acked within a few milliseconds never reach the disk.
+    cfg = config(tmp_path, live_window_s=0, commit_interval_s=1.0)
     async with Outbox(cfg) as outbox, asyncio.TaskGroup() as tg:
         duties = tg.create_task(outbox.run(), name="outbox")
         await asyncio.sleep(0.1)
