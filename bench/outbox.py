@@ -51,6 +51,19 @@ def write_bytes() -> int:
     raise RuntimeError("no write_bytes in /proc/self/io")
 
 
+def device_written(path: Path) -> int | None:
+    """Bytes written to the block device that holds `path`, as the device sees them (its
+    sectors written, /sys/dev/block): the filesystem's journal and metadata included, what an
+    SD card would be asked to write. Everyone's writes: exact only on a filesystem of its own
+    (a loop-mounted image, the SD card itself). None when the device has no statistics."""
+    st = os.stat(path)
+    stat = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat")
+    try:
+        return int(stat.read_text().split()[6]) * 512
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
@@ -122,9 +135,9 @@ async def _probe(path: Path) -> dict[str, Any]:
     await outbox.open()
     opened = time.perf_counter() - t0
     t1 = time.perf_counter()
-    batch = await outbox.next_batch(16)
+    batch = await outbox.lease(16)
     next_batch_ms = (time.perf_counter() - t1) * 1000
-    await outbox.ack(r.seq for r in batch[:4])
+    await outbox.ack(batch[:4])
     stats = await outbox.stats()
     await outbox.put("tgw/vessel-042/gnss/fix", sample_fix(0))
     await outbox.flush()
@@ -328,11 +341,12 @@ DRAIN_CASES: list[tuple[str, dict[str, Any]]] = [
 
 
 # --- live path: bytes written while a connected uplink keeps up ---------------------------
-# The daemon's set-up (the outbox's timer with the default batching, a commit a second; the
-# uplink connected to a local mosquitto) and 10 fixes a second: bytes this process wrote to
-# storage (/proc/self/io, after os.sync so that the WAL's writeback is counted) per record,
-# and apart from them what closing the outbox writes (its checkpoint of the WAL). For
-# comparison the same stream with the link down.
+# The daemon's set-up (the outbox's timer with the default batching; the uplink connected to
+# a local mosquitto) and 10 fixes a second: bytes this process wrote to storage (/proc/self/io,
+# after os.sync so that the WAL's writeback is counted) per record, first the commits (to the
+# WAL), then the checkpoint that copies those pages into the database (forced at the end; on
+# a device it comes every 1,000 pages), and apart from them what closing the outbox writes.
+# For comparison the same stream with the link down: records wait, and are committed.
 
 
 async def _live(config: Any, seconds: float, rate: float, *, link: bool) -> dict[str, Any]:
@@ -351,28 +365,53 @@ async def _live(config: Any, seconds: float, rate: float, *, link: bool) -> dict
             await asyncio.sleep(0.5)
             await asyncio.to_thread(os.sync)
             w0 = write_bytes()
+            d0 = device_written(config.outbox.path)
             next_at = time.monotonic()
             for f in fixes:
                 await outbox.put(FIX_TOPIC, f)
                 next_at += 1.0 / rate
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            # Past the commit timer: what was not acked by then is written.
-            await asyncio.sleep(2 * config.outbox.commit_interval_s)
+            # With the link up, the last records' acks; then what is still waiting is
+            # committed (as the commit timer would), so every record is counted.
+            async with asyncio.timeout(10):
+                while link and outbox.depth > 0:  # noqa: ASYNC110 - polls the outbox's depth
+                    await asyncio.sleep(0.01)
+            await outbox.flush()
             await asyncio.to_thread(os.sync)
             w1 = write_bytes()
+            # The checkpoint copies the WAL's pages into the database: the SD card sees those
+            # writes too, in proportion to the records (they only come later).
+            await asyncio.to_thread(_checkpoint, config.outbox.path)
+            await asyncio.to_thread(os.sync)
+            w2 = write_bytes()
+            d2 = device_written(config.outbox.path)
             if run is not None:
                 await uplink.stop()
                 run.cancel()
             duties.cancel()
         unwritten = outbox.delivered_unwritten
+        commits = outbox.commits
     os.sync()
     return {
         "records": n,
         "delivered": uplink.counters.records,
         "unwritten": unwritten,
+        "commits": commits,
         "written_per_record": (w1 - w0) / n,
-        "close": write_bytes() - w1,  # the closing checkpoint: once per run, not per record
+        "checkpoint_per_record": (w2 - w1) / n,
+        "device_per_record": None if d0 is None or d2 is None else (d2 - d0) / n,
+        "close": write_bytes() - w2,  # once per run, not per record
     }
+
+
+def _checkpoint(path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
 
 
 def live_section(work: Path, seconds: float, rate: float = 10.0) -> None:
@@ -381,8 +420,13 @@ def live_section(work: Path, seconds: float, rate: float = 10.0) -> None:
 
     proc, port = start_mosquitto(work)
     try:
-        print(f"live path: {rate:g} fixes/s for {seconds:g} s, default batching (commit 1 s),")
-        print(f"  loopback mosquitto on port {port}; bytes written per record (/proc/self/io)")
+        batching = OutboxConfig()
+        print(
+            f"live path: {rate:g} fixes/s for {seconds:g} s, default batching (a commit every"
+            f" {batching.commit_interval_s:g} s or {batching.commit_bytes:,} B),"
+        )
+        print(f"  loopback mosquitto on port {port}; bytes written per record (/proc/self/io):")
+        print("  commits (WAL), then the checkpoint (WAL pages into the database)")
         for link in (True, False):
             path = work / f"live-{link}.db"
             config = load_config_data(
@@ -396,11 +440,17 @@ def live_section(work: Path, seconds: float, rate: float = 10.0) -> None:
             asyncio.run(fill(path, 0))  # the schema's own writes are not the records'
             r = asyncio.run(_live(config, seconds, rate, link=link))
             name = "link up, uplink keeping up" if link else "link down, records wait"
+            total = r["written_per_record"] + r["checkpoint_per_record"]
             print(
-                f"  {name:<28} {r['written_per_record']:>8,.1f} B/record, then"
-                f" {r['close']:>9,} B at close; {r['delivered']} delivered,"
-                f" {r['unwritten']} of them never written"
+                f"  {name:<28} {r['written_per_record']:>8,.1f} + {r['checkpoint_per_record']:,.1f}"
+                f" = {total:,.1f} B/record ({r['commits']} commits), then {r['close']:,} B at"
+                f" close; {r['delivered']} delivered, {r['unwritten']} of them never written"
             )
+            if r["device_per_record"] is not None:
+                print(
+                    f"  {'':<28} the block device: {r['device_per_record']:,.1f} B/record"
+                    " (journal and metadata too; every writer's on a shared disk)"
+                )
     finally:
         proc.kill()
         proc.wait(5)
@@ -498,12 +548,12 @@ def main() -> None:
         asyncio.run(fill(empty, 0))
         a = probe(empty)
         b = probe(full)
-        print("resident memory after open, next_batch, ack, stats, put:")
+        print("resident memory after open, lease, ack, stats, put:")
         print(f"  0 waiting                {a['rss_kib'] / 1024:>10.1f} MiB")
         print(f"  {b['depth']:,} waiting      {b['rss_kib'] / 1024:>10.1f} MiB")
         print(f"  difference               {(b['rss_kib'] - a['rss_kib']) / 1024:>10.1f} MiB")
         print(f"open (quick_check) with {b['depth']:,} waiting: {b['open_s']:.2f} s")
-        print(f"next_batch(16) with {b['depth']:,} waiting: {b['next_batch_ms']:.2f} ms")
+        print(f"lease(16) with {b['depth']:,} waiting: {b['next_batch_ms']:.2f} ms")
         live_section(work, args.live_seconds)
         drain_section(work, args.backlog)
     finally:

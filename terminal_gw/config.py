@@ -343,7 +343,10 @@ _DEFAULT_MAX_AGE_S: dict[ClassName, float] = {"fix": 30 * 86400.0, "sky": 7 * 86
 class OutboxConfig(_Section):
     path: Path = Path("/var/lib/terminal-gw/outbox.db")
     max_bytes: Size = 256 * 1024 * 1024
-    commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: A batch is committed when its oldest record is this old, or it holds `commit_bytes`
+    #: or `commit_records`, whichever comes first: what a crash or power cut can lose at most.
+    commit_interval_s: float = Field(default=30.0, gt=0, le=60)
+    commit_bytes: Size = Field(default=128 * 1024, ge=1)
     commit_records: int = Field(default=500, ge=1)
     max_age_s: dict[ClassName, float] = Field(default_factory=lambda: dict(_DEFAULT_MAX_AGE_S))
     live_window_s: float = Field(default=300.0, ge=0)

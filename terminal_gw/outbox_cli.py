@@ -4,13 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import heapq
 import json
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,7 +20,7 @@ from terminal_gw.exit_codes import (
     EXIT_USAGE,
     permission_denied,
 )
-from terminal_gw.outbox import CLASS_PRIORITY, connect
+from terminal_gw.outbox.store import CLASS_PRIORITY, class_stats, iter_payloads, open_reader
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +72,7 @@ def cli(args: argparse.Namespace) -> int:
         if not path.exists():
             print(f"error: no outbox at {path}", file=sys.stderr)
             return EXIT_FAILURE
-        with _reader(path) as conn:
+        with open_reader(path) as conn:
             if args.outbox_command == "stats":
                 return _stats(conn, as_json=args.json, limit=limit, out=sys.stdout)
             return _export(conn, fmt=args.format, classes=args.classes, out=sys.stdout)
@@ -99,43 +95,16 @@ def _db_path(args: argparse.Namespace) -> tuple[Path, int | None]:
     return outbox.path, outbox.max_bytes
 
 
-@contextlib.contextmanager
-def _reader(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection; a copy in a temporary folder when the file's folder is
-    read-only and SQLite cannot create the WAL index beside it."""
-    with contextlib.ExitStack() as stack:
-        try:
-            conn = connect(path, readonly=True)
-            stack.callback(conn.close)
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
-            stack.close()
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgw-outbox-")))
-            copy = tmp / path.name
-            shutil.copyfile(path, copy)
-            wal = path.with_name(path.name + "-wal")
-            if wal.exists():
-                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            conn = sqlite3.connect(str(copy), isolation_level=None)
-            stack.callback(conn.close)
-        yield conn
-
-
 def read_stats(conn: sqlite3.Connection, now: float) -> dict[str, dict[str, Any]]:
     """Per class (drain order): count, bytes (as counted against max_bytes), oldest age."""
-    rows = conn.execute(
-        "SELECT cls, COUNT(*), SUM(size), MIN(created) FROM outbox GROUP BY cls"
-    ).fetchall()
-    found = {str(c): (int(n), int(b or 0), m) for c, n, b, m in rows}
+    found = class_stats(conn)
     order = sorted(found, key=lambda c: (CLASS_PRIORITY.get(c, 99), c))
-    return {
-        c: {
-            "count": found[c][0],
-            "bytes": found[c][1],
-            "oldest_age_s": None if found[c][2] is None else round(max(0.0, now - found[c][2]), 3),
-        }
-        for c in order
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for c in order:
+        count, size, oldest = found[c]
+        age = None if oldest is None else round(max(0.0, now - oldest), 3)
+        out[c] = {"count": count, "bytes": size, "oldest_age_s": age}
+    return out
 
 
 def _human_bytes(n: int) -> str:
@@ -185,27 +154,10 @@ def _stats(conn: sqlite3.Connection, *, as_json: bool, limit: int | None, out: T
     return EXIT_OK
 
 
-def _payloads(conn: sqlite3.Connection, classes: list[str] | None) -> Iterator[tuple[str, bytes]]:
-    """Payloads in drain order: by priority, FIFO (seq) across the classes of a priority.
-
-    Streamed from the (cls) index, class by class and merged, so a million records need
-    neither memory nor a temporary sort file.
-    """
-    wanted = classes or list(CLASS_PRIORITY)
-    for prio in sorted(set(CLASS_PRIORITY.values())):
-        cursors = [
-            conn.execute("SELECT seq, cls, payload FROM outbox WHERE cls = ? ORDER BY seq", (c,))
-            for c in wanted
-            if CLASS_PRIORITY.get(c) == prio
-        ]
-        for _seq, cls, payload in heapq.merge(*cursors, key=lambda row: int(row[0])):
-            yield str(cls), payload.encode() if isinstance(payload, str) else bytes(payload)
-
-
 def _fixes(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     """The waiting fixes with a position, in arrival order (the receiver's time order),
     streamed: a week of fixes at 1 Hz need not fit in memory."""
-    for (payload,) in conn.execute("SELECT payload FROM outbox WHERE cls = 'fix' ORDER BY seq"):
+    for _cls, payload in iter_payloads(conn, ["fix"]):
         try:
             fix = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
@@ -219,7 +171,7 @@ def _fixes(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
 
 def _export(conn: sqlite3.Connection, *, fmt: str, classes: list[str] | None, out: TextIO) -> int:
     if fmt == "jsonl":
-        for _cls, payload in _payloads(conn, classes):
+        for _cls, payload in iter_payloads(conn, classes):
             out.write(payload.decode("utf-8", errors="replace").strip() + "\n")
     elif fmt == "geojson":
         write_geojson(_fixes(conn), out)

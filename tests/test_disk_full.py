@@ -245,7 +245,7 @@ async def test_acks_are_deleted_on_a_full_disk_and_a_restart_sends_none_again(di
 
         delivered: list[str] = []
         while batch := await outbox.next_batch(100):
-            await outbox.ack(r.seq for r in batch)
+            await outbox.ack_seqs(r.seq for r in batch)
             delivered += [r.id for r in batch]
         assert len(delivered) == waiting
         assert outbox.depth == 0

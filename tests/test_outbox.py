@@ -49,7 +49,7 @@ async def drain_all(outbox: Outbox, limit: int = 50) -> list[Record]:
     got: list[Record] = []
     while batch := await outbox.next_batch(limit):
         got += batch
-        await outbox.ack(r.seq for r in batch)
+        await outbox.ack_seqs(r.seq for r in batch)
     return got
 
 
@@ -71,7 +71,7 @@ async def test_records_round_trip_and_ack_removes(tmp_path: Path) -> None:
         assert not got.retain
         assert got.id == f.id
         assert json.loads(got.payload) == json.loads(f.to_json())
-        await outbox.ack([got.seq])
+        await outbox.ack_seqs([got.seq])
         assert outbox.depth == 1
         assert [r.seq for r in await outbox.next_batch(10)] == [status.seq]
 
@@ -82,7 +82,7 @@ async def test_ack_cancelled_mid_delete_still_updates_depth(tmp_path: Path) -> N
             await outbox.put("tgw/d/gnss/fix", fix())
         await outbox.flush()
         batch = await outbox.next_batch(50)
-        ack = asyncio.ensure_future(outbox.ack([r.seq for r in batch]))
+        ack = asyncio.ensure_future(outbox.ack_seqs([r.seq for r in batch]))
         await asyncio.sleep(0)  # the delete is under way in its thread
         ack.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -143,12 +143,12 @@ async def test_live_fix_goes_ahead_of_a_week_of_backlog(tmp_path: Path) -> None:
         assert [r.cls for r in first] == ["event", "fix", "fix", "fix", "fix"]
         assert first[1].id == live.id
         assert [r.id for r in first[2:]] == backlog[:3]
-        await outbox.ack(r.seq for r in first)
+        await outbox.ack_seqs(r.seq for r in first)
 
         # The next batch goes on with the backlog FIFO: no creeping newest-first.
         second = await outbox.next_batch(3)
         assert [r.id for r in second] == backlog[3:6]
-        await outbox.ack(r.seq for r in second)
+        await outbox.ack_seqs(r.seq for r in second)
 
         # A new live fix jumps the queue again.
         clock.now += 1
@@ -214,6 +214,22 @@ async def test_batch_is_committed_every_commit_records(tmp_path: Path) -> None:
         assert outbox.depth == 25
 
 
+async def test_batch_is_committed_once_it_holds_commit_bytes(tmp_path: Path) -> None:
+    # Batching by size and time together: a batch is written once it holds commit_bytes,
+    # well before its time is up, and the commit counter says how many commits that took.
+    one = len(fix().to_json()) + len("fix") + 36 + 64  # a record's counted size
+    cfg = config(tmp_path, commit_interval_s=60, commit_records=10_000, commit_bytes=10 * one)
+    async with Outbox(cfg) as outbox:
+        ids = []
+        for _ in range(25):
+            f = fix()
+            await outbox.put("fix", f)
+            ids.append(f.id)
+        assert stored_ids(cfg.path) == ids[:20]
+        assert outbox.commits == 2
+        assert outbox.depth == 25
+
+
 async def test_wait_for_records_times_out_when_empty(tmp_path: Path) -> None:
     async with Outbox(config(tmp_path)) as outbox:
         loop = asyncio.get_running_loop()
@@ -257,9 +273,9 @@ async def test_ack_of_an_evicted_record_never_deletes_a_newer_one(tmp_path: Path
         await outbox.put("fix", fix())
         await outbox.flush()
         (old,) = await outbox.next_batch(1)
-        await outbox.ack([old.seq])  # gone, as if evicted while in flight
+        await outbox.ack_seqs([old.seq])  # gone, as if evicted while in flight
         await outbox.put("sms", Sms(text="new"))
-        await outbox.ack([old.seq])  # a late duplicate ack
+        await outbox.ack_seqs([old.seq])  # a late duplicate ack
         (new,) = await outbox.next_batch(1)
         assert new.seq != old.seq
         assert new.cls == "sms"

@@ -71,7 +71,7 @@ async def test_garbage_pages_are_moved_aside_and_readable_rows_salvaged(tmp_path
         got = []
         while batch := await outbox.next_batch(500):
             got += batch
-            await outbox.ack(r.seq for r in batch)
+            await outbox.ack_seqs(r.seq for r in batch)
         assert len(got) == salvaged
         assert {r.id for r in got} <= set(ids)
         for r in got:

@@ -110,7 +110,7 @@ async def test_disk_full_refuses_messages_by_name_and_recovers_by_itself(small_d
         # The link side keeps draining; acks are deleted on disk even now.
         batch = await outbox.next_batch(10)
         assert [r.id for r in batch] == before[:10]
-        await outbox.ack(r.seq for r in batch)
+        await outbox.ack_seqs(r.seq for r in batch)
         assert not set(before[:10]) & set(stored_ids(cfg.path))
 
         # Space returns: the outbox says so by itself.
@@ -162,7 +162,7 @@ async def test_read_only_filesystem_at_start_drains_holds_and_recovers(small_dis
             # Draining goes on from a read-only connection; acks wait in memory.
             batch = await outbox.next_batch(4)
             assert [r.id for r in batch] == stored[:4]
-            await outbox.ack(r.seq for r in batch)
+            await outbox.ack_seqs(r.seq for r in batch)
             assert [r.id for r in await outbox.next_batch(10)] == stored[4:]
             assert outbox.depth == 6
             # New positions are held; a sync message is refused (its source copy stays).
@@ -197,7 +197,7 @@ async def test_acks_alone_are_written_once_the_disk_is_back(small_disk: Path) ->
     try:
         async with Outbox(cfg, events=lambda e: None) as outbox:
             batch = await outbox.next_batch(5)
-            await outbox.ack(r.seq for r in batch)
+            await outbox.ack_seqs(r.seq for r in batch)
             assert outbox.depth == 0
             remount(small_disk, "rw")
             async with asyncio.TaskGroup() as tg:

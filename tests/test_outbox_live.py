@@ -42,7 +42,7 @@ async def test_a_record_acked_before_its_commit_is_never_written(tmp_path: Path)
         assert got.id == f.id
         assert got.seq < 0  # not committed: a temporary seq
         assert stored_ids(cfg.path) == []
-        await outbox.ack([got.seq])
+        await outbox.ack_seqs([got.seq])
         assert outbox.depth == 0
         await outbox.flush()
         assert await outbox.next_batch(10) == []
@@ -51,9 +51,9 @@ async def test_a_record_acked_before_its_commit_is_never_written(tmp_path: Path)
 
 
 async def test_a_live_stream_kept_up_with_writes_nothing(tmp_path: Path) -> None:
-    # The default batching (a commit a second) and the outbox's timer running, as in the
-    # daemon: records acked within a few milliseconds never reach the disk.
-    cfg = config(tmp_path, live_window_s=0)
+    # A commit a second (the default is 30 s: this runs past one) and the outbox's timer
+    # running, as in the daemon: records acked within a few milliseconds never reach the disk.
+    cfg = config(tmp_path, live_window_s=0, commit_interval_s=1.0)
     async with Outbox(cfg) as outbox, asyncio.TaskGroup() as tg:
         duties = tg.create_task(outbox.run(), name="outbox")
         await asyncio.sleep(0.1)
@@ -63,7 +63,7 @@ async def test_a_live_stream_kept_up_with_writes_nothing(tmp_path: Path) -> None
             await outbox.put("sky", Sky())
             batch = await outbox.next_batch(16)
             assert [r.cls for r in batch] == ["fix", "sky"]
-            await outbox.ack(r.seq for r in batch)
+            await outbox.ack_seqs(r.seq for r in batch)
             await asyncio.sleep(0.02)  # 50 Hz for 1.2 s: past a commit interval
         await asyncio.sleep(1.1)
         assert disk_marks(cfg.path) == before
@@ -91,7 +91,7 @@ async def test_a_record_committed_while_in_flight_is_removed_by_its_ack(tmp_path
         assert [r.id for r in again] == ids
         assert all(r.seq > 0 for r in again)
         # The acks of the first sending remove the rows.
-        await outbox.ack(r.seq for r in first)
+        await outbox.ack_seqs(r.seq for r in first)
         assert stored_ids(cfg.path) == []
         assert outbox.depth == 0
         assert await outbox.next_batch(10) == []
@@ -114,7 +114,7 @@ async def test_an_ack_landing_during_the_commit_still_removes_the_record(
                 commit = tg.create_task(outbox.flush(), name="commit")
                 await asyncio.sleep(0.1)
                 assert not commit.done()
-                await outbox.ack([got.seq])
+                await outbox.ack_seqs([got.seq])
                 db_lock.release()
         finally:
             if db_lock.locked():
@@ -149,7 +149,7 @@ async def test_a_row_being_deleted_by_its_ack_is_not_handed_out_again(tmp_path: 
         outbox._db.ack = slow_ack  # type: ignore[method-assign]
         try:
             async with asyncio.TaskGroup() as tg:
-                acking = tg.create_task(outbox.ack(in_flight), name="ack")
+                acking = tg.create_task(outbox.ack_seqs(in_flight), name="ack")
                 # One step: the ack has handed its delete to a task that has not run yet.
                 await asyncio.sleep(0)
                 again = await outbox.next_batch(10, exclude=in_flight)
@@ -194,10 +194,10 @@ async def test_drain_order_holds_across_committed_and_pending_records(tmp_path: 
             if step == 1:
                 await outbox.flush()
             if step % 2:
-                await outbox.ack(in_flight[:2])
+                await outbox.ack_seqs(in_flight[:2])
                 del in_flight[:2]
         assert got == expected
-        await outbox.ack(in_flight)
+        await outbox.ack_seqs(in_flight)
         assert outbox.depth == 0
         await outbox.flush()
     assert stored_ids(cfg.path) == []
@@ -274,7 +274,7 @@ async def test_records_held_while_the_disk_is_full_are_delivered_from_memory(
         delivered: list[str] = []
         while batch := await outbox.next_batch(50):
             delivered += [r.id for r in batch]
-            await outbox.ack(r.seq for r in batch)
+            await outbox.ack_seqs(r.seq for r in batch)
         assert delivered[:10] == stored
         assert delivered[-20:] == [f.id for f in held]
         assert outbox.held_bytes == 0
@@ -373,7 +373,7 @@ async def uplink_model(path: Path, ops: list[tuple[str, int | str]]) -> None:
                 in_flight.update((r.seq, r.id) for r in batch)
             elif name == "ack":
                 seqs = [s for k, s in enumerate(in_flight) if int(arg) >> (k % 16) & 1]
-                await outbox.ack(seqs)
+                await outbox.ack_seqs(seqs)
                 gone = {in_flight.pop(s) for s in seqs}
                 waiting = [(c, i) for c, i in waiting if i not in gone]
             elif name == "flush":

@@ -105,7 +105,7 @@ async def workload(path: Path, ops: list[tuple[str, int | str, int | bool]]) -> 
                     ]
                     assert keys == sorted(keys)
                 if b:
-                    await outbox.ack(r.seq for r in batch)
+                    await outbox.ack_seqs(r.seq for r in batch)
                     delivered.update(r.cls for r in batch)
                     alive -= {r.id for r in batch}
             elif name == "flush":

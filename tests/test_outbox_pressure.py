@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from terminal_gw import outbox as outbox_module
 from terminal_gw.config import OutboxConfig
 from terminal_gw.errors import OutboxFullError
 from terminal_gw.models import Event, Fix, Sky, make_event
-from terminal_gw.outbox import Outbox, id_from_db
+from terminal_gw.outbox import Outbox, id_from_db, pressure, store
 from tests.outbox_child import CommandResult, Sms
 from tests.test_outbox import Clock
 
@@ -81,7 +80,7 @@ async def test_two_weeks_of_fixes_keep_one_per_growing_interval(
     tmp_path: Path, span: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Thinning works in spans of rows; small spans cut across many intervals.
-    monkeypatch.setattr(outbox_module, "_THIN_SPAN", span)
+    monkeypatch.setattr(pressure, "THIN_SPAN", span)
     clock = Clock()
     cfg = config(tmp_path, max_bytes=250_000, event_interval_s=3600)
     start = clock.now
@@ -277,12 +276,12 @@ async def test_thinning_rolled_back_is_done_again_in_full(
     pristine.write_bytes(cfg.path.read_bytes())
     need = 10**9  # more than thinning frees: the drop phase runs too
 
-    reference = outbox_module._Db(pristine)
+    reference = store._Db(pristine)
     reference.open()
     why_ref, *_ = reference.make_room(need // 10**6, ("fix",), clock.now)
     reference.close()
 
-    db = outbox_module._Db(cfg.path)
+    db = store._Db(cfg.path)
     db.open()
 
     def disk_error(seqs: object) -> object:

@@ -412,10 +412,16 @@ def test_backoff_grows_to_the_cap_and_auth_waits_longest(tmp_path: Path) -> None
 
 
 class _NoOutbox:
-    async def next_batch(self, limit: int, exclude: object = ()) -> list[object]:
+    async def lease(self, n: int, classes: object = None) -> list[object]:
         return []
 
-    async def ack(self, seqs: object) -> None:
+    async def ack(self, records: object) -> None:
+        return None
+
+    def release(self, records: object) -> None:
+        return None
+
+    def release_all(self) -> None:
         return None
 
     async def wait_for_records(self, timeout: float) -> bool:

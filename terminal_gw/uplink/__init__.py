@@ -110,15 +110,20 @@ OutboxRecord = compact.Record
 class DrainSource(Protocol):
     """The part of the outbox the uplink drains (`terminal_gw.outbox.Outbox`).
 
-    `wait_for_records` returns True as soon as records wait that the last `next_batch` did
-    not hand out (the uplink also waits on it while records are in flight), and seqs may be
-    negative (records handed out before their commit).
+    The outbox keeps the ledger: `lease` hands out records in drain order, each once until
+    it is acked or released; a record's `seq` is its lease key (opaque). `ack` ends the
+    leases at the call (the awaitable deletes the records), `release` gives back records
+    not sent, `release_all` every lease when the link goes down. `wait_for_records` returns
+    True as soon as records wait that the last lease did not hand out (the uplink also
+    waits on it while records are in flight).
     """
 
-    async def next_batch(
-        self, limit: int, exclude: Collection[int] = (), classes: Collection[str] | None = None
+    async def lease(
+        self, n: int, classes: Collection[str] | None = None
     ) -> Sequence[OutboxRecord]: ...
-    async def ack(self, seqs: Iterable[int]) -> None: ...
+    def ack(self, records: Iterable[int]) -> Awaitable[None]: ...
+    def release(self, records: Iterable[int]) -> None: ...
+    def release_all(self) -> None: ...
     async def wait_for_records(self, timeout: float) -> bool: ...  # noqa: ASYNC109 - the outbox's interface
 
 
@@ -410,9 +415,8 @@ class Uplink:
         self._rx: list[Incoming] = []  # received, not yet stored in the inbox
         self._rx_wake = asyncio.Event()
         self._cmd_wake = asyncio.Event()  # new rows in the inbox
-        # Seqs published and not yet removed from the outbox: never fetched twice meanwhile.
-        self._inflight: set[int] = set()
-        self._acked: list[int] = []  # PUBACKed, waiting for outbox.ack
+        self._acked: list[int] = []  # lease keys PUBACKed (or dropped), waiting for outbox.ack
+        self._dropped: set[int] = set()  # keys of the current read dropped unsent
         self._ack_wake = asyncio.Event()
         self._window: _Window | None = None  # the current connection's messages in flight
         # Link profiles: the one in use, one forced by command, and today's use of each.
@@ -789,8 +793,9 @@ class Uplink:
         try:
             await self._flush_acks(final=True)
         finally:
-            # Whatever is not acknowledged now is sent again on the next connection.
-            self._inflight = set(self._acked)
+            # Whatever is not acknowledged now is sent again on the next connection (acks
+            # passed to the outbox have ended their leases already).
+            self._outbox.release_all()
             self._window = None
             self._idle.set()
             if clean:
@@ -1043,9 +1048,7 @@ class Uplink:
             kept.append(rec)
         if dropped:
             self.counters.thinned += len(dropped)
-            self._inflight.update(dropped)
-            self._acked.extend(dropped)
-            self._ack_wake.set()
+            self._drop_unsent(dropped)
         return kept
 
     async def _drain(self, client: MqttLink, window: _Window) -> None:
@@ -1067,11 +1070,9 @@ class Uplink:
             classes = self._classes_now()
             try:
                 if classes is None:
-                    records = await self._outbox.next_batch(limit, exclude=self._inflight)
+                    records = await self._outbox.lease(limit)
                 else:
-                    records = await self._outbox.next_batch(
-                        limit, exclude=self._inflight, classes=classes
-                    )
+                    records = await self._outbox.lease(limit, classes=classes)
             except TerminalGwError as exc:
                 self._log.warning("outbox_read_failed", error=str(exc))
                 await asyncio.sleep(1.0)
@@ -1088,35 +1089,44 @@ class Uplink:
                 continue
             woke = False
             full = len(records) >= limit
-            records = self._thin(records)
-            if profile.encoding == "compact":
-                messages, due = self._plan_compact(records, full)
-                if not messages:
-                    # A batch waits for more records, until its oldest is old enough.
-                    bound = 1.0 if due is None else max(0.01, due - self._clock())
-                    woke = await self._wait(window, bound, records=True)
-                    continue
-            else:
-                messages = plan_messages(
-                    records,
-                    now=self._clock(),
-                    batch=batch,
-                    batch_max=batch_max,
-                    batch_min_age_s=batch_min_age_s,
-                    hold_tail=full,
-                )
-            for msg in messages:
-                while window.free <= 0:
-                    await self._wait(window, cfg.publish_timeout_s)
-                delay = max(
-                    self._msg_bucket.reserve(1), self._byte_bucket.reserve(len(msg.payload))
-                )
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._check_window(window)
-                if self._classes_now() != classes:
-                    break  # a budget was reached: read again with what may still go
-                self._send(client, window, msg)
+            leased = [r.seq for r in records]
+            sent: set[int] = set()
+            self._dropped = set()
+            try:
+                records = self._thin(records)
+                if profile.encoding == "compact":
+                    messages, due = self._plan_compact(records, full)
+                    if not messages:
+                        # A batch waits for more records, until its oldest is old enough.
+                        bound = 1.0 if due is None else max(0.01, due - self._clock())
+                        woke = await self._wait(window, bound, records=True)
+                        continue
+                else:
+                    messages = plan_messages(
+                        records,
+                        now=self._clock(),
+                        batch=batch,
+                        batch_max=batch_max,
+                        batch_min_age_s=batch_min_age_s,
+                        hold_tail=full,
+                    )
+                for msg in messages:
+                    while window.free <= 0:
+                        await self._wait(window, cfg.publish_timeout_s)
+                    delay = max(
+                        self._msg_bucket.reserve(1), self._byte_bucket.reserve(len(msg.payload))
+                    )
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self._check_window(window)
+                    if self._classes_now() != classes:
+                        break  # a budget was reached: read again with what may still go
+                    self._send(client, window, msg)
+                    sent.update(msg.seqs)
+            finally:
+                # What this read did not send (a held-back tail, a batch not yet due, what
+                # a reached budget stopped) goes back to the outbox, in its place.
+                self._outbox.release(k for k in leased if k not in sent and k not in self._dropped)
 
     def _plan_compact(
         self, records: Sequence[OutboxRecord], full: bool
@@ -1189,10 +1199,14 @@ class Uplink:
             kept.append(compact.Stored(rec.seq, rec.cls, rec.topic, small, rec.created, True))
         if dropped:
             self.counters.status_skipped += len(dropped)
-            self._inflight.update(dropped)
-            self._acked.extend(dropped)
-            self._ack_wake.set()
+            self._drop_unsent(dropped)
         return kept
+
+    def _drop_unsent(self, keys: Sequence[int]) -> None:
+        """Records of this read not worth sending: acked unsent."""
+        self._dropped.update(keys)
+        self._acked.extend(keys)
+        self._ack_wake.set()
 
     def _send(self, client: MqttLink, window: _Window, msg: Outgoing) -> None:
         if self._slot_of:
@@ -1206,7 +1220,6 @@ class Uplink:
         window.next_key += 1
         window.sent[key] = (msg, time.monotonic() + self._cfg.publish_timeout_s)
         window.free -= 1
-        self._inflight.update(msg.seqs)
         self.ledger.add(self.profile.name, messages=1)
         self._idle.clear()
         try:
@@ -1350,6 +1363,5 @@ class Uplink:
                 # Cancelled half way: the records may or may not be removed; ack them again.
                 self._acked[:0] = batch
                 raise
-            self._inflight.difference_update(batch)
             self.counters.records += len(batch)
         return True
