@@ -180,7 +180,7 @@ class Store:
                         _REJECTED,
                         [
                             (r.digest, r.received, r.topic, r.device, r.reason, r.payload)
-                            for r in rejected
+                            for r in sorted(rejected, key=lambda r: r.digest)  # as ids above
                         ],
                         returning=False,
                     )
@@ -205,9 +205,11 @@ class Store:
     ) -> int:
         self._copy(cur, table, rows)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS[table])
+        # In id order: two batches written at once (this process's connections, or another
+        # process's) wait for each other's ids in one order, never in a cycle (no deadlock).
         cur.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (id) DO NOTHING").format(
-                sql.Identifier(table), cols, cols, sql.Identifier(f"_stage_{table}")
-            )
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM {} ORDER BY id ON CONFLICT (id) DO NOTHING"
+            ).format(sql.Identifier(table), cols, cols, sql.Identifier(f"_stage_{table}"))
         )
         return max(cur.rowcount, 0)
