@@ -238,6 +238,8 @@ def throughput(
             ingest_last = cpu_seconds(ingest_pids)
             break
         if all(p.poll() is not None for p in running) and rows(pg) < n:
+            for p in running:
+                sys.stderr.write("".join((p.communicate()[1] or "").splitlines(True)[-8:]))
             raise SystemExit(f"ingest exited with {rows(pg)} of {n} rows")
         time.sleep(0.05)
     outs = [p.communicate(timeout=120)[1] for p in running]
