@@ -195,6 +195,25 @@ class Counter:
         row = self.conn.execute("SELECT count(*) FROM fixes").fetchone()
         return int(row[0]) if row else 0
 
+    def states(self) -> dict[str, int]:
+        """The other client backends by what they do now: `active` (working), `lock`
+        (waiting for another transaction's row), `client` (in a transaction, waiting for
+        the client's next command or COPY data), `idle` (between transactions)."""
+        out = {"active": 0, "lock": 0, "client": 0, "idle": 0}
+        for state, wait in self.conn.execute(
+            "SELECT state, wait_event_type FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall():
+            if wait == "Lock":
+                out["lock"] += 1
+            elif state == "active":
+                out["active"] += 1
+            elif state and state.startswith("idle in transaction"):
+                out["client"] += 1
+            else:
+                out["idle"] += 1
+        return out
+
     def close(self) -> None:
         self.conn.close()
 
@@ -260,8 +279,11 @@ def throughput(
     # and imports (about a second of CPU) are left out, as they are of the rows/s.
     ingest_pids = [p.pid for p in running]
     ingest_first = ingest_last = 0.0
+    samples: list[dict[str, int]] = []
     while True:
         count = counter.rows()
+        if first is not None:
+            samples.append(counter.states())
         for pid in pids_named("postgres"):
             if pid != counter.pid:
                 pg_cpu[pid] = cpu_seconds([pid])
@@ -312,6 +334,11 @@ def throughput(
         "postgres_us_per_row": round(pg_s / n * 1e6, 1),
         "broker_cpu_s": round(cpu_seconds(broker_pids) - broker_cpu0, 2),
         "rows_by_process": per_proc,  # type: ignore[dict-item]
+        # Ingest's backends, on average over the drain, by what they were doing.
+        "db_backends": {  # type: ignore[dict-item]
+            k: round(sum(x[k] for x in samples) / max(len(samples), 1), 2)
+            for k in ("active", "lock", "client", "idle")
+        },
     }
 
 
