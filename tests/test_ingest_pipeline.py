@@ -86,3 +86,20 @@ def test_a_later_batch_is_stored_beside_a_held_one_and_acknowledged_after_it(
     assert count(pg, "fixes") == 21
     totals = _totals(again.stderr)
     assert (totals["rows"], totals["duplicates"]) == (10, 10)
+
+
+def test_a_queue_longer_to_read_than_the_suback_timeout_is_drained(
+    tmp_path: Path, broker: Broker, pg: Postgres
+) -> None:
+    # A resumed session's queue comes before the SUBACK; reading 6,000 messages takes well
+    # over a second, the SUBACK deadline here.
+    config = write_config(
+        tmp_path / "ingest.toml", broker, pg, connect_timeout_s=1.0, receive_maximum=10_000
+    )
+    migrate(config)
+    first = run_cli("ingest", "--config", str(config), "--client-id", "long", "--once")
+    assert first.returncode == 0, first.stderr
+    Publisher(broker, "dev-long").publish_all(fix_messages("l", 6000))
+    res = run_cli("ingest", "--config", str(config), "--client-id", "long", "--once", timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert count(pg, "fixes") == 6000
