@@ -3,6 +3,7 @@ end-to-end lag at a steady rate from many devices.
 
     python bench/ingest.py [--messages 100000] [--devices 100] [--rate 1000] [--seconds 20]
                            [--kinds fix wire600 wire60 json50] [--processes 1 2]
+                           [--db-connections 1 2] [--no-lag]
 
 Kinds of load (each run with 1 and 2 processes, printed side by side at the end):
   fix      one JSON TPV per message on {prefix}/{device}/gnss/fix (a live daemon);
@@ -13,10 +14,13 @@ Kinds of load (each run with 1 and 2 processes, printed side by side at the end)
 
 Throughput: sessions are made first, then `--messages` fixes from `--devices` devices are
 published into the broker's queue, then 1 (or 2) `terminal-gw ingest --once` processes drain
-it; rows/s is counted in the database, from the first row to the last. CPU seconds of the
-ingest processes, the PostgreSQL backends and mosquitto over the drain say where the time
-goes. Lag: one ingest process, a publisher at `--rate` fixes/s stamped with the system clock;
-the lag is commit time minus fix time, from ingest's own status line.
+it; rows/s is counted in the database, from the first row to the last (on one connection
+kept open, its backend left out of PostgreSQL's CPU). CPU seconds of the ingest processes,
+the PostgreSQL backends and mosquitto over the drain say where the time goes.
+`--db-connections 1 2` runs each load with ingest's `db_connections` at 1 and at 2 (one
+batch at a time, or the next copied while one commits). Lag: one ingest process, a
+publisher at `--rate` fixes/s stamped with the system clock; the lag is commit time minus
+fix time, from ingest's own status line.
 """
 
 from __future__ import annotations
@@ -177,24 +181,72 @@ def rows(pg: Postgres) -> int:
         return int(row[0]) if row else 0
 
 
+class Counter:
+    """Counts the fixes stored, on one connection kept open (a connection a poll would fork
+    a backend each time); its backend's pid, left out of PostgreSQL's CPU."""
+
+    def __init__(self, pg: Postgres) -> None:
+        self.conn = psycopg.connect(pg.dsn, autocommit=True)
+        row = self.conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        self.pid = int(row[0])
+
+    def rows(self) -> int:
+        row = self.conn.execute("SELECT count(*) FROM fixes").fetchone()
+        return int(row[0]) if row else 0
+
+    def states(self) -> dict[str, int]:
+        """The other client backends by what they do now: `active` (working), `lock`
+        (waiting for another transaction's row), `client` (in a transaction, waiting for
+        the client's next command or COPY data), `idle` (between transactions)."""
+        out = {"active": 0, "lock": 0, "client": 0, "idle": 0}
+        for state, wait in self.conn.execute(
+            "SELECT state, wait_event_type FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall():
+            if wait == "Lock":
+                out["lock"] += 1
+            elif state == "active":
+                out["active"] += 1
+            elif state and state.startswith("idle in transaction"):
+                out["client"] += 1
+            else:
+                out["idle"] += 1
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def throughput(
-    tmp: Path, pg: Postgres, broker: Broker, *, kind: str, procs: int, n: int, devices: int
+    tmp: Path,
+    pg: Postgres,
+    broker: Broker,
+    *,
+    kind: str,
+    procs: int,
+    n: int,
+    devices: int,
+    db_connections: int | None = None,
 ) -> dict[str, object]:
     pg.reset()
+    extra = {} if db_connections is None else {"db_connections": db_connections}
+    tag = f"{kind}-{procs}-{db_connections or 'd'}"
     config = write_config(
-        tmp / f"ingest-{kind}-{procs}.toml",
+        tmp / f"ingest-{tag}.toml",
         broker,
         pg,
-        group=f"bench-{kind}-{procs}",  # a group of its own: the earlier run's sessions keep theirs
+        group=f"bench-{tag}",  # a group of its own: the earlier run's sessions keep theirs
         batch_max_rows=2000,
         batch_max_age_ms=200,
         once_idle_ms=3000,
         status_interval_s=3600.0,
+        **extra,
     )
     subprocess.run(
         [*ingest_cmd(config, "x", False)[:6], "--migrate"], env=env(), check=True, cwd=REPO
     )
-    ids = [f"bench-{kind}-{procs}-{k}" for k in range(procs)]
+    ids = [f"bench-{tag}-{k}" for k in range(procs)]
     for cid in ids:  # make the sessions and their shared subscription
         subprocess.run(ingest_cmd(config, cid, True), env=env(), check=True, cwd=REPO)
     load = messages(kind, n, devices, float(int(time.time()) - n))
@@ -203,7 +255,10 @@ def throughput(
     pub.close(infos)
     # PostgreSQL backends come and go with the connections: each one's CPU is read at every
     # poll, the last reading counts.
-    pg_cpu: dict[int, float] = {pid: cpu_seconds([pid]) for pid in pids_named("postgres")}
+    counter = Counter(pg)
+    pg_cpu: dict[int, float] = {
+        pid: cpu_seconds([pid]) for pid in pids_named("postgres") if pid != counter.pid
+    }
     pg_cpu0 = dict(pg_cpu)
     broker_pids = [broker.proc.pid] if broker.proc else []
     broker_cpu0 = cpu_seconds(broker_pids)
@@ -224,10 +279,14 @@ def throughput(
     # and imports (about a second of CPU) are left out, as they are of the rows/s.
     ingest_pids = [p.pid for p in running]
     ingest_first = ingest_last = 0.0
+    samples: list[dict[str, int]] = []
     while True:
-        count = rows(pg)
+        count = counter.rows()
+        if first is not None:
+            samples.append(counter.states())
         for pid in pids_named("postgres"):
-            pg_cpu[pid] = cpu_seconds([pid])
+            if pid != counter.pid:
+                pg_cpu[pid] = cpu_seconds([pid])
         now = time.monotonic()
         if first is None:
             ingest_first = cpu_seconds(ingest_pids)
@@ -237,9 +296,12 @@ def throughput(
             last = now
             ingest_last = cpu_seconds(ingest_pids)
             break
-        if all(p.poll() is not None for p in running) and rows(pg) < n:
-            raise SystemExit(f"ingest exited with {rows(pg)} of {n} rows")
+        if all(p.poll() is not None for p in running) and counter.rows() < n:
+            for p in running:
+                sys.stderr.write("".join((p.communicate()[1] or "").splitlines(True)[-8:]))
+            raise SystemExit(f"ingest exited with {counter.rows()} of {n} rows")
         time.sleep(0.05)
+    counter.close()
     outs = [p.communicate(timeout=120)[1] for p in running]
     children1 = os.times()
     assert first is not None
@@ -257,6 +319,7 @@ def throughput(
     return {
         "kind": kind,
         "processes": procs,
+        "db_connections": db_connections or "default",
         "messages": len(load),
         "bytes": sum(len(body) for _, body in load),
         "rows": n,
@@ -271,6 +334,11 @@ def throughput(
         "postgres_us_per_row": round(pg_s / n * 1e6, 1),
         "broker_cpu_s": round(cpu_seconds(broker_pids) - broker_cpu0, 2),
         "rows_by_process": per_proc,  # type: ignore[dict-item]
+        # Ingest's backends, on average over the drain, by what they were doing.
+        "db_backends": {  # type: ignore[dict-item]
+            k: round(sum(x[k] for x in samples) / max(len(samples), 1), 2)
+            for k in ("active", "lock", "client", "idle")
+        },
     }
 
 
@@ -346,6 +414,13 @@ def main() -> None:
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--kinds", nargs="+", default=["fix", "wire600", "wire60", "json50"])
     ap.add_argument("--no-lag", action="store_true", help="skip the lag run")
+    ap.add_argument(
+        "--db-connections",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="ingest's db_connections, each a run of its own (default: the config's default)",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tgw-bench-ingest-"))
     (tmp / "broker").mkdir()
@@ -363,28 +438,44 @@ def main() -> None:
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results: list[dict[str, object]] = []
     try:
-        for kind in args.kinds:
-            for procs in args.processes:
-                result = throughput(
-                    tmp, pg, broker, kind=kind, procs=procs, n=args.messages, devices=args.devices
-                )
-                results.append(result)
-                print(json.dumps(result), flush=True)
-                seconds = float(result["seconds"])  # type: ignore[arg-type]
-                busy = {
-                    "ingest": result["ingest_cpu_s"],
-                    "postgres": result["postgres_cpu_s"],
-                    "mosquitto": result["broker_cpu_s"],
-                }
-                share = {k: round(float(v) / seconds, 2) for k, v in busy.items()}  # type: ignore[arg-type]
-                print(f"  cores busy during the drain: {share} (of {os.cpu_count()})", flush=True)
+        runs = [
+            (kind, procs, conns)
+            for kind in args.kinds
+            for procs in args.processes
+            for conns in args.db_connections
+        ]
+        for kind, procs, conns in runs:
+            result = throughput(
+                tmp,
+                pg,
+                broker,
+                kind=kind,
+                procs=procs,
+                n=args.messages,
+                devices=args.devices,
+                db_connections=conns,
+            )
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            seconds = float(result["seconds"])  # type: ignore[arg-type]
+            busy = {
+                "ingest": result["ingest_cpu_s"],
+                "postgres": result["postgres_cpu_s"],
+                "mosquitto": result["broker_cpu_s"],
+            }
+            share = {k: round(float(v) / seconds, 2) for k, v in busy.items()}  # type: ignore[arg-type]
+            print(f"  cores busy during the drain: {share} (of {os.cpu_count()})", flush=True)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print()
-        print("| load | procs | msgs | fixes/s | per proc | ingest us/row | postgres us/row |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| load | procs | db conns | msgs | fixes/s | per proc | ingest us/row"
+            " | postgres us/row |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in results:
             print(
-                f"| {r['kind']} | {r['processes']} | {r['messages']:,} | {r['rows_per_s']:,} "
+                f"| {r['kind']} | {r['processes']} | {r['db_connections']} | {r['messages']:,} "
+                f"| {r['rows_per_s']:,} "
                 f"| {r['rows_per_s_per_process']:,} | {r['ingest_us_per_row']} "
                 f"| {r['postgres_us_per_row']} |"
             )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from terminal_gw import wire
 from terminal_gw.ingest.config import IngestFile, load_ingest_config
 from terminal_gw.ingest.records import COLUMNS, Rejection, parse_message, rejected_digest
 from terminal_gw.models import BdsReceived, BdsSendProgress, FixBatch, new_id
@@ -119,3 +122,78 @@ def test_config_defaults_and_environment(tmp_path: Path) -> None:
     assert cfg.effective_receive_maximum() == 1000
     assert cfg.database_password() == "s3cret"
     assert IngestFile().ingest.group == "tgw-ingest"
+
+
+def _compact(tweak: Callable[[int, dict[str, Any]], None] | None = None, n: int = 40) -> bytes:
+    """A compact batch of `n` fixes (ids derived) and a sky summary every tenth, `tweak`ed."""
+    records: list[dict[str, Any]] = []
+    for i in range(n):
+        fix = json.loads(fix_payload(i).to_json())
+        fix["id"] = wire.fix_id("d", (1_760_000_000 + i) * 1000)  # derived: no id bytes
+        if tweak is not None:
+            tweak(i, fix)
+        records.append(fix)
+        if i % 10 == 0:
+            records.append(wire.sky_summary(json.loads(sky_payload(1_760_000_000.0 + i).to_json())))
+    return wire.encode_batch(records, "d", compress=True)
+
+
+def _both(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """parse_message's answer for a compact batch, and the record path's (one dict a record)."""
+
+    def parse() -> object:
+        try:
+            parsed = parse_message("tgw", "tgw/d/gnss/batch", data, NOW)
+        except Rejection as exc:
+            return str(exc)
+        return parsed.rows, parsed.fix_times
+
+    fast = parse()
+    with monkeypatch.context() as m:
+        m.setattr(wire, "decode_columns", lambda data, **_: None)
+        slow = parse()
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    "tweak",
+    [
+        None,
+        lambda i, f: f.pop("mode") if i % 3 == 0 else None,
+        lambda i, f: f.pop("used") if i % 2 else f.update(used={}),
+        lambda i, f: f.update(clock="system") if i % 2 else None,
+        lambda i, f: [f.pop(k) for k in ("lat", "lon", "altHAE")] if i % 4 == 0 else None,
+        lambda i, f: f.update(id=new_id()) if i % 5 == 0 else None,
+        lambda i, f: f.update(source_protocol="ubx") if i == 3 else None,
+    ],
+    ids=["plain", "mode-absent", "used-absent", "clock", "sparse", "random-ids", "extra-field"],
+)
+def test_compact_rows_are_the_record_paths_rows(
+    tweak: Callable[[int, dict[str, Any]], None] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _compact(tweak)
+    fast, slow = _both(data, monkeypatch)
+    assert fast == slow
+    if tweak is None:
+        assert wire.decode_columns(data) is not None  # the column path was the one taken
+    rows, times = fast  # type: ignore[misc]
+    assert len(rows["fixes"]) == 40
+    assert len(rows["sky_summary"]) == 4
+    assert len(times) == 40
+
+
+@pytest.mark.parametrize(
+    ("tweak", "reason"),
+    [
+        (lambda i, f: f.update(mode=7) if i == 5 else None, "item 6 of the batch fails its schema"),
+        (lambda i, f: f.update(seen={"gps": 1}) if i == 2 else None, "Extra inputs"),
+        (lambda i, f: f.update(id="not-a-uuid") if i == 1 else None, "is not a UUID"),
+    ],
+)
+def test_a_compact_batch_is_rejected_as_the_record_path_rejects_it(
+    tweak: Callable[[int, dict[str, Any]], None], reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, slow = _both(_compact(tweak), monkeypatch)
+    assert fast == slow
+    assert isinstance(fast, str)
+    assert reason in fast

@@ -58,6 +58,9 @@ class IngestConfig(BaseModel):
     # Batches.
     batch_max_rows: int = Field(default=2000, ge=1, le=100_000)
     batch_max_age_ms: int = Field(default=200, ge=1, le=60_000)
+    # Batches written at once, each on its own connection: one is parsed and copied while
+    # the one before commits. Acknowledgements still go in the order messages came.
+    db_connections: int = Field(default=2, ge=1, le=16)
     # Reconnecting (broker and database): capped exponential backoff with jitter.
     backoff_min_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)

@@ -9,12 +9,13 @@ published is rejected with the validator's words.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -34,6 +35,9 @@ from terminal_gw.models import (
     SmsSendProgress,
     Status,
 )
+
+if TYPE_CHECKING:
+    from terminal_gw.wire import Columns
 
 #: Columns of each table, in COPY order (the SQL in schema/ defines them).
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -247,10 +251,107 @@ def _fix_batch(data: bytes, device: str, path: str, received: datetime, out: Par
         fix_row(fix, device, received, "fix_batch", out)
 
 
+#: Fix fields a compact batch may carry, in the order of the fixes table's columns from
+#: `mode` to `uSat` (the row's 5th to 22nd values).
+_FIX_FIELDS = (
+    "mode", "status", "lat", "lon", "altHAE", "altMSL", "geoidSep", "speed", "track", "climb",
+    "magvar", "eph", "epv", "hdop", "vdop", "pdop", "nSat", "uSat",
+)  # fmt: skip
+#: Keys of a compact batch's records that the `Fix` model takes as they come (any int, any
+#: float); the others are checked by `_plain_fixes`.
+_PLAIN_KEYS = frozenset(_FIX_FIELDS) | {"v", "class", "time", "used", "seen", "clock"}
+_MODES = frozenset({0, 1, 2, 3})
+
+
+def _plain_fixes(cols: Columns, device: str, received: datetime, out: Parsed) -> list[int] | None:
+    """The rows of a compact batch's fixes built from its columns, with no dict or model a
+    record, when every fix is one the `Fix` schema takes as it is (the model's defaults
+    filled in the same way); the indexes of its other records (sky views) are returned for
+    the record path. None: a fix the schema might refuse or change, or an id that is not a
+    UUID: the batch goes the record path, which gives the same rows or the rejection."""
+    n: int = cols.count
+    values: dict[str, list[Any]] = cols.values
+    if not values.keys() <= _PLAIN_KEYS:
+        return None
+    ids: list[str | None] = cols.ids
+    classes = values.get("class") or []
+    others = [i for i, c in enumerate(classes) if c == "SKY"]
+    if others:
+        keep = [i for i, c in enumerate(classes) if c != "SKY"]
+        values = {k: [col[i] for i in keep] for k, col in values.items()}
+        ids = [ids[i] for i in keep]
+        times_ms = [cols.time_ms[i] for i in keep]
+        n = len(keep)
+    else:
+        values = dict(values)
+        times_ms = cols.time_ms
+    if n == 0:
+        return others
+    seen = values.get("seen")
+    if seen is not None and any(s is not None for s in seen):
+        return None  # a fix has no `seen`: the schema refuses it
+    if None in ids or not all(_UUID.fullmatch(i) for i in ids):  # type: ignore[arg-type]  # no None
+        return None
+    modes = values.get("mode")
+    if modes is not None:
+        if not _MODES.issuperset(modes):
+            if not _MODES.issuperset(m for m in modes if m is not None):
+                return None
+            modes = [1 if m is None else m for m in modes]  # the model's default
+        values["mode"] = modes
+    times = values.get("time")
+    if times is None:
+        times = [None] * n
+    elif None in times_ms and any(
+        t is not None for t, ms in zip(times, times_ms, strict=True) if ms is None
+    ):
+        return None  # a time that is not canonical text: `_time` decides
+    clocks = values.get("clock")
+    if clocks is None or None in clocks:
+        clocks = ["gnss" if c is None else c for c in clocks or [None] * n]
+    used = values.get("used")
+    used_json = [None] * n if used is None else [_used_json(u) for u in used]
+    none = [None] * n
+    fields = [values.get(k) or none for k in _FIX_FIELDS]
+    if "mode" not in values:
+        fields[0] = [1] * n  # the model's default
+    rows = list(
+        zip(
+            ids,
+            itertools.repeat(device, n),
+            times,
+            itertools.repeat(received, n),
+            *fields,
+            used_json,
+            clocks,
+            itertools.repeat("wire", n),
+            strict=True,
+        )
+    )
+    out.rows.setdefault("fixes", []).extend(rows)
+    out.fix_times.extend(ms / 1000 for ms in times_ms if ms is not None)
+    return others
+
+
 def _wire_batch(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:
     # The compact binary format's decoder has no daemon dependencies; loaded on first use.
-    from terminal_gw.wire import decode_batch
+    from terminal_gw.wire import decode_batch, decode_columns
 
+    cols = decode_columns(data)
+    if cols is not None:
+        fast = Parsed()
+        others = _plain_fixes(cols, device, received, fast)
+        if others is not None:
+            try:
+                for i in others:
+                    _wire_sky(_record_of(cols, i), device, received, fast)
+            except (ValidationError, Rejection):
+                pass  # the record path says which record, in the words it uses
+            else:
+                for table, rows in fast.rows.items():
+                    out.rows.setdefault(table, []).extend(rows)
+                out.fix_times.extend(fast.fix_times)
+                return
     try:
         items: list[dict[str, Any]] = decode_batch(data)
     except (ParseError, ValueError) as exc:
@@ -258,14 +359,25 @@ def _wire_batch(data: bytes, device: str, path: str, received: datetime, out: Pa
     for i, item in enumerate(items):
         try:
             if item.get("class") == "SKY":
-                # A batch carries a sky view as counts per constellation, not the list.
-                rest = {k: v for k, v in item.items() if k not in ("seen", "used")}
-                counts = _COUNTS.validate_python({k: item.get(k) or {} for k in ("seen", "used")})
-                _sky_row(Sky.model_validate(rest), device, received, out, counts=counts)
+                _wire_sky(item, device, received, out)
             else:
                 fix_row(Fix.model_validate(item), device, received, "wire", out)
         except ValidationError as exc:
             raise Rejection(f"item {i} of the batch fails its schema: {_words(exc)}") from exc
+
+
+def _wire_sky(item: dict[str, Any], device: str, received: datetime, out: Parsed) -> None:
+    # A batch carries a sky view as counts per constellation, not the list.
+    rest = {k: v for k, v in item.items() if k not in ("seen", "used")}
+    counts = _COUNTS.validate_python({k: item.get(k) or {} for k in ("seen", "used")})
+    _sky_row(Sky.model_validate(rest), device, received, out, counts=counts)
+
+
+def _record_of(cols: Columns, i: int) -> dict[str, Any]:
+    """Record `i` of a batch's columns as `decode_batch` gives it."""
+    rec = {k: col[i] for k, col in cols.values.items() if col[i] is not None}
+    ident = cols.ids[i]
+    return rec if ident is None else {"id": ident, **rec}
 
 
 def _sky(data: bytes, device: str, path: str, received: datetime, out: Parsed) -> None:

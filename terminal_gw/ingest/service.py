@@ -6,7 +6,10 @@ Three stages in one TaskGroup:
   and turns each message into rows (or a rejection) as it arrives; reconnects with backoff.
 - `writer`: takes up to `batch_max_rows` rows once that many wait or the oldest has waited
   `batch_max_age_ms`, writes them in one transaction (in a worker thread, so reading goes on),
-  and only then acknowledges their messages. A database that is down is retried with backoff
+  and only then acknowledges their messages. Up to `db_connections` batches are written at
+  once, each on its own connection (the next batch is copied while the one before commits);
+  acknowledgements go in the order the messages came, a message's only once it and every
+  one before it are stored. A database that is down is retried with backoff
   and nothing is acknowledged meanwhile: the broker stops sending once `receive_maximum`
   messages are unacknowledged (backpressure), and keeps the rest queued for this session.
 - `status`: a log line every `status_interval_s` (rows/s, lag, rejected), and the same on the
@@ -53,6 +56,7 @@ class Item:
     received: datetime
     parsed: Parsed | None
     rejected: Rejected | None
+    stored: bool = False  # its batch committed (acknowledged once every earlier one is)
 
     @property
     def rows(self) -> int:
@@ -110,16 +114,22 @@ class Ingest:
         self.client_id = client_id or cfg.effective_client_id()
         self.clock = clock
         self.counters = Counters()
-        self.store = Store(cfg.dsn, cfg.database_password(), cfg.connect_timeout_s)
+        password = cfg.database_password()
+        self.stores = [
+            Store(cfg.dsn, password, cfg.connect_timeout_s) for _ in range(cfg.db_connections)
+        ]
+        self.store = self.stores[0]
         self.board = StatusBoard(self.client_id, stall_s=max(60.0, 3 * cfg.status_interval_s))
         self.board.add_counters("ingest", self.counters.as_dict)
         self.board.add_gauge("ingest_pending_messages", lambda: len(self._pending))
         self.board.add_gauge("ingest_rows_per_second", lambda: self._last_rate)
         self.board.add_gauge("ingest_lag_seconds", lambda: self._last_lag)
-        self.board.add_gauge("ingest_database_up", lambda: self.store.connected)
+        self.board.add_gauge("ingest_database_up", lambda: self._db_connected)
         self.board.add_gauge("ingest_mqtt_up", lambda: self._link is not None)
         self.failure: str | None = None  # why --once gave up
-        self._pending: deque[Item] = deque()
+        self._pending: deque[Item] = deque()  # received, not in a batch being written
+        self._unacked: deque[Item] = deque()  # received, not acknowledged: in arrival order
+        self._writing: dict[asyncio.Task[Written], tuple[list[Item], Store]] = {}
         self._pending_rows = 0
         self._oldest: float | None = None  # monotonic time the oldest pending item arrived
         self._last_rx = time.monotonic()
@@ -130,6 +140,7 @@ class Ingest:
         self._subscribed = asyncio.Event()
         self._writer_done = asyncio.Event()
         self._interval = _Interval(time.monotonic())
+        self._db_retry = Retry(Backoff(cfg.backoff_min_s, cfg.backoff_max_s))
         self._last_rate = 0.0
         self._last_lag = 0.0
 
@@ -165,7 +176,8 @@ class Ingest:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             self._status_line(final=True)
-            await asyncio.to_thread(self.store.close)
+            for store in self.stores:
+                await asyncio.to_thread(store.close)
 
     # --- MQTT ---------------------------------------------------------------------------
 
@@ -218,7 +230,7 @@ class Ingest:
                 # Even on a resumed session: mosquitto 2.0 does not restore shared
                 # subscriptions from its persistence file after a restart.
                 for topic in filters:
-                    await link.subscribe(topic, 1, cfg.connect_timeout_s)
+                    await self._subscribe(link, topic)
             except LinkError as exc:
                 link.abort()
                 if exc.failure in (Failure.AUTH, Failure.TLS, Failure.CONFIG):
@@ -265,6 +277,23 @@ class Ingest:
             self._link = None
             return
 
+    async def _subscribe(self, link: MqttLink, topic: str) -> None:
+        """Subscribe; LinkError(TIMEOUT) when no SUBACK came and nothing else either for
+        `connect_timeout_s`. A resumed session's queue comes before the SUBACK, and reading a
+        long one takes longer than any fixed deadline: while it flows, the wait goes on."""
+        timeout = self.cfg.connect_timeout_s
+        sub = asyncio.ensure_future(link.subscribe(topic, 1, 366 * 86400.0))
+        try:
+            while True:
+                done, _ = await asyncio.wait({sub}, timeout=timeout)
+                if done:
+                    sub.result()
+                    return
+                if time.monotonic() - self._last_rx >= timeout:
+                    raise LinkError(Failure.TIMEOUT, f"timeout: no SUBACK within {timeout:g} s")
+        finally:
+            sub.cancel()
+
     def _received(self, message: Incoming) -> None:
         received = datetime.fromtimestamp(self.clock(), UTC)
         self._last_rx = time.monotonic()
@@ -293,7 +322,7 @@ class Ingest:
             )
         if parsed is not None and parsed.skipped:
             self.counters.skipped += 1
-            if not self._pending:
+            if not self._unacked:
                 link.ack(message.mid, message.qos)
                 return
         item = Item(
@@ -307,6 +336,7 @@ class Ingest:
             rejected,
         )
         self._pending.append(item)
+        self._unacked.append(item)
         self._pending_rows += item.rows
         if self._oldest is None:
             self._oldest = time.monotonic()
@@ -319,6 +349,8 @@ class Ingest:
         try:
             await self._write_loop()
         finally:
+            for task in self._writing:
+                task.cancel()
             self._writer_done.set()
             self.stop()
 
@@ -326,47 +358,105 @@ class Ingest:
         cfg = self.cfg
         max_age = cfg.batch_max_age_ms / 1000
         idle = cfg.once_idle_ms / 1000
-        backoff = Retry(Backoff(cfg.backoff_min_s, cfg.backoff_max_s))
+        backoff = self._db_retry
         while True:
             if self._stop.is_set():
+                await self._settle()
                 if self._pending and self.store.connected:
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(TimeoutError, DatabaseError):
                         async with asyncio.timeout(5.0):
-                            await self._flush_once()
+                            await self._flush_once(self.store)
                 return
+            error = self._reap()
+            if error is not None:
+                # Every batch in flight ends before the retry, so theirs go back in order.
+                error = await self._settle() or error
+                await self._db_down(error, backoff)
+                continue
             now = time.monotonic()
             ready = self._pending_rows >= cfg.batch_max_rows or (
                 self._oldest is not None and now - self._oldest >= max_age
             )
-            if not ready:
-                if self.once and self._subscribed.is_set() and not self._pending:
-                    if now - self._last_rx >= idle:
-                        self.log.info("ingest_drained", idle_s=idle)
-                        return
-                    timeout = idle - (now - self._last_rx)
-                elif self._oldest is not None:
-                    timeout = max_age - (now - self._oldest)
-                else:
-                    timeout = idle if self.once else 1.0
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.001, timeout)):
-                        await self._wake.wait()
+            store = self._free_store() if ready else None
+            if store is not None:
+                if not store.connected:
+                    try:
+                        await asyncio.to_thread(store.connect)
+                    except DatabaseError as exc:
+                        await self._db_down(await self._settle() or exc, backoff)
+                        continue
+                    self.log.info("ingest_database_connected")
+                batch = self._take()
+                if batch:
+                    task = asyncio.create_task(self._write(batch, store), name="ingest-batch")
+                    task.add_done_callback(lambda _: self._wake.set())
+                    self._writing[task] = (batch, store)
                 continue
-            if not self.store.connected:
-                try:
-                    await asyncio.to_thread(self.store.connect)
-                except DatabaseError as exc:
-                    await self._db_down(exc, backoff)
-                    continue
-                self.log.info("ingest_database_connected")
-            try:
-                await self._flush_once()
-            except DatabaseError as exc:
-                await self._db_down(exc, backoff)
+            if ready:
+                timeout = 1.0  # every connection is busy: a batch's end wakes the loop
+            elif self.once and self._subscribed.is_set() and not self._unacked:
+                if now - self._last_rx >= idle:
+                    self.log.info("ingest_drained", idle_s=idle)
+                    return
+                timeout = idle - (now - self._last_rx)
+            elif self._oldest is not None:
+                timeout = max_age - (now - self._oldest)
+            else:
+                timeout = idle if self.once else 1.0
+            self._wake.clear()
+            if any(task.done() for task in self._writing):
                 continue
-            backoff.reset()
-            self.board.progress("database")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.001, timeout)):
+                    await self._wake.wait()
+
+    def _free_store(self) -> Store | None:
+        busy = {id(store) for _, store in self._writing.values()}
+        for store in self.stores:
+            if id(store) not in busy:
+                return store
+        return None
+
+    def _reap(self) -> DatabaseError | None:
+        """Take the results of the batches written: acknowledge what is stored (in arrival
+        order), put back what is not (in arrival order, before what came since)."""
+        error: DatabaseError | None = None
+        failed: list[Item] = []
+        for task in [t for t in self._writing if t.done()]:
+            batch, _ = self._writing.pop(task)
+            exc = task.exception()
+            if exc is None:
+                self._stored(batch, task.result())
+                continue
+            if not isinstance(exc, DatabaseError):
+                raise exc
+            error = exc
+            failed.extend(batch)
+        if failed:
+            order = {id(item): k for k, item in enumerate(self._unacked)}
+            failed.sort(key=lambda item: order.get(id(item), -1))
+            self._pending.extendleft(reversed(failed))
+            self._pending_rows += sum(item.rows for item in failed)
+            self._oldest = time.monotonic()
+        return error
+
+    async def _settle(self) -> DatabaseError | None:
+        """Wait for every batch being written and take their results."""
+        if self._writing:
+            await asyncio.wait(list(self._writing))
+        return self._reap()
+
+    def _stored(self, batch: list[Item], written: Written) -> None:
+        committed = self.clock()
+        for item in batch:
+            item.stored = True
+        unacked = self._unacked
+        while unacked and unacked[0].stored:
+            item = unacked.popleft()
+            item.link.ack(item.mid, item.qos)
+        self._account(batch, written, committed)
+        self._db_retry.reset()
+        self.board.progress("database")
 
     async def _db_down(self, exc: DatabaseError, backoff: Retry) -> None:
         self.counters.db_errors += 1
@@ -394,43 +484,40 @@ class Ingest:
         self._oldest = time.monotonic() if self._pending else None
         return batch
 
-    async def _flush_once(self) -> None:
+    async def _flush_once(self, store: Store) -> None:
         """Write one batch and acknowledge it; DatabaseError leaves it pending, in order."""
         batch = self._take()
         if not batch:
             return
         try:
-            written = await self._write(batch)
+            written = await self._write(batch, store)
         except BaseException:
             self._pending.extendleft(reversed(batch))
             self._pending_rows += sum(item.rows for item in batch)
             self._oldest = time.monotonic()
             raise
-        committed = self.clock()
-        for item in batch:
-            item.link.ack(item.mid, item.qos)
-        self._account(batch, written, committed)
+        self._stored(batch, written)
 
-    async def _write(self, batch: list[Item]) -> Written:
+    async def _write(self, batch: list[Item], store: Store) -> Written:
         tables = tables_of(item.parsed for item in batch if item.parsed is not None)
         rejected = [item.rejected for item in batch if item.rejected is not None]
         try:
-            return await asyncio.to_thread(self.store.write, tables, rejected)
+            return await asyncio.to_thread(store.write, tables, rejected)
         except BadRowsError as exc:
             self.counters.bad_batches += 1
             self.log.warning("ingest_batch_split", reason=str(exc), messages=len(batch))
         total = Written()
         for item in batch:
-            one = await self._write_alone(item)
+            one = await self._write_alone(item, store)
             total.offered += one.offered
             total.inserted += one.inserted
             total.rejected += one.rejected
         return total
 
-    async def _write_alone(self, item: Item) -> Written:
+    async def _write_alone(self, item: Item, store: Store) -> Written:
         if item.parsed is not None:
             try:
-                return await asyncio.to_thread(self.store.write, tables_of([item.parsed]), [])
+                return await asyncio.to_thread(store.write, tables_of([item.parsed]), [])
             except BadRowsError as exc:
                 item.rejected = Rejected(
                     rejected_digest(item.topic, item.payload),
@@ -443,7 +530,7 @@ class Ingest:
                 item.parsed = None
                 self.log.warning("ingest_rejected", topic=item.topic, reason=str(exc))
         assert item.rejected is not None
-        return await asyncio.to_thread(self.store.write, {}, [item.rejected])
+        return await asyncio.to_thread(store.write, {}, [item.rejected])
 
     def _account(self, batch: list[Item], written: Written, committed: float) -> None:
         c = self.counters
@@ -484,7 +571,7 @@ class Ingest:
             "lag_max_s": round(iv.lag_max, 3) if iv.lags else None,
             "rejected": iv.rejected,
             "pending": len(self._pending),
-            "database": "up" if self.store.connected else "down",
+            "database": "up" if self._db_connected else "down",
             "mqtt": "up" if self._link is not None else "down",
             "totals": self.counters.as_dict(),
         }
@@ -492,6 +579,10 @@ class Ingest:
         self._interval = _Interval(now)
 
     # --- helpers ------------------------------------------------------------------------
+
+    @property
+    def _db_connected(self) -> bool:
+        return any(store.connected for store in self.stores)
 
     def _give_up_or_log(self, event: str, reason: str, **fields: Any) -> None:
         if self.once:
