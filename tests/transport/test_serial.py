@@ -161,6 +161,23 @@ async def test_lines_that_trickle_in_are_read_several_at_a_time(tmp_path: Path) 
             await port.close()
 
 
+async def test_a_burst_is_read_without_waiting_between_full_reads(tmp_path: Path) -> None:
+    """A read that got most of a tty buffer (4 KiB) is followed by the next at once: 8 KiB
+    written at once take nothing like the coalescing waits between three reads."""
+    with PtyDevice(tmp_path / "gnss") as dev:
+        port = await SerialPort.open(dev.path, 115200, coalesce_s=3.0)
+        try:
+            burst = (GGA * 200)[:8192]
+            assert dev.write(burst) == len(burst)  # the pty holds it all
+            got = bytearray()
+            async with asyncio.timeout(5):  # two waits of 3 s would be 6 s
+                while len(got) < len(burst):
+                    got.extend(await port.read())
+            assert got == burst
+        finally:
+            await port.close()
+
+
 async def test_a_read_waiting_on_a_quiet_port_gets_the_data_at_once(tmp_path: Path) -> None:
     """The coalescing wait never holds the first line after a silence: a long `coalesce_s`
     does not delay a read that was waiting for data."""
