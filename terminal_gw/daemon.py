@@ -48,7 +48,13 @@ from terminal_gw.supervisor import Stage, Supervisor
 from terminal_gw.transport.capture import CaptureWriter, Direction
 from terminal_gw.transport.playback import RecordingPort
 from terminal_gw.transport.port import Port
-from terminal_gw.transport.serial import PortState, ReconnectingPort, SerialPort, Validator
+from terminal_gw.transport.serial import (
+    COALESCE_S,
+    PortState,
+    ReconnectingPort,
+    SerialPort,
+    Validator,
+)
 from terminal_gw.uplink import LinkState, Uplink
 from terminal_gw.uplink.compact import derive_id
 
@@ -313,6 +319,7 @@ class Daemon:
             stale_after_s=cfg.stale_after_s,
             events=self.emit,
             log=get_logger("serial", port="gnss"),
+            coalesce_s=COALESCE_S,  # a wake-up per few lines, not per line
         )
         self.gnss_port = port
         recorder = self.capture_writer("gnss") if cfg.record else None

@@ -1,9 +1,9 @@
 """Serial ports: one open port behind a small interface, and a port that reopens itself.
 
 `SerialPort` is one open port: pyserial opens and configures it, the event loop then reads
-and writes its descriptor directly. `read()` returns what the driver holds (after a small read
-the next one waits a few ms, so a wake-up takes several lines), `write()` sends bytes,
-`close()` releases the device.
+and writes its descriptor directly. `read()` returns what the driver holds (with `coalesce_s`,
+as on the GNSS port, after a small read the next one waits a few ms, so a wake-up takes several
+lines), `write()` sends bytes, `close()` releases the device.
 
 `ReconnectingPort` keeps a device usable for a daemon that runs for months: it reopens after an
 unplug, a hang-up or an error (capped exponential backoff with jitter, until the device is back),
@@ -54,10 +54,12 @@ _READ_SIZE = 65536
 #: A read at least this big (three quarters of a tty's buffer) suggests more is waiting: the
 #: next read goes at once. Below it: a 921600 baud line brings 1.8 KiB in `COALESCE_S`.
 _FULL_READ = 3072
-#: After a smaller read, the next read waits this long, so that one wake-up takes the lines
-#: that arrived meanwhile (a receiver at 115200 baud sends a line every few ms) instead of
-#: one wake-up a line. Data after a quiet spell is read at once; a line that ends a burst is
-#: read at most this late, well within the live path's budget (p99 under 50 ms at 10 Hz).
+#: For a stream such as a GNSS receiver's (the daemon's GNSS port): after a smaller read, the
+#: next read waits this long, so that one wake-up takes the lines that arrived meanwhile (a
+#: receiver at 115200 baud sends a line every few ms) instead of one wake-up a line. Data
+#: after a quiet spell is read at once; a line that ends a burst is read at most this late,
+#: well within the live path's budget (p99 under 50 ms at 10 Hz). Ports that answer
+#: commands (modem, RDSS terminal) do not wait: each reply would be read that much later.
 COALESCE_S = 0.02
 
 
@@ -104,11 +106,11 @@ class SerialPort:
 
     pyserial opens and configures the device; reads and writes then go to its descriptor from
     the event loop: a read is one `os.read` of what the driver holds, and waits (a reader on
-    the descriptor) only when nothing is there. After a read that got little, the next one
-    waits `coalesce_s` first (see `COALESCE_S`)."""
+    the descriptor) only when nothing is there. With `coalesce_s` (0: none), after a read
+    that got little the next one waits that long first (see `COALESCE_S`)."""
 
     def __init__(
-        self, path: str, baud: int, device: serial.Serial, *, coalesce_s: float = COALESCE_S
+        self, path: str, baud: int, device: serial.Serial, *, coalesce_s: float = 0.0
     ) -> None:
         self.path = path
         self.baud = baud
@@ -135,7 +137,7 @@ class SerialPort:
         *,
         exclusive: bool = True,
         open_timeout_s: float = 5.0,
-        coalesce_s: float = COALESCE_S,
+        coalesce_s: float = 0.0,
     ) -> SerialPort:
         """Open `path` at `baud`, 8N1, no flow control; raise TransportError with a reason."""
         loop = asyncio.get_running_loop()
@@ -202,7 +204,9 @@ class SerialPort:
             if not data:  # end of file: hung up
                 self._lost = OSError(None, "device closed the port")
                 raise self._lost_error()
-            self._read_at = self._loop.time() + self.coalesce_s if len(data) < _FULL_READ else 0
+            if self.coalesce_s:
+                small = len(data) < _FULL_READ
+                self._read_at = self._loop.time() + self.coalesce_s if small else 0.0
             return data
 
     def _interrupt(self) -> None:
@@ -359,6 +363,7 @@ class ReconnectingPort:
         events: EventSink | None = None,
         log: FilteringBoundLogger | None = None,
         exclusive: bool = True,
+        coalesce_s: float = 0.0,
     ) -> None:
         if baud == "auto" and validator is None:
             raise ValueError("baud 'auto' needs a validator to recognise valid data")
@@ -373,6 +378,7 @@ class ReconnectingPort:
         self._events = events
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.serial")
         self._exclusive = exclusive
+        self._coalesce_s = coalesce_s
         self._port: SerialPort | None = None  # the port in use, while OPEN
         self._held: set[SerialPort] = set()  # every port opened and not yet fully closed
         self._pending: collections.deque[bytes] = collections.deque()
@@ -544,7 +550,9 @@ class ReconnectingPort:
         )
 
     async def _open_port(self, baud: int) -> SerialPort:
-        port = await SerialPort.open(self.path, baud, exclusive=self._exclusive)
+        port = await SerialPort.open(
+            self.path, baud, exclusive=self._exclusive, coalesce_s=self._coalesce_s
+        )
         self._held.add(port)
         return port
 

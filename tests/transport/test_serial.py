@@ -161,6 +161,34 @@ async def test_lines_that_trickle_in_are_read_several_at_a_time(tmp_path: Path) 
             await port.close()
 
 
+async def test_a_reconnecting_port_coalesces_when_asked(tmp_path: Path) -> None:
+    """The daemon's GNSS port passes `coalesce_s` to every port it opens."""
+    dev = PtyDevice(tmp_path / "gnss")
+    port = ReconnectingPort(dev.path, 9600, stale_after_s=30, backoff=FAST, coalesce_s=1.0)
+    chunks: list[bytes] = []
+
+    async def reader() -> None:
+        while True:
+            chunks.append(await port.read())
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(reader(), name="reader")
+            await wait_until(lambda: port.state is PortState.OPEN, what="open")
+            dev.write(GGA)
+            await wait_until(lambda: chunks == [GGA], what="first line")
+            lines = [sentence(f"GPTXT,01,01,02,line {i}") for i in range(5)]
+            for line in lines:  # within the second after the first read
+                dev.write(line)
+                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(chunks) > 1, what="the lines")
+            task.cancel()
+        assert chunks == [GGA, b"".join(lines)]
+    finally:
+        await port.close()
+        dev.close()
+
+
 async def test_a_burst_is_read_without_waiting_between_full_reads(tmp_path: Path) -> None:
     """A read that got most of a tty buffer (4 KiB) is followed by the next at once: 8 KiB
     written at once take nothing like the coalescing waits between three reads."""
