@@ -12,9 +12,11 @@ per line fed:
 
 The ratio daemon / gpsd in the same run is the figure (these machines are noisy). Also: the
 fixes delivered against the epochs fed, the rate the feeder reached, and the uplink's CPU per
-published message estimated as (every - default) CPU / messages published.
+published message estimated as (every - default) CPU / messages published. First, the
+daemon's idle CPU (default policy, its pty silent, `--idle` seconds; 0 skips it): what its
+timers cost, a share of every paced figure (at 200 lines/s, 1 ms/s is 5 us/line).
 
-Usage: python bench/cpu.py [--seconds 6] [--rates 200,2000,20000,full]
+Usage: python bench/cpu.py [--seconds 6] [--rates 200,2000,20000,full] [--idle 20]
 """
 
 from __future__ import annotations
@@ -220,6 +222,31 @@ def run_daemon(
     )
 
 
+def run_idle(work: Path, broker: Broker, seconds: float) -> float:
+    """The daemon's CPU in ms per second with its receiver silent (after start-up)."""
+    device = PtyDevice(work / "gnss-idle")
+    cfg = write_config(work, device.path, broker.port, every=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal_gw", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        time.sleep(3.0)
+        wait_idle(proc.pid)
+        before, t0 = schedstat_ns(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        used, took = schedstat_ns(proc.pid) - before, time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        device.close()
+    for old in work.glob("outbox-*"):
+        old.unlink()
+    return used / 1e6 / took
+
+
 def ensure_gpsd() -> str:
     found = shutil.which("gpsd") or ("/usr/sbin/gpsd" if Path("/usr/sbin/gpsd").exists() else "")
     if found:
@@ -281,6 +308,9 @@ def main() -> None:
     parser.add_argument(
         "--rates", default="200,2000,20000,full", help="lines/s to feed, comma separated"
     )
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds of the idle measurement (0: none)"
+    )
     args = parser.parse_args()
     rates: list[float | None] = [
         None if r.strip() == "full" else float(r) for r in args.rates.split(",")
@@ -298,6 +328,12 @@ def main() -> None:
         broker = Broker(work / "broker", port=free_port())
         broker.start()
         try:
+            if args.idle > 0:
+                idle = run_idle(work, broker, args.idle)
+                print(
+                    f"idle (no input, {args.idle:g} s): {idle:.2f} ms of CPU per s"
+                    f" ({idle * 5:.1f} us/line at 200 lines/s)"
+                )
             print(
                 f"{'rate':>9} {'who':<17} {'lines':>7} {'reached/s':>10} {'us/line':>8}"
                 f" {'x gpsd':>7} {'fixes/epochs':>13}"

@@ -8,7 +8,11 @@ free port, feeds it a simulated receiver on a pty and prints:
 - the daemon's CPU percent at 1 Hz and 10 Hz (from /proc/PID/stat);
 - the daemon's resident memory after an hour-equivalent of input (3,600 epochs fed fast).
 
-Usage: python bench/live.py [--seconds 30] [--hour-epochs 3600]
+With `--line-gap-ms N` each sentence of a measured epoch is its own write, N ms after the
+previous one, as a UART delivers them (about 6 ms a line at 115200 baud) instead of the whole
+epoch in one write; latency still counts from the write of the epoch's last sentence.
+
+Usage: python bench/live.py [--seconds 30] [--hour-epochs 3600] [--line-gap-ms 0]
 """
 
 from __future__ import annotations
@@ -89,7 +93,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(
-    sim: GnssSimulator, device: PtyDevice, port: int, pid: int, *, rate: float, seconds: float
+    sim: GnssSimulator,
+    device: PtyDevice,
+    port: int,
+    pid: int,
+    *,
+    rate: float,
+    seconds: float,
+    line_gap_s: float = 0.0,
 ) -> dict[str, float]:
     """Feed `rate` Hz for `seconds`; latency per fix and the daemon's CPU share."""
     sent: dict[str, float] = {}
@@ -121,8 +132,14 @@ async def measure(
                 stamp = sim.vessel.time.strftime("%Y-%m-%dT%H:%M:%S.") + (
                     f"{sim.vessel.time.microsecond // 10_000 * 10:03d}Z"
                 )
-                data = b"".join(sim.next_epoch())
-                device.write(data)
+                sentences = sim.next_epoch()
+                if line_gap_s > 0:
+                    for line in sentences[:-1]:
+                        device.write(line)
+                        await asyncio.sleep(line_gap_s)
+                    device.write(sentences[-1])
+                else:
+                    device.write(b"".join(sentences))
                 sent[stamp] = time.perf_counter()
                 next_at += period
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -158,7 +175,15 @@ async def main_async(args: argparse.Namespace) -> None:
             await asyncio.sleep(2.0)
             rss_start = rss_mib(proc.pid)
             results = [
-                await measure(sim, device, broker.port, proc.pid, rate=rate, seconds=args.seconds)
+                await measure(
+                    sim,
+                    device,
+                    broker.port,
+                    proc.pid,
+                    rate=rate,
+                    seconds=args.seconds,
+                    line_gap_s=args.line_gap_ms / 1000,
+                )
                 for rate in (1.0, 10.0)
             ]
             # An hour of input at 1 Hz, fed as fast as the daemon keeps up (about 200 Hz).
@@ -202,6 +227,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="per rate")
     parser.add_argument("--hour-epochs", type=int, default=3600)
+    parser.add_argument(
+        "--line-gap-ms", type=float, default=0.0, help="write each sentence alone, this far apart"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -26,7 +26,7 @@ from terminal_gw.logs import get_logger
 from terminal_gw.models import EventSink, Fix, Payload, RecordSink
 from terminal_gw.topics import Topics
 from terminal_gw.transport.capture import CaptureWriter
-from terminal_gw.transport.serial import PortState, ReconnectingPort, Validator
+from terminal_gw.transport.serial import COALESCE_S, PortState, ReconnectingPort, Validator
 from terminal_gw.uplink.compact import derive_id
 
 __all__ = ["GnssStage", "framer_validator"]
@@ -114,6 +114,7 @@ class GnssStage:
             stale_after_s=cfg.stale_after_s,
             events=self._events,
             log=get_logger("serial", port="gnss"),
+            coalesce_s=COALESCE_S,  # a wake-up per few lines, not per line
         )
         self.port = port
         recorder = self._capture("gnss") if cfg.record and self._capture is not None else None

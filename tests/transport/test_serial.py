@@ -131,19 +131,150 @@ async def test_hangup_ends_reads_with_transport_error(tmp_path: Path) -> None:
     assert not (tmp_path / "gnss").exists()
 
 
-async def test_close_after_an_unread_hangup_leaves_nothing_running(tmp_path: Path) -> None:
-    """The driver starts releasing a hung-up port by itself; close() must wait for that, not
-    start a second release (the autouse fixture fails the test on a leftover task)."""
+async def test_lines_that_trickle_in_are_read_several_at_a_time(tmp_path: Path) -> None:
+    """After a small read the next one waits `coalesce_s`: lines written one by one meanwhile
+    come in one chunk (one wake-up for several lines, not one each)."""
+    with PtyDevice(tmp_path / "gnss") as dev:
+        port = await SerialPort.open(dev.path, 9600, coalesce_s=1.0)
+        try:
+            dev.write(GGA)
+            async with asyncio.timeout(5):
+                assert await port.read() == GGA
+            lines = [sentence(f"GPTXT,01,01,02,line {i}") for i in range(5)]
+            got = bytearray()
+            reads = 0
+
+            async def reader() -> None:
+                nonlocal reads
+                while len(got) < len(b"".join(lines)):
+                    got.extend(await port.read())
+                    reads += 1
+
+            async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+                tg.create_task(reader(), name="reader")
+                for line in lines:  # one write each, a few ms apart, as a UART delivers them
+                    dev.write(line)
+                    await asyncio.sleep(0.01)
+            assert got == b"".join(lines)
+            assert reads == 1
+        finally:
+            await port.close()
+
+
+async def test_a_reconnecting_port_coalesces_when_asked(tmp_path: Path) -> None:
+    """The daemon's GNSS port passes `coalesce_s` to every port it opens."""
     dev = PtyDevice(tmp_path / "gnss")
+    port = ReconnectingPort(dev.path, 9600, stale_after_s=30, backoff=FAST, coalesce_s=1.0)
+    chunks: list[bytes] = []
+
+    async def reader() -> None:
+        while True:
+            chunks.append(await port.read())
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(reader(), name="reader")
+            await wait_until(lambda: port.state is PortState.OPEN, what="open")
+            dev.write(GGA)
+            await wait_until(lambda: chunks == [GGA], what="first line")
+            lines = [sentence(f"GPTXT,01,01,02,line {i}") for i in range(5)]
+            for line in lines:  # within the second after the first read
+                dev.write(line)
+                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(chunks) > 1, what="the lines")
+            task.cancel()
+        assert chunks == [GGA, b"".join(lines)]
+    finally:
+        await port.close()
+        dev.close()
+
+
+async def test_a_burst_is_read_without_waiting_between_full_reads(tmp_path: Path) -> None:
+    """A read that got most of a tty buffer (4 KiB) is followed by the next at once: 8 KiB
+    written at once take nothing like the coalescing waits between three reads."""
+    with PtyDevice(tmp_path / "gnss") as dev:
+        port = await SerialPort.open(dev.path, 115200, coalesce_s=3.0)
+        try:
+            burst = (GGA * 200)[:8192]
+            assert dev.write(burst) == len(burst)  # the pty holds it all
+            got = bytearray()
+            async with asyncio.timeout(5):  # two waits of 3 s would be 6 s
+                while len(got) < len(burst):
+                    got.extend(await port.read())
+            assert got == burst
+        finally:
+            await port.close()
+
+
+async def test_a_read_waiting_on_a_quiet_port_gets_the_data_at_once(tmp_path: Path) -> None:
+    """The coalescing wait never holds the first line after a silence: a long `coalesce_s`
+    does not delay a read that was waiting for data."""
+    with PtyDevice(tmp_path / "gnss") as dev:
+        port = await SerialPort.open(dev.path, 9600, coalesce_s=30.0)
+        try:
+            reader = asyncio.create_task(port.read(), name="read")
+            await asyncio.sleep(0)  # the read is waiting on the empty port
+            dev.write(GGA)
+            async with asyncio.timeout(5):  # far below coalesce_s
+                assert await reader == GGA
+        finally:
+            await port.close()
+
+
+async def test_a_closed_port_wakes_a_read_waiting_to_coalesce(tmp_path: Path) -> None:
+    with PtyDevice(tmp_path / "gnss") as dev:
+        port = await SerialPort.open(dev.path, 9600, coalesce_s=30.0)
+        dev.write(GGA)
+        async with asyncio.timeout(5):
+            assert await port.read() == GGA
+        reader = asyncio.create_task(port.read(), name="read")  # waits 30 s to coalesce
+        await asyncio.sleep(0)
+        await port.close()
+        with pytest.raises(TransportError) as info:
+            async with asyncio.timeout(5):
+                await reader
+        assert info.value.reason == "closed"
+
+
+async def test_a_write_the_device_does_not_take_times_out_and_close_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """Nobody reads the pty's other side: the write fails after `within_s`, and close()
+    drops the unsent output instead of waiting for it to drain."""
+    with PtyDevice(tmp_path / "modem") as dev:
+        port = await SerialPort.open(dev.path, 115200)
+        try:
+            with pytest.raises(TransportError) as info:
+                async with asyncio.timeout(5):
+                    await port.write(b"x" * 1_000_000, within_s=0.3)
+            assert info.value.reason == "timeout"
+        finally:
+            async with asyncio.timeout(5):
+                await port.close(within_s=5)
+        assert not port.is_open
+
+
+def open_ttys(path: str) -> int:
+    """Descriptors of this process open on the tty at `path` (hung up: "path (deleted)")."""
+    n = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            n += os.readlink(fd).split(" ")[0] == path
+    return n
+
+
+async def test_close_after_an_unread_hangup_releases_the_device(tmp_path: Path) -> None:
+    """A port hung up while nobody read it is released by close() alone, twice is harmless
+    (and the autouse fixture fails the test on a leftover task)."""
+    dev = PtyDevice(tmp_path / "gnss")
+    tty = dev.slave_path
     port = await SerialPort.open(dev.path, 9600)
     dev.hangup()
-    # Close in the window where the driver has begun releasing the port by itself.
-    transport = port._transport
-    async with asyncio.timeout(2):
-        while not transport.is_closing():
-            await asyncio.sleep(0)
+    assert open_ttys(tty) == 1  # the port's own descriptor: the device itself let go
+    await port.close()
     await port.close()
     assert not port.is_open
+    assert open_ttys(tty) == 0
     dev.close()
 
 
@@ -315,6 +446,27 @@ async def test_silent_port_is_stale_and_reopened(tmp_path: Path) -> None:
         dev.close()
     assert [e.kind for e in events] == ["port_open", "port_stale", "port_closed", "port_open"]
     assert events[-1].data["after"] == "stale"
+
+
+async def test_a_port_with_valid_data_flowing_is_never_stale(tmp_path: Path) -> None:
+    """Valid sentences keep coming for several stale periods: the port stays open."""
+    events: list[Event] = []
+    dev = PtyDevice(tmp_path / "gnss")
+    port = ReconnectingPort(dev.path, 9600, stale_after_s=0.5, backoff=FAST, events=events.append)
+    try:
+        async with reading(port) as got:
+            await wait_until(lambda: port.state is PortState.OPEN, what="open")
+            end = time.monotonic() + 2.0  # four stale periods
+            while time.monotonic() < end:
+                dev.write(GGA)
+                await asyncio.sleep(0.02)  # a receiver's pace; the condition is the data
+            await wait_until(lambda: count_valid(bytes(got)) >= 20, what="sentences read")
+    finally:
+        await port.close()
+        dev.close()
+    assert port.stale_reopens == 0
+    assert port.opens == 1
+    assert [e.kind for e in events] == ["port_open"]
 
 
 async def test_garbage_without_valid_sentences_is_stale_too(tmp_path: Path) -> None:
