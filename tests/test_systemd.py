@@ -175,7 +175,7 @@ _UNDER_MDWE = textwrap.dedent(
     else:
         sys.exit("W+X memory was allowed: the restriction is not in force")
     import asyncio, sqlite3
-    import aiomqtt, pydantic, pynmeagps, serial, serial_asyncio_fast, structlog
+    import aiomqtt, pydantic, pynmeagps, serial, structlog
     from terminal_gw.__main__ import main
     from terminal_gw.models import Fix
     Fix(lat=1.0).to_json()

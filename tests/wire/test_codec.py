@@ -362,7 +362,7 @@ def test_the_encoder_refuses_what_it_cannot_carry() -> None:
 _ISOLATED = """
 import sys
 sys.path.insert(0, sys.argv[2])  # this checkout, before any installed copy
-for name in ("pydantic", "pydantic_core", "structlog", "paho", "serial", "serial_asyncio_fast",
+for name in ("pydantic", "pydantic_core", "structlog", "paho", "serial",
              "pynmeagps", "gsm0338", "aiomqtt", "psycopg"):
     sys.modules[name] = None  # any import of these fails
 before = set(sys.modules)
