@@ -308,3 +308,28 @@ async def test_put_before_open_and_unknown_class_are_errors(tmp_path: Path) -> N
     async with outbox:
         with pytest.raises(StoreError, match="unknown record class"):
             await outbox.put("x", Odd(time="t", kind="k", message="m"))
+
+
+async def test_a_put_cancelled_during_the_commit_it_triggered_is_counted_and_stored(
+    tmp_path: Path,
+) -> None:
+    """A shutdown that cancels a producer while the commit its record triggered runs: the
+    record is in, it is committed at close, and the daemon's count of records accepted (the
+    health report's "records in") includes it."""
+    from collections import Counter
+
+    from terminal_gw.daemon import CountingSink
+
+    counts: Counter[str] = Counter()
+    async with Outbox(config(tmp_path, commit_records=1)) as outbox:
+        sink = CountingSink(outbox, counts)
+        record = fix()
+        task = asyncio.create_task(sink.put("tgw/dev1/gnss/fix", record))
+        while not outbox.took(record.id):
+            await asyncio.sleep(0)
+        assert not task.done()  # suspended in the commit its record triggered
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert counts["fix"] == 1
+    assert stored_ids(tmp_path / "outbox.db") == [record.id]

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,9 @@ class Outbox:
         self._pending_since: float | None = None  # monotonic time of the oldest pending
         self._committing: set[int] = set()  # id() of the pending records being committed
         self._next_tmp = _TMP_BASE
+        #: Ids of the records accepted last: a put cancelled after it took its record (while
+        #: the commit it triggered ran) still took it, and its caller can tell.
+        self._taken: deque[str] = deque(maxlen=256)
         # Handed out under a temporary seq, not yet acknowledged: the record while pending,
         # its row's seq once committed (so that its ack deletes the row and an `exclude` of
         # the temporary seq keeps the row back).
@@ -335,9 +338,15 @@ class Outbox:
         self._next_tmp += 1
         rec.since = now
         self._pending.append(rec)
+        self._taken.append(rec.id)
         self._pending_bytes += rec.size
         self._fresh = True
         self._arrived.set()
+
+    def took(self, record_id: str) -> bool:
+        """Whether a record with this id was accepted lately (for a caller whose `put` was
+        cancelled: the record may be in, and will be committed)."""
+        return record_id in self._taken
 
     def _forget_pending(self, rec: _Pending) -> None:
         """A pending record was delivered before its commit: it never needs writing."""
