@@ -9,8 +9,8 @@ empty:
 
 - "uplink": `Uplink.run()` draining the outbox to the broker (connect, birth and subscription
   included: a few messages among thousands);
-- "outbox": the same records read and acknowledged with the uplink's calls (`next_batch` with
-  its limit and `exclude`, then `ack`), no MQTT: the outbox's share of the line above;
+- "outbox": the same records read and acknowledged with the uplink's calls (`lease` with
+  its limit, then `ack`), no MQTT: the outbox's share of the line above;
 - "paho": a plain paho-mqtt client (`loop()` in this thread, no asyncio) publishing the
   messages the uplink published (same topics, payloads, QoS 1, same window of `inflight`)
   and waiting for every PUBACK: what the MQTT library itself costs.
@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -165,16 +165,20 @@ class Calls:
         self.acks = 0
         self.acked = 0
 
-    async def next_batch(
-        self, limit: int, exclude: Collection[int] = (), classes: Collection[str] | None = None
-    ) -> Sequence[OutboxRecord]:
-        return await self.outbox.next_batch(limit, exclude, classes)
+    async def lease(self, n: int, classes: Collection[str] | None = None) -> Sequence[OutboxRecord]:
+        return await self.outbox.lease(n, classes)
 
-    async def ack(self, seqs: Iterable[int]) -> None:
-        seqs = list(seqs)
+    def ack(self, records: Iterable[int]) -> Awaitable[None]:
+        seqs = list(records)
         self.acks += 1
         self.acked += len(seqs)
-        await self.outbox.ack(seqs)
+        return self.outbox.ack(seqs)
+
+    def release(self, records: Iterable[int]) -> None:
+        self.outbox.release(records)
+
+    def release_all(self) -> None:
+        self.outbox.release_all()
 
     async def wait_for_records(self, timeout: float) -> bool:  # noqa: ASYNC109 - the outbox's
         return await self.outbox.wait_for_records(timeout)
@@ -251,7 +255,7 @@ async def run_uplink(
 async def run_outbox(
     work: Path, port: int, n: int, *, batched: bool, inflight: int, ack_size: int
 ) -> Run:
-    """The uplink's outbox calls alone: reads with its limit and exclude, acks of the size
+    """The uplink's outbox calls alone: leases with its limit, acks of the size
     its acks had."""
     config = config_for(work, port, batched=batched, inflight=inflight)
     now = [time.time() - 3600.0 if batched else 0.0]
@@ -260,27 +264,24 @@ async def run_outbox(
     async with Outbox(config.outbox, clock=lambda: now[0] or time.time()) as outbox:
         await fill(outbox, config, n, now=now)
         now[0] = 0.0
-        # In flight as in the uplink: a window of messages' records, read ahead of it, each
-        # read excluding what is in flight; acknowledged oldest first, `ack_size` at a time.
+        # In flight as in the uplink: a window of messages' records, leased ahead of it;
+        # acknowledged oldest first, `ack_size` at a time.
         per_message = cfg.batch_max if batched else 1
         window = inflight * per_message
         flying: deque[int] = deque()
-        inflight_seqs: set[int] = set()
         cpu0, wall0 = time.process_time(), time.monotonic()
         async with asyncio.TaskGroup() as tg:
             duties = tg.create_task(outbox.run())
             while outbox.depth > 0:
-                records = await outbox.next_batch(limit, exclude=inflight_seqs)
+                records = await outbox.lease(limit)
                 if not records and not flying:
                     await outbox.wait_for_records(0.01)
                     continue
                 for r in records:
                     flying.append(r.seq)
-                    inflight_seqs.add(r.seq)
                 while len(flying) > window or (flying and not records):
                     acked = [flying.popleft() for _ in range(min(len(flying), ack_size))]
                     await outbox.ack(acked)
-                    inflight_seqs.difference_update(acked)
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
             duties.cancel()
     return Run(cpu, wall, 0, [])

@@ -100,3 +100,44 @@ def test_device_topics_are_built_only_in_the_topics_module() -> None:
                 ):
                     where = f"{path.relative_to(PACKAGE)}:{node.lineno}"
                     raise AssertionError(f"{where} builds a topic")
+
+
+def _uplink_graph() -> dict[str, set[str]]:
+    """uplink/'s modules and the uplink modules each imports (`from terminal_gw.uplink import
+    links` names the module `links`; any other name there is the package's `__init__`)."""
+    uplink = PACKAGE / "uplink"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(uplink.glob("*.py")):
+        deps: set[str] = set()
+        for name in imported(ast.parse(path.read_text(encoding="utf-8"))):
+            if name.startswith("terminal_gw.uplink."):
+                deps.add(name.split(".")[2])
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "terminal_gw.uplink":
+                for alias in node.names:
+                    own = (uplink / f"{alias.name}.py").exists()
+                    deps.add(alias.name if own else "__init__")
+        graph[path.stem] = deps
+    return graph
+
+
+def test_the_uplink_is_the_link_over_the_drain_without_a_cycle() -> None:
+    """The drain knows nothing of the link, only the facade (`__init__`) imports the link, and
+    no uplink module imports the facade: the uplink's imports have no cycle."""
+    graph = _uplink_graph()
+    assert {"drain", "link", "mqtt"} <= graph.keys()
+    assert "link" not in graph["drain"]
+    assert [m for m, deps in graph.items() if "link" in deps] == ["__init__"]
+    assert [m for m, deps in graph.items() if "__init__" in deps] == []
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for dep in graph.get(module, set()):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
