@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Literal
+from typing import Literal, NamedTuple
 
 _DOLLAR = 0x24
 #: Sync bytes of the binary protocols framed beside NMEA.
@@ -51,8 +51,7 @@ FRAMER_COUNTERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Sentence:
+class Sentence(NamedTuple):
     """One framed NMEA sentence: `$` + address + fields, without checksum and line end."""
 
     address: str
@@ -153,10 +152,51 @@ class Framer:
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Sentences and binary frames completed by `chunk`, in stream order."""
-        self._buf += chunk
         out: list[Frame] = []
-        self._scan(out, final=False)
+        buf = self._buf
+        if self._discarding:
+            buf += chunk
+        else:
+            # Whole lines first, straight from the bytes (the bulk of any NMEA stream);
+            # the byte scan takes over from the first line that is anything else.
+            data = bytes(buf) + chunk if buf else bytes(chunk)  # the chunk may be a bytearray
+            pos = self._lines(data, out)
+            if pos:
+                buf[:] = data[pos:]
+            elif buf:
+                buf += chunk
+            else:
+                buf[:] = chunk
+        if buf:
+            self._scan(out, final=False)
         return out
+
+    def _lines(self, data: bytes, out: list[Frame]) -> int:
+        """Frame the plain sentence lines at the start of `data` (`$`, printable ASCII
+        without another `$` or CR, at most max_sentence_len bytes, then CR LF or LF), as
+        `_scan` would; returns how many bytes they took."""
+        pos = 0
+        max_len = self.max_sentence_len
+        check = self._check
+        find = data.find
+        while (nl := find(b"\n", pos)) >= 0:
+            line = data[pos:nl]
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if line:
+                if (
+                    line[0] != _DOLLAR
+                    or len(line) > max_len
+                    or line.find(b"$", 1) >= 0
+                    or b"\r" in line
+                    or not line.isascii()
+                ):
+                    break
+                sentence = check(line)
+                if sentence is not None:
+                    out.append(sentence)
+            pos = nl + 1
+        return pos
 
     def flush(self) -> list[Frame]:
         """End of stream: treat buffered bytes as a complete last line."""
