@@ -69,7 +69,7 @@ from terminal_gw.gnss.decoder import (
     Message,
 )
 from terminal_gw.gnss.numbering import GNSS_NAMES
-from terminal_gw.models import Clock, Fix, Payload, Satellite, Sky, iso_utc, make_event, new_id
+from terminal_gw.models import Clock, Fix, Payload, Sky, iso_utc, make_event, new_id
 
 KNOTS_TO_MPS = 1852.0 / 3600.0
 FEET_TO_M = 0.3048
@@ -639,32 +639,35 @@ class EpochAssembler:
         used: frozenset[tuple[int, int]] = frozenset()
         if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:
             used = lu[2]
+        # Plain data, checked in one call with the Sky (a Satellite each: 3x the time).
         sats = [
-            Satellite(
-                PRN=r.prn,
-                gnssid=r.gnssid,
-                svid=r.svid,
-                sigid=r.sigid,
-                az=r.az,
-                el=r.el,
-                ss=r.ss,
-                used=(r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0,
-            )
+            {
+                "PRN": r.prn,
+                "gnssid": r.gnssid,
+                "svid": r.svid,
+                "sigid": r.sigid,
+                "az": r.az,
+                "el": r.el,
+                "ss": r.ss,
+                "used": (r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0,
+            }
             for r in rows
         ]
         pdop, hdop, vdop = _dops(ep)
         if hdop is None and ep.gga is not None:
             hdop = ep.gga.hdop
-        return Sky(
-            id=new_id(int(ep.now * 1000)),
-            time=iso,
-            satellites=sats,
-            nSat=len(sats),
-            uSat=sum(s.used for s in sats),
-            pdop=pdop,
-            hdop=hdop,
-            vdop=vdop,
-            clock=clock,
+        return Sky.model_validate(
+            {
+                "id": new_id(int(ep.now * 1000)),
+                "time": iso,
+                "satellites": sats,
+                "nSat": len(sats),
+                "uSat": sum(1 for s in sats if s["used"]),
+                "pdop": pdop,
+                "hdop": hdop,
+                "vdop": vdop,
+                "clock": clock,
+            }
         )
 
 

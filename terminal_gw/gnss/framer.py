@@ -31,7 +31,9 @@ CASIC_OVERHEAD = 10
 #: Default longest binary payload kept (a NAV-SAT of 120 satellites is 1448 bytes); a frame
 #: whose length field says more is taken for a false sync.
 MAX_BINARY_LEN = 4096
-_HEX = frozenset(b"0123456789ABCDEFabcdef")
+_HEX = b"0123456789ABCDEFabcdef"
+#: The two checksum digits after `*` (either case) -> their value.
+_HEX_PAIRS = {bytes((a, b)): int(bytes((a, b)), 16) for a in _HEX for b in _HEX}
 
 #: Framer outcomes: each is a key of `Framer.counters`, always present (0 until seen).
 FRAMER_COUNTERS = (
@@ -99,11 +101,28 @@ def casic_checksum(body: bytes) -> int | None:
     return sum(words) & 0xFFFFFFFF
 
 
+_LOW_64 = (1 << 512) - 1
+_LOW_32 = (1 << 256) - 1
+_LOW_16 = (1 << 128) - 1
+_LOW_128 = (1 << 1024) - 1
+
+
 def nmea_checksum(body: bytes) -> int:
     """XOR of all bytes of `body` (the text between `$` and `*`)."""
     # Fold halves of one big integer: O(log n) C-level operations instead of a byte loop.
     n = len(body)
-    x = int.from_bytes(body, "big")
+    x = int.from_bytes(body, "little")
+    if n <= 256:
+        # Unrolled for what a sentence can be (each step XORs the upper half onto the lower).
+        if n > 128:
+            x = (x >> 1024) ^ (x & _LOW_128)
+        x = (x >> 512) ^ (x & _LOW_64)
+        x = (x >> 256) ^ (x & _LOW_32)
+        x = (x >> 128) ^ (x & _LOW_16)
+        x = (x >> 64) ^ (x & 0xFFFFFFFFFFFFFFFF)
+        x = (x >> 32) ^ (x & 0xFFFFFFFF)
+        x = (x >> 16) ^ (x & 0xFFFF)
+        return (x >> 8) ^ (x & 0xFF)
     while n > 1:
         half = n // 2
         bits = 8 * half
@@ -333,23 +352,21 @@ class Framer:
         return size
 
     def _check(self, line: bytes) -> Sentence | None:
-        star = line.rfind(b"*")
-        checked = False
-        if star >= 0:
-            hh = line[star + 1 :]
-            if len(hh) != 2 or hh[0] not in _HEX or hh[1] not in _HEX:
-                self._counters["bad_checksum"] += 1
-                return None
-            body = line[1:star]
-            if nmea_checksum(body) != int(hh, 16):
+        if line[-3:-2] == b"*":
+            want = _HEX_PAIRS.get(line[-2:])
+            if want is None or nmea_checksum(body := line[1:-3]) != want:
                 self._counters["bad_checksum"] += 1
                 return None
             checked = True
+        elif b"*" in line:
+            self._counters["bad_checksum"] += 1  # not two hex digits after the last `*`
+            return None
         else:
             self._counters["no_checksum"] += 1
             if not self.allow_no_checksum:
                 return None
             body = line[1:]
+            checked = False
         # Printable ASCII only: binary that happened to pass (or skip) the checksum is not NMEA.
         if not body.isascii():
             self._counters["malformed"] += 1
@@ -358,11 +375,10 @@ class Framer:
         if not text.isprintable():
             self._counters["malformed"] += 1
             return None
-        parts = text.split(",")
-        address = parts[0]
+        address, *fields = text.split(",")
         if not (2 <= len(address) <= 8 and address.isalnum()):
             self._counters["malformed"] += 1
             return None
         if checked:
             self._counters["good"] += 1
-        return Sentence(address=address, fields=tuple(parts[1:]), raw=line, checked=checked)
+        return Sentence(address, tuple(fields), line, checked)

@@ -277,3 +277,12 @@ def test_whole_lines_frame_as_the_byte_scan_frames_them(
         out.extend(framer.flush())
         results.append((out, dict(framer.counters), framer.buffered))
     assert results[0] == results[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_checksum_is_the_xor_of_every_byte(body: bytes) -> None:
+    xor = 0
+    for byte in body:
+        xor ^= byte
+    assert nmea_checksum(body) == xor
