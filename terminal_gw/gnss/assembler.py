@@ -52,7 +52,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from terminal_gw.gnss.decoder import (
     GGA,
@@ -155,8 +155,7 @@ class _Epoch:
     size: int = 0
 
 
-@dataclass
-class _SatRow:
+class _SatRow(NamedTuple):
     prn: int
     gnssid: int
     svid: int
@@ -358,18 +357,22 @@ class EpochAssembler:
             self._building = {}
         rows = self._building
         for v in msg.sats:
-            key = (v.sat.gnssid, v.sat.svid)
+            sat = v.sat
+            key = (sat.gnssid, sat.svid)
             row = rows.get(key)
             if row is None:
-                rows[key] = _SatRow(v.sat.prn, v.sat.gnssid, v.sat.svid, v.sigid, v.az, v.el, v.ss)
+                rows[key] = _SatRow(sat.prn, sat.gnssid, sat.svid, v.sigid, v.az, v.el, v.ss)
                 continue
-            if row.az is None:
-                row.az = v.az
-            if row.el is None:
-                row.el = v.el
             # Keep the strongest signal's strength and id.
-            if v.ss is not None and (row.ss is None or v.ss > row.ss):
-                row.ss, row.sigid = v.ss, v.sigid
+            ss, sigid = row.ss, row.sigid
+            if v.ss is not None and (ss is None or v.ss > ss):
+                ss, sigid = v.ss, v.sigid
+            rows[key] = row._replace(
+                az=v.az if row.az is None else row.az,
+                el=v.el if row.el is None else row.el,
+                ss=ss,
+                sigid=sigid,
+            )
         if msg.msg_num is None or msg.num_msg is None or msg.msg_num >= msg.num_msg:
             ep.view_rows = rows
 
@@ -474,12 +477,9 @@ class EpochAssembler:
     @staticmethod
     def _take_view(ep: _Epoch) -> None:
         # A copy: a group that goes on (another system's GSV, in the next epoch) must not
-        # change a view already held for later epochs.
+        # change a view already held for later epochs (rows are replaced, never changed).
         if ep.view_rows is not None:
-            ep.view = [
-                _SatRow(r.prn, r.gnssid, r.svid, r.sigid, r.az, r.el, r.ss)
-                for r in ep.view_rows.values()
-            ]
+            ep.view = list(ep.view_rows.values())
             ep.view_rows = None
 
     @staticmethod
