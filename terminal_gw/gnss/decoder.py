@@ -368,19 +368,19 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
     if n < _GSV_HEAD:
         raise ValueError("GSV without its header fields")
     system = TALKER_SYSTEM.get(talker, SYS_UNKNOWN)  # system_of(talker): GSV has no system id
-    groups, extra = divmod(n - _GSV_HEAD, _GSV_SAT)
+    extra = (n - _GSV_HEAD) % _GSV_SAT
     sigid = int(fields[-1], 16) if extra == 1 and fields[-1] else None
     sat_of = _sat_cache(system)
     sats: list[SatView] = []
-    for k in range(_GSV_HEAD, _GSV_HEAD + groups * _GSV_SAT, _GSV_SAT):
-        num = fields[k]
+    # Whole groups of four only (zip stops at the shortest slice): a signal id is left out.
+    quads = zip(fields[3::4], fields[4::4], fields[5::4], fields[6::4], strict=False)
+    for num, el, az, ss in quads:
         if not num:
             continue  # padding of a last sentence with fewer than 4 satellites
         sat = sat_of.get(num, _NEW)
         if sat is _NEW:
             sat = _new_sat(num, system)
         if sat is not None:
-            el, az, ss = fields[k + 1], fields[k + 2], fields[k + 3]
             sats.append(
                 SatView(
                     sat,

@@ -19,6 +19,7 @@ from itertools import accumulate
 from typing import Literal, NamedTuple
 
 _DOLLAR = 0x24
+_CR = 0x0D
 #: Sync bytes of the binary protocols framed beside NMEA.
 UBX_SYNC = b"\xb5\x62"
 CASIC_SYNC = b"\xba\xce"
@@ -192,29 +193,43 @@ class Framer:
 
     def _lines(self, data: bytes, out: list[Frame]) -> int:
         """Frame the plain sentence lines at the start of `data` (`$`, printable ASCII
-        without another `$` or CR, at most max_sentence_len bytes, then CR LF or LF), as
-        `_scan` would; returns how many bytes they took."""
+        without another `$`, at most max_sentence_len bytes, then CR LF or LF), as `_scan`
+        would; returns how many bytes they took."""
         pos = 0
         max_len = self.max_sentence_len
-        check = self._check
         find = data.find
+        good = 0
         while (nl := find(b"\n", pos)) >= 0:
-            line = data[pos:nl]
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            if line:
-                if (
-                    line[0] != _DOLLAR
-                    or len(line) > max_len
-                    or line.find(b"$", 1) >= 0
-                    or b"\r" in line
-                    or not line.isascii()
-                ):
+            end = nl - 1 if nl > pos and data[nl - 1] == _CR else nl
+            if end > pos:
+                if data[pos] != _DOLLAR or end - pos > max_len:
                     break
-                sentence = check(line)
-                if sentence is not None:
-                    out.append(sentence)
+                line = data[pos:end]
+                try:
+                    text = line.decode("ascii")
+                except UnicodeDecodeError:
+                    break
+                # Anything not printable (a CR inside: the line ends there) or a second `$`
+                # (the line is cut short): the byte scan decides.
+                if not text.isprintable() or text.find("$", 1) >= 0:
+                    break
+                want = _HEX_PAIRS.get(line[-2:]) if text[-3:-2] == "*" else None
+                if want is None:
+                    sentence = self._check(line)  # no checksum, or not two hex digits
+                    if sentence is not None:
+                        out.append(sentence)
+                elif nmea_checksum(line[1:-3]) != want:
+                    self._counters["bad_checksum"] += 1
+                else:
+                    address, *fields = text[1:-3].split(",")
+                    if 2 <= len(address) <= 8 and address.isalnum():
+                        good += 1
+                        out.append(Sentence(address, tuple(fields), line, True))
+                    else:
+                        self._counters["malformed"] += 1
             pos = nl + 1
+        if good:
+            self._counters["good"] += good
         return pos
 
     def flush(self) -> list[Frame]:
