@@ -69,7 +69,16 @@ from terminal_gw.gnss.decoder import (
     Message,
 )
 from terminal_gw.gnss.numbering import GNSS_NAMES
-from terminal_gw.models import Clock, Fix, Payload, Sky, iso_utc, make_event, new_id
+from terminal_gw.models import (
+    Clock,
+    Fix,
+    Payload,
+    Satellite,
+    Sky,
+    iso_utc,
+    make_event,
+    new_id,
+)
 
 KNOTS_TO_MPS = 1852.0 / 3600.0
 FEET_TO_M = 0.3048
@@ -184,6 +193,7 @@ class EpochAssembler:
         # at any speed holds it as long as the live stream would.
         self._building: dict[tuple[int, int], _SatRow] = {}
         self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
+        self._sky_sats: dict[tuple[_SatRow, bool], Satellite] = {}  # the last sky's, by row
         # Newest GSA group: satellites used, and the clock and time of its epoch.
         self._last_used: tuple[Clock, float, frozenset[tuple[int, int]]] | None = None
         self._after_gsv = False  # the previous sentence was a GSV
@@ -639,20 +649,32 @@ class EpochAssembler:
         used: frozenset[tuple[int, int]] = frozenset()
         if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:
             used = lu[2]
-        # Plain data, checked in one call with the Sky (a Satellite each: 3x the time).
-        sats = [
-            {
-                "PRN": r.prn,
-                "gnssid": r.gnssid,
-                "svid": r.svid,
-                "sigid": r.sigid,
-                "az": r.az,
-                "el": r.el,
-                "ss": r.ss,
-                "used": (r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0,
-            }
-            for r in rows
-        ]
+        # Most satellites of a sky are as in the one before (83% in the corpus): their
+        # (immutable) models are taken again. A zero is not looked up: -0.0 == 0.0.
+        previous = self._sky_sats
+        kept: dict[tuple[_SatRow, bool], Satellite] = {}
+        sats: list[Satellite] = []
+        for r in rows:
+            is_used = (r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0
+            key = (r, is_used)
+            sat = previous.get(key)
+            if sat is None:
+                sat = Satellite(
+                    PRN=r.prn,
+                    gnssid=r.gnssid,
+                    svid=r.svid,
+                    sigid=r.sigid,
+                    az=r.az,
+                    el=r.el,
+                    ss=r.ss,
+                    used=is_used,
+                )
+                if 0.0 not in (r.az, r.el, r.ss):
+                    kept[key] = sat
+            else:
+                kept[key] = sat
+            sats.append(sat)
+        self._sky_sats = kept
         pdop, hdop, vdop = _dops(ep)
         if hdop is None and ep.gga is not None:
             hdop = ep.gga.hdop
@@ -662,7 +684,7 @@ class EpochAssembler:
                 "time": iso,
                 "satellites": sats,
                 "nSat": len(sats),
-                "uSat": sum(1 for s in sats if s["used"]),
+                "uSat": sum(s.used for s in sats),
                 "pdop": pdop,
                 "hdop": hdop,
                 "vdop": vdop,

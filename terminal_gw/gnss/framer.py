@@ -179,16 +179,16 @@ class Framer:
         else:
             # Whole lines first, straight from the bytes (the bulk of any NMEA stream);
             # the byte scan takes over from the first line that is anything else.
-            data = bytes(buf) + chunk if buf else bytes(chunk)  # the chunk may be a bytearray
-            pos = self._lines(data, out)
-            if pos:
-                buf[:] = data[pos:]
-            elif buf:
-                buf += chunk
+            if buf:
+                data = bytes(buf) + chunk
+                buf.clear()
             else:
-                buf[:] = chunk
-        if buf:
-            self._scan(out, final=False)
+                data = chunk if type(chunk) is bytes else bytes(chunk)  # bytearray, memoryview
+            pos = self._lines(data, out)
+            if pos == len(data):
+                return out
+            buf += data[pos:] if pos else data
+        self._scan(out, final=False)
         return out
 
     def _lines(self, data: bytes, out: list[Frame]) -> int:
