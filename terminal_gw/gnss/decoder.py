@@ -413,7 +413,7 @@ def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
     return TXT(talker, str(_a(m, "text")))
 
 
-# The hot types (GGA, RMC, GNS, GLL, VTG, ZDA, GST) are split from their field tables too,
+# The hot types (GGA, RMC, GNS, GLL, VTG, ZDA, GST) and TXT are split from their field tables,
 # with pynmeagps's own conversions (lat/lon `dmm2ddd`, `time2utc`, `date2utc`, float, int) done
 # by slicing: a field in a form these do not take as given (a time with more than six decimal
 # places, a position without four digits before the point) sends the whole sentence through
@@ -601,6 +601,15 @@ def _fast_gst(talker: str, f: tuple[str, ...]) -> GST:
     return GST(talker, _ftime(f, 0), _ff(f, 5), _ff(f, 6), _ff(f, 7))
 
 
+def _fast_txt(talker: str, f: tuple[str, ...]) -> TXT:
+    # 0 number of sentences, 1 sentence number, 2 text id (integers to pynmeagps), 3 text.
+    for i in (0, 1, 2):
+        v = _field(f, i)
+        if v and not (v.isascii() and v.isdigit()):
+            raise _SlowPathError
+    return TXT(talker, _field(f, 3))
+
+
 _FAST_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
     "GGA": _fast_gga,
     "RMC": _fast_rmc,
@@ -609,6 +618,7 @@ _FAST_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
     "VTG": _fast_vtg,
     "ZDA": _fast_zda,
     "GST": _fast_gst,
+    "TXT": _fast_txt,
 }
 
 
