@@ -164,6 +164,10 @@ class _Epoch:
     size: int = 0
 
 
+#: A row built from its values without the Python-level NamedTuple `__new__`.
+_new_row = tuple.__new__
+
+
 class _SatRow(NamedTuple):
     prn: int
     gnssid: int
@@ -371,7 +375,9 @@ class EpochAssembler:
             key = (sat.gnssid, sat.svid)
             row = rows.get(key)
             if row is None:
-                rows[key] = _SatRow(sat.prn, sat.gnssid, sat.svid, v.sigid, v.az, v.el, v.ss)
+                rows[key] = _new_row(
+                    _SatRow, (sat.prn, sat.gnssid, sat.svid, v.sigid, v.az, v.el, v.ss)
+                )
                 continue
             # Keep the strongest signal's strength and id.
             ss, sigid = row.ss, row.sigid

@@ -357,6 +357,10 @@ def _gsa(talker: str, fields: tuple[str, ...]) -> GSA:
     )
 
 
+#: A NamedTuple built from its values without the Python-level `__new__` (satellite rows:
+#: several a sentence).
+_new_tuple = tuple.__new__
+
 # GSV: 0 number of sentences, 1 sentence number, 2 satellites in view, then per satellite
 # (number, elevation, azimuth, SNR), then, NMEA 4.10+, a signal id in hex.
 _GSV_HEAD = 3
@@ -382,12 +386,15 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
             sat = _new_sat(num, system)
         if sat is not None:
             sats.append(
-                SatView(
-                    sat,
-                    float(el) if el else None,
-                    float(az) if az else None,
-                    float(ss) if ss else None,
-                    sigid,
+                _new_tuple(
+                    SatView,
+                    (
+                        sat,
+                        float(el) if el else None,
+                        float(az) if az else None,
+                        float(ss) if ss else None,
+                        sigid,
+                    ),
                 )
             )
     head0, head1, head2 = fields[0], fields[1], fields[2]

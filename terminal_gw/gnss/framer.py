@@ -85,6 +85,8 @@ class BinaryFrame:
 
 
 Frame = Sentence | BinaryFrame
+#: A Sentence built from its values without the Python-level NamedTuple `__new__`.
+_new_sentence = tuple.__new__
 
 
 def ubx_checksum(body: bytes) -> bytes:
@@ -224,7 +226,7 @@ class Framer:
                     address, *fields = text[1:-3].split(",")
                     if 2 <= len(address) <= 8 and address.isalnum():
                         good += 1
-                        out.append(Sentence(address, tuple(fields), line, True))
+                        out.append(_new_sentence(Sentence, (address, tuple(fields), line, True)))
                     else:
                         self._counters["malformed"] += 1
             pos = nl + 1
