@@ -374,7 +374,7 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
     system = TALKER_SYSTEM.get(talker, SYS_UNKNOWN)  # system_of(talker): GSV has no system id
     extra = (n - _GSV_HEAD) % _GSV_SAT
     sigid = int(fields[-1], 16) if extra == 1 and fields[-1] else None
-    sat_of = _sat_cache(system)
+    sat_of = _SAT_CACHES.get(system) or _sat_cache(system)
     sats: list[SatView] = []
     # Whole groups of four only (zip stops at the shortest slice): a signal id is left out.
     quads = zip(fields[3::4], fields[4::4], fields[5::4], fields[6::4], strict=False)
@@ -698,14 +698,16 @@ class Decoder:
         if route is None:
             return self._decode_other(sentence.address, sentence.fields)
         talker, table = route
+        fields = sentence.fields
         try:
-            decoded = table(talker, sentence.fields)
+            decoded = table(talker, fields)
         except _SlowPathError:
-            return self._convert(talker, sentence.address[2:], sentence.fields, quick=False)
+            return self._convert(talker, sentence.address[2:], fields, quick=False)
         except _DECODE_ERRORS:
             self._counters["decode_error"] += 1
             return None
-        self._counters["decoded"] += 1
+        counters = self._counters
+        counters["decoded"] += 1
         return decoded
 
     def _decode_other(self, address: str, fields: tuple[str, ...]) -> Message | None:
