@@ -325,10 +325,13 @@ class Replayer:
         start = time.monotonic()
         epochs = 0
         feed = self.pipeline.feed
+        stats = self.stats
         for chunk in reader:
-            self._count(chunk)
+            data = chunk.data
+            stats.chunks += 1
+            stats.bytes_fed += len(data)
             self._last_now = self._clock
-            payloads = feed(chunk.data, self._clock)
+            payloads = feed(data, self._clock)
             if payloads:
                 fixes = self._emit(payloads)
                 if fixes:

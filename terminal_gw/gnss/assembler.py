@@ -54,7 +54,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from terminal_gw.gnss.decoder import (
     GGA,
@@ -71,7 +71,16 @@ from terminal_gw.gnss.decoder import (
     Message,
 )
 from terminal_gw.gnss.numbering import GNSS_NAMES
-from terminal_gw.models import Clock, Fix, Payload, Satellite, Sky, iso_utc, make_event, new_id
+from terminal_gw.models import (
+    Clock,
+    Fix,
+    Payload,
+    Satellite,
+    Sky,
+    iso_utc,
+    make_event,
+    new_id,
+)
 
 KNOTS_TO_MPS = 1852.0 / 3600.0
 FEET_TO_M = 0.3048
@@ -160,8 +169,11 @@ class _Epoch:
     size: int = 0
 
 
-@dataclass
-class _SatRow:
+#: A row built from its values without the Python-level NamedTuple `__new__`.
+_new_row = tuple.__new__
+
+
+class _SatRow(NamedTuple):
     prn: int
     gnssid: int
     svid: int
@@ -190,6 +202,7 @@ class EpochAssembler:
         # at any speed holds it as long as the live stream would.
         self._building: dict[tuple[int, int], _SatRow] = {}
         self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
+        self._sky_sats: dict[tuple[_SatRow, bool], Satellite] = {}  # the last sky's, by row
         # Newest GSA group: satellites used, and the clock and time of its epoch.
         self._last_used: tuple[Clock, float, frozenset[tuple[int, int]]] | None = None
         self._after_gsv = False  # the previous sentence was a GSV
@@ -373,18 +386,24 @@ class EpochAssembler:
             self._building = {}
         rows = self._building
         for v in msg.sats:
-            key = (v.sat.gnssid, v.sat.svid)
+            sat = v.sat
+            key = (sat.gnssid, sat.svid)
             row = rows.get(key)
             if row is None:
-                rows[key] = _SatRow(v.sat.prn, v.sat.gnssid, v.sat.svid, v.sigid, v.az, v.el, v.ss)
+                rows[key] = _new_row(
+                    _SatRow, (sat.prn, sat.gnssid, sat.svid, v.sigid, v.az, v.el, v.ss)
+                )
                 continue
-            if row.az is None:
-                row.az = v.az
-            if row.el is None:
-                row.el = v.el
             # Keep the strongest signal's strength and id.
-            if v.ss is not None and (row.ss is None or v.ss > row.ss):
-                row.ss, row.sigid = v.ss, v.sigid
+            ss, sigid = row.ss, row.sigid
+            if v.ss is not None and (ss is None or v.ss > ss):
+                ss, sigid = v.ss, v.sigid
+            rows[key] = row._replace(
+                az=v.az if row.az is None else row.az,
+                el=v.el if row.el is None else row.el,
+                ss=ss,
+                sigid=sigid,
+            )
         if msg.msg_num is None or msg.num_msg is None or msg.msg_num >= msg.num_msg:
             ep.view_rows = rows
 
@@ -489,12 +508,9 @@ class EpochAssembler:
     @staticmethod
     def _take_view(ep: _Epoch) -> None:
         # A copy: a group that goes on (another system's GSV, in the next epoch) must not
-        # change a view already held for later epochs.
+        # change a view already held for later epochs (rows are replaced, never changed).
         if ep.view_rows is not None:
-            ep.view = [
-                _SatRow(r.prn, r.gnssid, r.svid, r.sigid, r.az, r.el, r.ss)
-                for r in ep.view_rows.values()
-            ]
+            ep.view = list(ep.view_rows.values())
             ep.view_rows = None
 
     @staticmethod
@@ -655,32 +671,47 @@ class EpochAssembler:
         used: frozenset[tuple[int, int]] = frozenset()
         if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:
             used = lu[2]
-        sats = [
-            Satellite(
-                PRN=r.prn,
-                gnssid=r.gnssid,
-                svid=r.svid,
-                sigid=r.sigid,
-                az=r.az,
-                el=r.el,
-                ss=r.ss,
-                used=(r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0,
-            )
-            for r in rows
-        ]
+        # Most satellites of a sky are as in the one before (83% in the corpus): their
+        # (immutable) models are taken again. A zero is not looked up: -0.0 == 0.0.
+        previous = self._sky_sats
+        kept: dict[tuple[_SatRow, bool], Satellite] = {}
+        sats: list[Satellite] = []
+        for r in rows:
+            is_used = (r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0
+            key = (r, is_used)
+            sat = previous.get(key)
+            if sat is None:
+                sat = Satellite(
+                    PRN=r.prn,
+                    gnssid=r.gnssid,
+                    svid=r.svid,
+                    sigid=r.sigid,
+                    az=r.az,
+                    el=r.el,
+                    ss=r.ss,
+                    used=is_used,
+                )
+                if 0.0 not in (r.az, r.el, r.ss):
+                    kept[key] = sat
+            else:
+                kept[key] = sat
+            sats.append(sat)
+        self._sky_sats = kept
         pdop, hdop, vdop = _dops(ep)
         if hdop is None and ep.gga is not None:
             hdop = ep.gga.hdop
-        return Sky(
-            id=new_id(int(ep.now * 1000)),
-            time=iso,
-            satellites=sats,
-            nSat=len(sats),
-            uSat=sum(s.used for s in sats),
-            pdop=pdop,
-            hdop=hdop,
-            vdop=vdop,
-            clock=clock,
+        return Sky.model_validate(
+            {
+                "id": new_id(int(ep.now * 1000)),
+                "time": iso,
+                "satellites": sats,
+                "nSat": len(sats),
+                "uSat": sum(s.used for s in sats),
+                "pdop": pdop,
+                "hdop": hdop,
+                "vdop": vdop,
+                "clock": clock,
+            }
         )
 
 

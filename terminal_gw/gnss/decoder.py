@@ -12,14 +12,19 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pynmeagps import NMEAReader
 from pynmeagps.exceptions import NMEAMessageError, NMEAParseError, NMEATypeError
 
 from terminal_gw.gnss.framer import Sentence, nmea_checksum
-from terminal_gw.gnss.numbering import TALKER_SYSTEM, SatId, normalise, system_of
+from terminal_gw.gnss.numbering import (
+    SYS_UNKNOWN,
+    TALKER_SYSTEM,
+    SatId,
+    normalise,
+    system_of,
+)
 
 #: Talkers accepted (PROTOCOLS.md section 1); `PQ` (Quectel) is handled as a proprietary quirk.
 TALKERS = frozenset(TALKER_SYSTEM)
@@ -38,8 +43,7 @@ MAX_PROPRIETARY_KEYS = 32
 _VALNONE = 0  # checksum already checked by the framer
 
 
-@dataclass(frozen=True, slots=True)
-class GGA:
+class GGA(NamedTuple):
     """Fix data."""
 
     talker: str
@@ -53,8 +57,7 @@ class GGA:
     sep: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class RMC:
+class RMC(NamedTuple):
     """Recommended minimum data."""
 
     talker: str
@@ -69,8 +72,7 @@ class RMC:
     pos_mode: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class GNS:
+class GNS(NamedTuple):
     """Fix data, one mode letter per constellation."""
 
     talker: str
@@ -84,8 +86,7 @@ class GNS:
     sep: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class GLL:
+class GLL(NamedTuple):
     """Position and time."""
 
     talker: str
@@ -96,8 +97,7 @@ class GLL:
     pos_mode: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class VTG:
+class VTG(NamedTuple):
     """Course and speed over ground."""
 
     talker: str
@@ -107,8 +107,7 @@ class VTG:
     pos_mode: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class ZDA:
+class ZDA(NamedTuple):
     """Date and time."""
 
     talker: str
@@ -116,8 +115,7 @@ class ZDA:
     date: dt.date | None
 
 
-@dataclass(frozen=True, slots=True)
-class GST:
+class GST(NamedTuple):
     """Pseudorange error statistics (1-sigma, metres)."""
 
     talker: str
@@ -127,8 +125,7 @@ class GST:
     std_alt: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class GSA:
+class GSA(NamedTuple):
     """DOP and satellites used, already in gpsd numbering."""
 
     talker: str
@@ -139,8 +136,7 @@ class GSA:
     vdop: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class SatView:
+class SatView(NamedTuple):
     """One satellite row of a GSV sentence."""
 
     sat: SatId
@@ -150,8 +146,7 @@ class SatView:
     sigid: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class GSV:
+class GSV(NamedTuple):
     """One part of a satellites-in-view group."""
 
     talker: str
@@ -161,8 +156,7 @@ class GSV:
     sats: tuple[SatView, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PGRMZ:
+class PGRMZ(NamedTuple):
     """Garmin altitude: whole feet (as sent) and fix mode 1-3."""
 
     talker: str
@@ -170,8 +164,7 @@ class PGRMZ:
     mode: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class TXT:
+class TXT(NamedTuple):
     """Free text from the receiver."""
 
     talker: str
@@ -301,6 +294,29 @@ def _gst(m: Any, talker: str, fields: tuple[str, ...]) -> GST:
     )
 
 
+# Satellite numbers as sent -> gpsd numbering, per NMEA system id: a receiver uses a few
+# dozen, so each is converted once (bounded: a stream of nonsense numbers is converted anew).
+_SAT_CACHE_MAX = 1024
+_SAT_CACHES: dict[int, dict[str, SatId | None]] = {}
+_NEW: Any = object()
+
+
+def _sat_cache(system: int) -> dict[str, SatId | None]:
+    cache = _SAT_CACHES.get(system)
+    if cache is None:
+        cache = _SAT_CACHES[system] = {}
+    return cache
+
+
+def _new_sat(num: str, system: int) -> SatId | None:
+    """`normalise(int(num), system)`, remembered (ValueError when `num` is no integer)."""
+    sat = normalise(int(num), system)
+    cache = _sat_cache(system)
+    if len(cache) < _SAT_CACHE_MAX:
+        cache[num] = sat
+    return sat
+
+
 # GSA and GSV are most of a receiver's output (one per system, several parts each) and have
 # flat layouts: they are split here from their field table, about 10x cheaper than pynmeagps.
 #
@@ -322,10 +338,13 @@ def _gsa(talker: str, fields: tuple[str, ...]) -> GSA:
         # Short form (i.Trek M3 and others without a fix): satellites only, no DOPs.
         sv_fields, dops = fields[2:], ("", "", "")
     system = system_of(talker, system_field)
+    sat_of = _sat_cache(system)
     used: list[SatId] = []
     for value in sv_fields:
         if value:
-            sat = normalise(int(value), system)
+            sat = sat_of.get(value, _NEW)
+            if sat is _NEW:
+                sat = _new_sat(value, system)
             if sat is not None:
                 used.append(sat)
     return GSA(
@@ -338,6 +357,10 @@ def _gsa(talker: str, fields: tuple[str, ...]) -> GSA:
     )
 
 
+#: A NamedTuple built from its values without the Python-level `__new__` (satellite rows:
+#: several a sentence).
+_new_tuple = tuple.__new__
+
 # GSV: 0 number of sentences, 1 sentence number, 2 satellites in view, then per satellite
 # (number, elevation, azimuth, SNR), then, NMEA 4.10+, a signal id in hex.
 _GSV_HEAD = 3
@@ -345,22 +368,43 @@ _GSV_SAT = 4
 
 
 def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
-    if len(fields) < _GSV_HEAD:
+    n = len(fields)
+    if n < _GSV_HEAD:
         raise ValueError("GSV without its header fields")
-    system = system_of(talker)
-    groups, extra = divmod(len(fields) - _GSV_HEAD, _GSV_SAT)
+    system = TALKER_SYSTEM.get(talker, SYS_UNKNOWN)  # system_of(talker): GSV has no system id
+    extra = (n - _GSV_HEAD) % _GSV_SAT
     sigid = int(fields[-1], 16) if extra == 1 and fields[-1] else None
+    sat_of = _SAT_CACHES.get(system) or _sat_cache(system)
     sats: list[SatView] = []
-    for k in range(_GSV_HEAD, _GSV_HEAD + groups * _GSV_SAT, _GSV_SAT):
-        num = fields[k]
+    # Whole groups of four only (zip stops at the shortest slice): a signal id is left out.
+    quads = zip(fields[3::4], fields[4::4], fields[5::4], fields[6::4], strict=False)
+    for num, el, az, ss in quads:
         if not num:
             continue  # padding of a last sentence with fewer than 4 satellites
-        sat = normalise(int(num), system)
+        sat = sat_of.get(num, _NEW)
+        if sat is _NEW:
+            sat = _new_sat(num, system)
         if sat is not None:
             sats.append(
-                SatView(sat, _f(fields[k + 1]), _f(fields[k + 2]), _f(fields[k + 3]), sigid)
+                _new_tuple(
+                    SatView,
+                    (
+                        sat,
+                        float(el) if el else None,
+                        float(az) if az else None,
+                        float(ss) if ss else None,
+                        sigid,
+                    ),
+                )
             )
-    return GSV(talker, _i(fields[0]), _i(fields[1]), _i(fields[2]), tuple(sats))
+    head0, head1, head2 = fields[0], fields[1], fields[2]
+    return GSV(
+        talker,
+        int(head0) if head0 else None,
+        int(head1) if head1 else None,
+        int(head2) if head2 else None,
+        tuple(sats),
+    )
 
 
 def _pgrmz(fields: tuple[str, ...]) -> PGRMZ:
@@ -376,7 +420,7 @@ def _txt(m: Any, talker: str, _fields: tuple[str, ...]) -> TXT:
     return TXT(talker, str(_a(m, "text")))
 
 
-# The hot types (GGA, RMC, GNS, GLL, VTG, ZDA, GST) are split from their field tables too,
+# The hot types (GGA, RMC, GNS, GLL, VTG, ZDA, GST) and TXT are split from their field tables,
 # with pynmeagps's own conversions (lat/lon `dmm2ddd`, `time2utc`, `date2utc`, float, int) done
 # by slicing: a field in a form these do not take as given (a time with more than six decimal
 # places, a position without four digits before the point) sends the whole sentence through
@@ -402,10 +446,26 @@ def _fi(fields: tuple[str, ...], i: int) -> int | None:
     return int(v) if v != "" else None
 
 
+# The time and date fields of the last cycles, converted: an epoch's sentences repeat its time.
+_CONVERTED_MAX = 64
+_TIMES: dict[str, dt.time] = {}
+_DATES: dict[str, dt.date] = {}
+
+
 def _ftime(fields: tuple[str, ...], i: int) -> dt.time | None:
     v = fields[i] if i < len(fields) else ""
     if v == "":
         return None
+    t = _TIMES.get(v)
+    if t is None:
+        t = _ftime_new(v)
+        if len(_TIMES) >= _CONVERTED_MAX:
+            _TIMES.clear()
+        _TIMES[v] = t
+    return t
+
+
+def _ftime_new(v: str) -> dt.time:
     n = len(v)
     if n == 6:
         frac = ""
@@ -430,6 +490,17 @@ def _fdate(fields: tuple[str, ...], i: int) -> dt.date | None:
     v = fields[i] if i < len(fields) else ""
     if v == "":
         return None
+    d = _DATES.get(v)
+    if d is None:
+        d = _fdate_new(v)
+        if d is not None:
+            if len(_DATES) >= _CONVERTED_MAX:
+                _DATES.clear()
+            _DATES[v] = d
+    return d
+
+
+def _fdate_new(v: str) -> dt.date | None:
     if len(v) != 6 or not v.isdigit() or not v.isascii():
         raise _SlowPathError
     yy = int(v[4:6])
@@ -537,6 +608,15 @@ def _fast_gst(talker: str, f: tuple[str, ...]) -> GST:
     return GST(talker, _ftime(f, 0), _ff(f, 5), _ff(f, 6), _ff(f, 7))
 
 
+def _fast_txt(talker: str, f: tuple[str, ...]) -> TXT:
+    # 0 number of sentences, 1 sentence number, 2 text id (integers to pynmeagps), 3 text.
+    for i in (0, 1, 2):
+        v = _field(f, i)
+        if v and not (v.isascii() and v.isdigit()):
+            raise _SlowPathError
+    return TXT(talker, _field(f, 3))
+
+
 _FAST_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
     "GGA": _fast_gga,
     "RMC": _fast_rmc,
@@ -545,6 +625,7 @@ _FAST_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {
     "VTG": _fast_vtg,
     "ZDA": _fast_zda,
     "GST": _fast_gst,
+    "TXT": _fast_txt,
 }
 
 
@@ -575,6 +656,28 @@ def _quick(
         return None
 
 
+_DECODE_ERRORS = (
+    NMEAParseError,
+    NMEAMessageError,
+    NMEATypeError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+)
+
+_Route = tuple[str, Callable[[str, tuple[str, ...]], Message]]
+#: Address -> (talker, field-table decoder) of every accepted talker's GSA and GSV, and with
+#: the hot types (`Decoder.fast`): one lookup for most sentences.
+_TABLE_ROUTES: dict[str, _Route] = {
+    talker + kind: (talker, fn) for talker in TALKERS for kind, fn in _FIELD_TABLE_DECODERS.items()
+}
+_FAST_ROUTES: dict[str, _Route] = _TABLE_ROUTES | {
+    talker + kind: (talker, fn) for talker in TALKERS for kind, fn in _FAST_DECODERS.items()
+}
+
+
 class Decoder:
     """Turn framed sentences into typed messages, counting what it skips."""
 
@@ -591,8 +694,24 @@ class Decoder:
 
     def decode(self, sentence: Sentence) -> Message | None:
         """The typed message of `sentence`, or None when it is skipped (and counted)."""
-        address = sentence.address
+        route = (_FAST_ROUTES if self.fast else _TABLE_ROUTES).get(sentence.address)
+        if route is None:
+            return self._decode_other(sentence.address, sentence.fields)
+        talker, table = route
         fields = sentence.fields
+        try:
+            decoded = table(talker, fields)
+        except _SlowPathError:
+            return self._convert(talker, sentence.address[2:], fields, quick=False)
+        except _DECODE_ERRORS:
+            self._counters["decode_error"] += 1
+            return None
+        counters = self._counters
+        counters["decoded"] += 1
+        return decoded
+
+    def _decode_other(self, address: str, fields: tuple[str, ...]) -> Message | None:
+        """Everything but a plain talker's GSA, GSV and (fast) hot types."""
         if address.startswith("PQ") and address[2:] in ("GSV", "GSA") and fields:
             talker = _PQ_TALKER.get(fields[-1])
             if talker is None:
@@ -621,13 +740,20 @@ class Decoder:
             if kind not in TYPES:
                 self._counters["unknown_type"] += 1
                 return None
+        return self._convert(talker, kind, fields, quick=self.fast)
+
+    def _convert(
+        self, talker: str, kind: str, fields: tuple[str, ...], *, quick: bool
+    ) -> Message | None:
+        """Decode from the field table where there is one (hot types: when `quick`, unless
+        the sentence needs pynmeagps), else through pynmeagps; counted."""
         try:
             table = _FIELD_TABLE_DECODERS.get(kind)
-            fast = _FAST_DECODERS.get(kind) if self.fast else None
+            fast = _FAST_DECODERS.get(kind) if quick else None
             if table is not None:
                 decoded = table(talker, fields)
-            elif fast is not None and (quick := _quick(fast, talker, fields)) is not None:
-                decoded = quick
+            elif fast is not None and (done := _quick(fast, talker, fields)) is not None:
+                decoded = done
             else:
                 body = ",".join((talker + kind, *fields)).encode("ascii")
                 raw = b"$%s*%02X\r\n" % (body, nmea_checksum(body))
@@ -636,16 +762,7 @@ class Decoder:
                     self._counters["decode_error"] += 1
                     return None
                 decoded = _DECODERS[kind](msg, talker, fields)
-        except (
-            NMEAParseError,
-            NMEAMessageError,
-            NMEATypeError,
-            ValueError,
-            TypeError,
-            IndexError,
-            KeyError,
-            OverflowError,
-        ):
+        except _DECODE_ERRORS:
             self._counters["decode_error"] += 1
             return None
         self._counters["decoded"] += 1

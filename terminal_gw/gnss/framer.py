@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Literal
+from typing import Literal, NamedTuple
 
 _DOLLAR = 0x24
+_CR = 0x0D
 #: Sync bytes of the binary protocols framed beside NMEA.
 UBX_SYNC = b"\xb5\x62"
 CASIC_SYNC = b"\xba\xce"
@@ -31,7 +32,9 @@ CASIC_OVERHEAD = 10
 #: Default longest binary payload kept (a NAV-SAT of 120 satellites is 1448 bytes); a frame
 #: whose length field says more is taken for a false sync.
 MAX_BINARY_LEN = 4096
-_HEX = frozenset(b"0123456789ABCDEFabcdef")
+_HEX = b"0123456789ABCDEFabcdef"
+#: The two checksum digits after `*` (either case) -> their value.
+_HEX_PAIRS = {bytes((a, b)): int(bytes((a, b)), 16) for a in _HEX for b in _HEX}
 
 #: Framer outcomes: each is a key of `Framer.counters`, always present (0 until seen).
 FRAMER_COUNTERS = (
@@ -51,8 +54,7 @@ FRAMER_COUNTERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Sentence:
+class Sentence(NamedTuple):
     """One framed NMEA sentence: `$` + address + fields, without checksum and line end."""
 
     address: str
@@ -83,6 +85,8 @@ class BinaryFrame:
 
 
 Frame = Sentence | BinaryFrame
+#: A Sentence built from its values without the Python-level NamedTuple `__new__`.
+_new_sentence = tuple.__new__
 
 
 def ubx_checksum(body: bytes) -> bytes:
@@ -100,11 +104,28 @@ def casic_checksum(body: bytes) -> int | None:
     return sum(words) & 0xFFFFFFFF
 
 
+_LOW_64 = (1 << 512) - 1
+_LOW_32 = (1 << 256) - 1
+_LOW_16 = (1 << 128) - 1
+_LOW_128 = (1 << 1024) - 1
+
+
 def nmea_checksum(body: bytes) -> int:
     """XOR of all bytes of `body` (the text between `$` and `*`)."""
     # Fold halves of one big integer: O(log n) C-level operations instead of a byte loop.
     n = len(body)
-    x = int.from_bytes(body, "big")
+    x = int.from_bytes(body, "little")
+    if n <= 256:
+        # Unrolled for what a sentence can be (each step XORs the upper half onto the lower).
+        if n > 128:
+            x = (x >> 1024) ^ (x & _LOW_128)
+        x = (x >> 512) ^ (x & _LOW_64)
+        x = (x >> 256) ^ (x & _LOW_32)
+        x = (x >> 128) ^ (x & _LOW_16)
+        x = (x >> 64) ^ (x & 0xFFFFFFFFFFFFFFFF)
+        x = (x >> 32) ^ (x & 0xFFFFFFFF)
+        x = (x >> 16) ^ (x & 0xFFFF)
+        return (x >> 8) ^ (x & 0xFF)
     while n > 1:
         half = n // 2
         bits = 8 * half
@@ -153,10 +174,65 @@ class Framer:
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Sentences and binary frames completed by `chunk`, in stream order."""
-        self._buf += chunk
         out: list[Frame] = []
+        buf = self._buf
+        if self._discarding:
+            buf += chunk
+        else:
+            # Whole lines first, straight from the bytes (the bulk of any NMEA stream);
+            # the byte scan takes over from the first line that is anything else.
+            if buf:
+                data = bytes(buf) + chunk
+                buf.clear()
+            else:
+                data = chunk if type(chunk) is bytes else bytes(chunk)  # bytearray, memoryview
+            pos = self._lines(data, out)
+            if pos == len(data):
+                return out
+            buf += data[pos:] if pos else data
         self._scan(out, final=False)
         return out
+
+    def _lines(self, data: bytes, out: list[Frame]) -> int:
+        """Frame the plain sentence lines at the start of `data` (`$`, printable ASCII
+        without another `$`, at most max_sentence_len bytes, then CR LF or LF), as `_scan`
+        would; returns how many bytes they took."""
+        pos = 0
+        max_len = self.max_sentence_len
+        find = data.find
+        good = 0
+        while (nl := find(b"\n", pos)) >= 0:
+            end = nl - 1 if nl > pos and data[nl - 1] == _CR else nl
+            if end > pos:
+                if data[pos] != _DOLLAR or end - pos > max_len:
+                    break
+                line = data[pos:end]
+                try:
+                    text = line.decode("ascii")
+                except UnicodeDecodeError:
+                    break
+                # Anything not printable (a CR inside: the line ends there) or a second `$`
+                # (the line is cut short): the byte scan decides.
+                if not text.isprintable() or text.find("$", 1) >= 0:
+                    break
+                want = _HEX_PAIRS.get(line[-2:]) if text[-3:-2] == "*" else None
+                if want is None:
+                    sentence = self._check(line)  # no checksum, or not two hex digits
+                    if sentence is not None:
+                        out.append(sentence)
+                elif nmea_checksum(line[1:-3]) != want:
+                    self._counters["bad_checksum"] += 1
+                else:
+                    address, *fields = text[1:-3].split(",")
+                    if 2 <= len(address) <= 8 and address.isalnum():
+                        good += 1
+                        out.append(_new_sentence(Sentence, (address, tuple(fields), line, True)))
+                    else:
+                        self._counters["malformed"] += 1
+            pos = nl + 1
+        if good:
+            self._counters["good"] += good
+        return pos
 
     def flush(self) -> list[Frame]:
         """End of stream: treat buffered bytes as a complete last line."""
@@ -293,23 +369,21 @@ class Framer:
         return size
 
     def _check(self, line: bytes) -> Sentence | None:
-        star = line.rfind(b"*")
-        checked = False
-        if star >= 0:
-            hh = line[star + 1 :]
-            if len(hh) != 2 or hh[0] not in _HEX or hh[1] not in _HEX:
-                self._counters["bad_checksum"] += 1
-                return None
-            body = line[1:star]
-            if nmea_checksum(body) != int(hh, 16):
+        if line[-3:-2] == b"*":
+            want = _HEX_PAIRS.get(line[-2:])
+            if want is None or nmea_checksum(body := line[1:-3]) != want:
                 self._counters["bad_checksum"] += 1
                 return None
             checked = True
+        elif b"*" in line:
+            self._counters["bad_checksum"] += 1  # not two hex digits after the last `*`
+            return None
         else:
             self._counters["no_checksum"] += 1
             if not self.allow_no_checksum:
                 return None
             body = line[1:]
+            checked = False
         # Printable ASCII only: binary that happened to pass (or skip) the checksum is not NMEA.
         if not body.isascii():
             self._counters["malformed"] += 1
@@ -318,11 +392,10 @@ class Framer:
         if not text.isprintable():
             self._counters["malformed"] += 1
             return None
-        parts = text.split(",")
-        address = parts[0]
+        address, *fields = text.split(",")
         if not (2 <= len(address) <= 8 and address.isalnum()):
             self._counters["malformed"] += 1
             return None
         if checked:
             self._counters["good"] += 1
-        return Sentence(address=address, fields=tuple(parts[1:]), raw=line, checked=checked)
+        return Sentence(address, tuple(fields), line, checked)

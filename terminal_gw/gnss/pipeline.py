@@ -65,6 +65,10 @@ class GnssPipeline:
 
     def _run(self, frames: list[Frame], now: float) -> list[Payload]:
         out: list[Payload] = []
+        decode = self.decoder.decode
+        add = self.assembler.add
+        done = self.assembler.sentence_done
+        observers = self.sentence_observers
         for sentence in frames:
             if isinstance(sentence, BinaryFrame):
                 self.last_valid_sentence = now
@@ -74,17 +78,19 @@ class GnssPipeline:
                 continue
             if sentence.checked:
                 self.last_valid_sentence = now
-            for observe in self.sentence_observers:
-                observe(sentence)
-            msg = self.decoder.decode(sentence)
+            if observers:
+                for observe in observers:
+                    observe(sentence)
+            msg = decode(sentence)
             if self._mixed:
                 if msg is not None:
-                    self._nmea_records(self.assembler.add(msg, now), now, out)
-                self._nmea_records(self.assembler.sentence_done(sentence.address), now, out)
+                    self._nmea_records(add(msg, now), now, out)
+                self._nmea_records(done(sentence.address), now, out)
                 continue
-            if msg is not None:
-                out.extend(self.assembler.add(msg, now))
-            out.extend(self.assembler.sentence_done(sentence.address))
+            if msg is not None and (records := add(msg, now)):
+                out += records
+            if records := done(sentence.address):
+                out += records
         return out
 
     def _binary_frame(self, frame: BinaryFrame, now: float, out: list[Payload]) -> None:

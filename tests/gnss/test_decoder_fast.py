@@ -11,7 +11,7 @@ from terminal_gw.gnss.decoder import _FAST_DECODERS, Decoder, _quick
 from terminal_gw.gnss.framer import Framer, Sentence
 from tests.conftest import CORPUS, GNSS_CORPUS
 
-HOT = ("GGA", "RMC", "GNS", "GLL", "VTG", "ZDA", "GST")
+HOT = ("GGA", "RMC", "GNS", "GLL", "VTG", "ZDA", "GST", "TXT")
 
 
 def _sentences() -> list[Sentence]:
@@ -78,6 +78,12 @@ def _sentence(line: str) -> Sentence:
         "$GNZDA,123519.00,23,03,1994,00,00",
         "$GNZDA,123519.00,31,02,1994,00,00",
         "$GPGST,123519.00,1.0,2.0,3.0,45.0,1.5,2.5,3.5",
+        "$GPTXT,01,01,02,ANTENNA OK",
+        "$GNTXT,01,01,02,0,01,26600,00,01",
+        "$GPTXT,01,01",
+        "$GPTXT,,,,",
+        "$GPTXT,x1,01,02,text",
+        "$GPTXT,1.5,01,02,text",
     ],
 )
 def test_edge_cases_decode_as_pynmeagps_decodes_them(line: str) -> None:

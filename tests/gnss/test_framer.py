@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terminal_gw.gnss.framer import FRAMER_COUNTERS, Framer, Sentence, nmea_checksum
+from terminal_gw.gnss.framer import FRAMER_COUNTERS, Frame, Framer, Sentence, nmea_checksum
 
 GGA = b"$GNGGA,223745.00,3806.62964,N,12237.61382,W,2,12,0.54,83.1,M,-29.5,M,,0000*44"
 RMC = b"$GNRMC,223745.00,A,3806.62964,N,12237.61382,W,0.040,,110720,,,D,V*0E"
@@ -223,3 +223,66 @@ def test_buffer_bounded_on_a_stream_with_no_line_ends(block: bytes) -> None:
     for _ in range(50):
         f.feed(block)
         assert f.buffered <= 80
+
+
+class _ByteScanFramer(Framer):
+    """The framer without its whole-line shortcut: every byte through the byte scan."""
+
+    def _lines(self, data: bytes, out: list[Frame]) -> int:
+        return 0
+
+
+_LONG = with_checksum(b"GPTXT,01,01,02," + b"A" * 81)  # max_sentence_len (100) bytes
+assert len(_LONG) == 100
+_line_parts = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                GGA + b"\r\n",
+                RMC + b"\n",
+                GSV + b"\r\r\n",
+                GGA[:30] + b"$" + RMC[1:] + b"\r\n",  # cut short by a `$`
+                GGA[:30] + b"\r" + GGA[30:] + b"\n",  # a CR inside
+                _LONG + b"\r\n",  # exactly max_sentence_len
+                _LONG[:-3] + b"A" + _LONG[-3:] + b"\r\n",  # one byte over
+                with_checksum("GPTXT,é".encode()) + b"\r\n",
+                with_checksum(b"GPTXT,01") + b"x\r\n",  # bad checksum field
+                b"$GPGGA,no,checksum\r\n",
+                b"garbage\r\n",
+                b"\r\n",
+                b"\n",
+                UBX_NAV_PVT,
+                CASIC,
+                RTCM3,
+            ]
+        ),
+        st.binary(max_size=20),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_line_parts, st.lists(st.integers(min_value=0, max_value=3000), max_size=10))
+def test_whole_lines_frame_as_the_byte_scan_frames_them(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(parts)
+    bounds = [0, *sorted({c for c in cuts if 0 < c < len(data)}), len(data)]
+    results = []
+    for framer in (Framer(max_sentence_len=100), _ByteScanFramer(max_sentence_len=100)):
+        out: list[Frame] = []
+        for a, b in itertools.pairwise(bounds):
+            out.extend(framer.feed(data[a:b]))
+        out.extend(framer.flush())
+        results.append((out, dict(framer.counters), framer.buffered))
+    assert results[0] == results[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_checksum_is_the_xor_of_every_byte(body: bytes) -> None:
+    xor = 0
+    for byte in body:
+        xor ^= byte
+    assert nmea_checksum(body) == xor
