@@ -4,6 +4,10 @@ checked by eye and recorded in bench/RESULTS.md.
 
     python bench/outbox.py [--records N] [--waiting N] [--dir DIR] [--live-seconds S]
     python bench/outbox.py --live-only    # only the live-path figures
+    python bench/outbox.py --enqueue-only # only enqueue and read rates (a few runs of each)
+
+The live-path figures of the block device need a filesystem of the bench's own: `--dir` on a
+loop-mounted image (truncate -s 256M img; mkfs.ext4 -q img; mount -o loop img /mnt/x).
 
 Goals: bytes written per 300-byte record under 1 KB (batched commits); resident memory with
 1,000,000 waiting records within 5 MB of an empty outbox; on the live path (a connected
@@ -30,7 +34,7 @@ import structlog
 
 from terminal_gw.config import OutboxConfig
 from terminal_gw.models import Fix, Payload, new_id
-from terminal_gw.outbox import ROW_OVERHEAD, Outbox
+from terminal_gw.outbox import Outbox
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
@@ -110,13 +114,57 @@ async def enqueue(path: Path, n: int) -> dict[str, Any]:
     # Closing checkpoints the WAL into the database: count those writes too.
     os.sync()
     written = write_bytes() - w0
+    stored, counted = _stored_sizes(path)
     return {
         "records": n,
         "payload_bytes": payload_len,
         "rate": n / elapsed,
         "written_per_record": written / n,
-        "estimate_per_record": payload_len + len("tgw/vessel-042/gnss/fix") + 36 + ROW_OVERHEAD,
+        "stored_per_record": stored,
+        "estimate_per_record": counted,
     }
+
+
+def _stored_sizes(path: Path) -> tuple[float, float]:
+    """Mean bytes of a stored payload, and mean bytes counted against max_bytes."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path))
+    try:
+        stored, counted = conn.execute(
+            "SELECT AVG(LENGTH(payload)), AVG(size) FROM outbox"
+        ).fetchone()
+    finally:
+        conn.close()
+    return float(stored), float(counted)
+
+
+async def read_all(path: Path, limit: int = 64) -> float:
+    """Lease and ack every waiting record, `limit` at a time: records read per second."""
+    cfg = OutboxConfig(path=path, max_bytes="4GiB", max_age_s={})
+    async with Outbox(cfg, events=lambda e: None) as outbox:
+        n = outbox.depth
+        t0 = time.perf_counter()
+        while batch := await outbox.lease(limit):
+            await outbox.ack(batch)
+        await outbox.flush()
+        return n / (time.perf_counter() - t0)
+
+
+def enqueue_section(work: Path, records: int, runs: int) -> None:
+    """Print enqueue and read rates, `runs` times each, back to back."""
+    print(f"enqueue then read {records:,} fixes, {runs} runs (records/s):")
+    for i in range(runs):
+        path = work / f"enqueue-{i}.db"
+        r = asyncio.run(enqueue(path, records))
+        read = asyncio.run(read_all(path))
+        print(
+            f"  enqueue {r['rate']:>9,.0f}   read (lease 64 + ack) {read:>9,.0f}"
+            f"   written {r['written_per_record']:,.0f} B/record,"
+            f" payload {r['payload_bytes']} B stored in {r['stored_per_record']:,.1f} B"
+        )
+        for old in work.glob(f"enqueue-{i}.db*"):
+            old.unlink()
 
 
 async def sync_puts(path: Path, n: int) -> float:
@@ -495,6 +543,10 @@ def main() -> None:
     )
     parser.add_argument("--live-only", action="store_true", help="only the live-path figures")
     parser.add_argument(
+        "--enqueue-only", action="store_true", help="only the enqueue and read rates"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs of --enqueue-only")
+    parser.add_argument(
         "--live-seconds", type=float, default=60.0, help="length of each live-path run"
     )
     args = parser.parse_args()
@@ -505,6 +557,13 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="tgw-bench-", dir=args.dir))
         try:
             live_section(work, args.live_seconds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    if args.enqueue_only:
+        work = Path(tempfile.mkdtemp(prefix="tgw-bench-", dir=args.dir))
+        try:
+            enqueue_section(work, args.records, args.runs)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
@@ -529,8 +588,11 @@ def main() -> None:
         print(f"enqueue, batched: {r['records']} fixes of {r['payload_bytes']} B JSON")
         print(f"  rate                     {r['rate']:>10,.0f} records/s")
         print(f"  written to disk          {r['written_per_record']:>10,.0f} B/record")
+        print(f"  payload as stored        {r['stored_per_record']:>10,.1f} B/record")
         print(f"  database file            {r['file_per_record']:>10,.0f} B/record")
         print(f"  counted against max_bytes{r['estimate_per_record']:>10,.0f} B/record")
+        read = asyncio.run(read_all(work / "enqueue.db"))
+        print(f"read, lease(64) + ack:     {read:>10,.0f} records/s")
         rate = asyncio.run(sync_puts(work / "sync.db", 300))
         print(f"enqueue, sync (FULL):      {rate:>10,.0f} records/s")
 

@@ -12,14 +12,22 @@ import pytest
 
 from terminal_gw.config import OutboxConfig
 from terminal_gw.errors import OutboxFullError
-from terminal_gw.models import Event, Fix, Sky, make_event
-from terminal_gw.outbox import Outbox, id_from_db, pressure, store
+from terminal_gw.models import Event, Fix, Payload, Sky, make_event
+from terminal_gw.outbox import Outbox, codec, id_from_db, pressure, record_size, store
 from tests.outbox_child import CommandResult, Sms
 from tests.test_outbox import Clock
 
 
 def config(tmp_path: Path, **kw: Any) -> OutboxConfig:
     return OutboxConfig(path=tmp_path / "outbox.db", **kw)
+
+
+def as_stored(max_bytes: int, sample: Payload, topic: str) -> int:
+    """A limit that holds as many records like `sample` as `max_bytes` held when payloads
+    were stored as JSON text (they are stored encoded: fewer bytes, more records fit)."""
+    data = sample.to_json().encode()
+    stored = codec.encode(sample.record_class, data)
+    return max_bytes * record_size(topic, stored, sample.id) // record_size(topic, data, sample.id)
 
 
 def rows(path: Path, cls: str) -> list[tuple[str, float]]:
@@ -81,6 +89,10 @@ async def test_two_weeks_of_fixes_keep_one_per_growing_interval(
 ) -> None:
     # Thinning works in spans of rows; small spans cut across many intervals.
     monkeypatch.setattr(pressure, "THIN_SPAN", span)
+    # Payloads stored as JSON text, so that every record counts the same bytes: where the
+    # limit falls between rounds of thinning decides how far the last round got (with these
+    # fixes 240,000 or 260,000 leave a day-old stretch thinned at 5 min only).
+    monkeypatch.setattr(codec, "encode", lambda cls, payload: payload)
     clock = Clock()
     cfg = config(tmp_path, max_bytes=250_000, event_interval_s=3600)
     start = clock.now
@@ -108,7 +120,8 @@ async def test_positions_are_dropped_oldest_first_when_thinning_is_not_enough(
 ) -> None:
     clock = Clock()
     events: list[Event] = []
-    cfg = config(tmp_path, max_bytes=50_000, event_interval_s=0)
+    limit = as_stored(50_000, Fix(mode=3, lat=1.0, lon=2.0), "f")
+    cfg = config(tmp_path, max_bytes=limit, event_interval_s=0)
     async with Outbox(cfg, clock=clock, events=events.append) as outbox:
         ids = []
         for _ in range(1000):  # all within one second: nothing to thin
@@ -126,7 +139,8 @@ async def test_positions_are_dropped_oldest_first_when_thinning_is_not_enough(
 async def test_sky_goes_before_fix_and_sky_never_pushes_out_fixes(tmp_path: Path) -> None:
     clock = Clock()
     events: list[Event] = []
-    cfg = config(tmp_path, max_bytes=40_000, event_interval_s=0)
+    limit = as_stored(40_000, Fix(mode=3, lat=1.0, lon=2.0), "f")
+    cfg = config(tmp_path, max_bytes=limit, event_interval_s=0)
     async with Outbox(cfg, clock=clock, events=events.append) as outbox:
         for _ in range(60):
             await outbox.put("s", Sky())

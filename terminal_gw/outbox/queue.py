@@ -23,7 +23,7 @@ import structlog
 from terminal_gw.config import OutboxConfig, size_or_percent_bytes
 from terminal_gw.errors import OutboxFullError, StoreError
 from terminal_gw.models import Event, EventSink, Payload, make_event
-from terminal_gw.outbox import pressure
+from terminal_gw.outbox import codec, pressure
 from terminal_gw.outbox.store import (
     CLASS_PRIORITY,
     LIVE_CLASSES,
@@ -56,7 +56,7 @@ def _as_record(rec: _Pending) -> Record:
         id=rec.id,
         cls=rec.cls,
         topic=rec.topic,
-        payload=rec.payload,
+        payload=codec.decode(rec.payload),
         created=rec.created,
         priority=rec.priority,
         retain=rec.retain,
@@ -290,7 +290,7 @@ class Outbox:
             raise StoreError(f"unknown record class {cls!r}", reason="class")
         if sync is None:
             sync = cls in SYNC_CLASSES
-        data = payload.to_json().encode()
+        data = codec.encode(cls, payload.to_json().encode())
         rec = _Pending(
             id=payload.id,
             cls=cls,
@@ -1186,7 +1186,7 @@ class Outbox:
         if self._event_topic is None or not self._open:
             return
         # No sink: the outbox queues its own events (past the quota: they are few and small).
-        data = event.to_json().encode()
+        data = codec.encode("event", event.to_json().encode())
         self._append(
             _Pending(
                 id=event.id,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from terminal_gw.config import size_or_percent_bytes
-from terminal_gw.outbox import pressure
+from terminal_gw.outbox import codec, pressure
 from terminal_gw.outbox.pressure import thin_and_drop
 
 CLASS_PRIORITY = {"sms": 0, "bds": 0, "command": 0, "event": 1, "status": 1, "fix": 2, "sky": 3}
@@ -36,7 +36,8 @@ MESSAGE_CLASSES = frozenset({"sms", "bds", "command"})
 LIVE_CLASSES = frozenset({"fix", "sky"})
 #: Estimated bytes a row costs beyond its payload, topic and id (measured: bench/outbox.py).
 ROW_OVERHEAD = 64
-SCHEMA_VERSION = 1
+#: 2: payloads stored encoded (`terminal_gw.outbox.codec`); the rows of 1 read as they are.
+SCHEMA_VERSION = 2
 #: The reserve file beside the database: this share of the filesystem, within these bounds.
 RESERVE_SHARE = 16
 RESERVE_MIN = 64 * 1024
@@ -107,6 +108,7 @@ class _Pending:
     id: str
     cls: str
     topic: str
+    #: As stored (`codec.encode`): what is written, and what `size` counts.
     payload: bytes
     created: float
     priority: int
@@ -186,7 +188,7 @@ def id_from_db(value: object) -> str:
 
 
 def record_size(topic: str, payload: bytes, record_id: str) -> int:
-    """The bytes a record is counted for against `max_bytes`."""
+    """The bytes a record is counted for against `max_bytes` (`payload` as stored)."""
     return len(payload) + len(topic.encode()) + len(record_id) + ROW_OVERHEAD
 
 
@@ -304,6 +306,8 @@ def _valid_row(row: tuple[Any, ...]) -> _Pending | None:
         payload = payload.encode()
     if not isinstance(payload, bytes) or not isinstance(created, (int, float)):
         return None
+    if codec.decode_or_none(payload) is None:
+        return None  # an encoded payload that no longer inflates
     return _Pending(
         id=rid,
         cls=cls,
@@ -362,7 +366,7 @@ def iter_payloads(
             if CLASS_PRIORITY.get(c) == prio
         ]
         for _seq, cls, payload in heapq.merge(*cursors, key=lambda row: int(row[0])):
-            yield str(cls), payload.encode() if isinstance(payload, str) else bytes(payload)
+            yield str(cls), codec.decode(payload.encode() if isinstance(payload, str) else payload)
 
 
 class _Db:
@@ -868,7 +872,7 @@ class _Db:
                 id=id_from_db(r[1]),
                 cls=r[2],
                 topic=r[3],
-                payload=bytes(r[4]),
+                payload=codec.decode(bytes(r[4])),
                 created=r[5],
                 priority=r[6],
                 retain=bool(r[7]),
