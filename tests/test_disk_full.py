@@ -30,7 +30,7 @@ from terminal_gw.config import OutboxConfig
 from terminal_gw.daemon import Daemon
 from terminal_gw.errors import StoreError
 from terminal_gw.models import Event, Fix, Sky, new_id
-from terminal_gw.outbox import Outbox, check_database
+from terminal_gw.outbox import Outbox, check_database, codec
 from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.status import StatusBoard, StatusFile, evaluate, read_status_file
 from terminal_gw.transport.pty import PtyDevice
@@ -74,7 +74,8 @@ def _payloads(path: Path, cls: str) -> list[bytes]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return [
-            bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox WHERE cls = ?", (cls,))
+            codec.decode(bytes(r[0]))
+            for r in conn.execute("SELECT payload FROM outbox WHERE cls = ?", (cls,))
         ]
     finally:
         conn.close()

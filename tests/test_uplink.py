@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 
 from terminal_gw.errors import UplinkError
 from terminal_gw.models import Event, FixBatch, Sky
-from terminal_gw.outbox import Outbox
+from terminal_gw.outbox import Outbox, codec
 from terminal_gw.uplink import (
     CommandMeta,
     Failure,
@@ -284,7 +284,8 @@ async def waiting_ids(outbox: Outbox, path: Path) -> set[str]:
     """The ids of the records still waiting in the outbox (committed first)."""
     await outbox.flush()
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        return {json.loads(p)["id"] for (p,) in conn.execute("SELECT payload FROM outbox")}
+        rows = conn.execute("SELECT payload FROM outbox")
+        return {json.loads(codec.decode(p))["id"] for (p,) in rows}
 
 
 async def test_broker_killed_and_restarted_mid_stream_loses_nothing(

@@ -23,6 +23,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from terminal_gw.outbox import codec
 from terminal_gw.sim.modem import ModemSimulator
 from terminal_gw.transport.pty import PtyDevice
 from tests.broker import Broker
@@ -247,7 +248,7 @@ def _answer_stored(db: Path, command_id: str) -> bool:
         ).fetchall()
     finally:
         conn.close()
-    return any(f'"command_id":"{command_id}"'.encode() in bytes(r[0]) for r in rows)
+    return any(f'"command_id":"{command_id}"'.encode() in codec.decode(bytes(r[0])) for r in rows)
 
 
 async def test_a_command_is_not_lost_or_run_twice_when_the_daemon_is_killed_at_receipt(

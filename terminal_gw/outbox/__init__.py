@@ -16,6 +16,11 @@ Choices (each tested):
   a second wrote 2.9 KB a record (WAL and checkpoint), a commit per 30 s 1.04 KB. A sync record
   (sms, bds, command by default) is committed with everything queued before it before `put`
   returns.
+- Stored payloads (`codec`, schema 2): deflated in `put` with a preset dictionary per class
+  (a fix's JSON in about a third, a sky view's in a fifth), one codec byte ahead; the rows of
+  schema 1 (JSON text) read as they are. Every read (`next_batch`, leases, `outbox export`)
+  inflates; a value that does not inflate is handed on as it is, and left out by a salvage.
+  With the link down at 10 fixes a second: 0.53 KB written a record instead of 1.04.
 - Leases (the drain's contract): `lease(n, classes=...)` hands out records in drain order,
   each once until `ack` (delivered) or `release` (not sent after all); `release_all` ends
   every lease when the link goes down. A leased record's `seq` is its lease key: opaque,
@@ -38,8 +43,8 @@ Choices (each tested):
   are committed before `put` returns, as before. `put` wakes `wait_for_records` at once; it
   reports records that the last `next_batch` did not hand out (new ones, or more than its
   limit), so a caller with records in flight can wait on it too.
-- Size bound: the byte count is an estimate kept incrementally, payload + topic + id plus
-  `ROW_OVERHEAD` bytes a row (row header, index entry, page slack; within 3% of the file size
+- Size bound: the byte count is an estimate kept incrementally, stored payload + topic + id
+  plus `ROW_OVERHEAD` bytes a row (row header, index entry, page slack; within 3% of the file size
   measured by bench/outbox.py), not the file sizes: SQLite files do not shrink when rows go,
   so file sizes cannot tell when room was made. The WAL adds up to about 4 MiB on top.
 - Pressure (`pressure`): positions (sky, then fix) are thinned, oldest tiers first (keep

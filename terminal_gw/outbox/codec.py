@@ -16,6 +16,7 @@ distance in fewer bits).
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 FIX = 1
 SKY = 2
@@ -85,8 +86,20 @@ _OTHER_DICT = (
     b'"message":"","data":{"counts":{"fix":{"thinned":1}},"total":1},"clock":"system"}'
 )
 _DICTS: dict[int, bytes] = {FIX: _FIX_DICT, SKY: _SKY_DICT, OTHER: _OTHER_DICT}
-_CODEC_OF_CLASS = {"fix": FIX, "sky": SKY}
 _MARKS = frozenset(bytes((c,)) for c in _DICTS)
+
+
+def _primed(codec: int) -> tuple[bytes, Any]:
+    """The codec byte and a compressor that has read the codec's dictionary (copied for
+    each payload: cheaper than reading the dictionary again)."""
+    z = zlib.compressobj(
+        _LEVEL, zlib.DEFLATED, -_WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, _DICTS[codec]
+    )
+    return bytes((codec,)), z
+
+
+_PRIMED = {codec: _primed(codec) for codec in _DICTS}
+_PRIMED_OF_CLASS = {"fix": _PRIMED[FIX], "sky": _PRIMED[SKY]}
 
 
 def encode(cls: str, payload: bytes) -> bytes:
@@ -96,11 +109,9 @@ def encode(cls: str, payload: bytes) -> bytes:
     marked = payload[:1] in _MARKS
     if len(payload) > MAX_DECODED and not marked:
         return payload
-    codec = _CODEC_OF_CLASS.get(cls, OTHER)
-    z = zlib.compressobj(
-        _LEVEL, zlib.DEFLATED, -_WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, _DICTS[codec]
-    )
-    stored = bytes((codec,)) + z.compress(payload) + z.flush()
+    mark, primed = _PRIMED_OF_CLASS.get(cls) or _PRIMED[OTHER]
+    z = primed.copy()
+    stored: bytes = mark + z.compress(payload) + z.flush()
     return stored if marked or len(stored) < len(payload) else payload
 
 

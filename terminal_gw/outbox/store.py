@@ -17,7 +17,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -170,20 +169,26 @@ def reserve_size(total: int) -> int:
     return max(RESERVE_MIN, min(RESERVE_MAX, total // RESERVE_SHARE))
 
 
+_HEX = "0123456789abcdef"
+
+
 def id_to_db(record_id: str) -> str | bytes:
-    """A canonical UUID is stored as its 16 bytes (20 fewer a row, written twice: WAL and
-    checkpoint); any other id as text."""
-    try:
-        u = uuid.UUID(record_id)
-    except ValueError:
-        return record_id
-    return u.bytes if str(u) == record_id else record_id
+    """A canonical UUID (`str(uuid.UUID(...))`: lowercase, 8-4-4-4-12) is stored as its 16
+    bytes (20 fewer a row, written twice: WAL and checkpoint); any other id as text."""
+    # Checked by hand: a fifth of the cost of parsing it with `uuid` (once per record).
+    r = record_id
+    if len(r) == 36 and r[8] == r[13] == r[18] == r[23] == "-":
+        digits = r.replace("-", "")
+        if len(digits) == 32 and not digits.strip(_HEX):
+            return bytes.fromhex(digits)
+    return record_id
 
 
 def id_from_db(value: object) -> str:
     """The id as the payload carries it."""
     if isinstance(value, bytes) and len(value) == 16:
-        return str(uuid.UUID(bytes=value))
+        h = value.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return str(value)
 
 
