@@ -157,11 +157,13 @@ def enqueue_section(work: Path, records: int, runs: int) -> None:
     for i in range(runs):
         path = work / f"enqueue-{i}.db"
         r = asyncio.run(enqueue(path, records))
+        file_per_record = path.stat().st_size / records
         read = asyncio.run(read_all(path))
         print(
             f"  enqueue {r['rate']:>9,.0f}   read (lease 64 + ack) {read:>9,.0f}"
             f"   written {r['written_per_record']:,.0f} B/record,"
-            f" payload {r['payload_bytes']} B stored in {r['stored_per_record']:,.1f} B"
+            f" payload {r['payload_bytes']} B stored in {r['stored_per_record']:,.1f} B,"
+            f" file {file_per_record:,.0f} B/record, counted {r['estimate_per_record']:,.0f}"
         )
         for old in work.glob(f"enqueue-{i}.db*"):
             old.unlink()

@@ -233,3 +233,32 @@ async def test_a_damaged_stored_payload_is_handed_on_and_never_salvaged(tmp_path
     # Salvage keeps what inflates and leaves out what does not.
     assert store._valid_row(rows[0]) is not None
     assert store._valid_row((*rows[1][:4], damaged, *rows[1][5:])) is None
+
+
+def test_ids_are_stored_as_uuid_would_store_them() -> None:
+    def by_uuid(record_id: str) -> str | bytes:
+        try:
+            u = uuid.UUID(record_id)
+        except ValueError:
+            return record_id
+        return u.bytes if str(u) == record_id else record_id
+
+    canonical = [str(uuid.uuid4()) for _ in range(200)] + [Fix().id]
+    other = [
+        canonical[0].upper(),
+        "{" + canonical[0] + "}",
+        "urn:uuid:" + canonical[0],
+        canonical[0].replace("-", ""),
+        canonical[0][:-1] + "g",
+        canonical[0][:-2] + "-0",
+        "+" + canonical[0][1:],
+        canonical[0][:-3] + " 00",
+        canonical[0][:-2] + "\u0660\u0661",
+        "sms-1",
+        "",
+    ]
+    for rid in canonical + other:
+        stored = store.id_to_db(rid)
+        assert stored == by_uuid(rid)
+        assert isinstance(stored, bytes) == (rid in canonical)
+        assert store.id_from_db(stored) == rid

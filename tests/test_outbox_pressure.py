@@ -23,11 +23,12 @@ def config(tmp_path: Path, **kw: Any) -> OutboxConfig:
 
 
 def as_stored(max_bytes: int, sample: Payload, topic: str) -> int:
-    """A limit that holds as many records like `sample` as `max_bytes` held when payloads
-    were stored as JSON text (they are stored encoded: fewer bytes, more records fit)."""
+    """A limit that holds as many records like `sample` as `max_bytes` held with schema 1
+    (payloads stored as JSON text, counted with 64 bytes a row and the id's 36)."""
     data = sample.to_json().encode()
     stored = codec.encode(sample.record_class, data)
-    return max_bytes * record_size(topic, stored, sample.id) // record_size(topic, data, sample.id)
+    schema_1 = len(data) + len(topic) + len(sample.id) + 64
+    return max_bytes * record_size(topic, stored, sample.id) // schema_1
 
 
 def rows(path: Path, cls: str) -> list[tuple[str, float]]:
@@ -56,7 +57,8 @@ def evicted_counts(events: list[Event]) -> Counter[tuple[str, str]]:
 async def test_positions_are_thinned_oldest_first(tmp_path: Path) -> None:
     clock = Clock()
     events: list[Event] = []
-    cfg = config(tmp_path, max_bytes=250_000, event_interval_s=3600)
+    limit = as_stored(250_000, Fix(mode=3, lat=1.0, lon=2.0), "tgw/d/gnss/fix")
+    cfg = config(tmp_path, max_bytes=limit, event_interval_s=3600)
     start = clock.now
     async with Outbox(cfg, clock=clock, events=events.append) as outbox:
         for i in range(3000):  # one fix every 10 s for 8 1/3 hours: far more than fits
@@ -90,11 +92,15 @@ async def test_two_weeks_of_fixes_keep_one_per_growing_interval(
     # Thinning works in spans of rows; small spans cut across many intervals.
     monkeypatch.setattr(pressure, "THIN_SPAN", span)
     # Payloads stored as JSON text, so that every record counts the same bytes: where the
-    # limit falls between rounds of thinning decides how far the last round got (with these
-    # fixes 240,000 or 260,000 leave a day-old stretch thinned at 5 min only).
+    # limit falls between rounds of thinning decides how far the last round got (with
+    # schema 1's sizes 240,000 or 260,000 left a day-old stretch thinned at 5 min only).
     monkeypatch.setattr(codec, "encode", lambda cls, payload: payload)
     clock = Clock()
-    cfg = config(tmp_path, max_bytes=250_000, event_interval_s=3600)
+    fix = Fix(mode=3, lat=1.0, lon=2.0)
+    limit = 250_000 * record_size("tgw/d/gnss/fix", fix.to_json().encode(), fix.id) // (
+        len(fix.to_json()) + len("tgw/d/gnss/fix") + len(fix.id) + 64
+    )  # as many records as 250,000 bytes held with schema 1's sizes
+    cfg = config(tmp_path, max_bytes=limit, event_interval_s=3600)
     start = clock.now
     async with Outbox(cfg, clock=clock, events=lambda e: None) as outbox:
         for i in range(20_000):  # one fix a minute for two weeks
@@ -165,7 +171,8 @@ async def test_messages_are_never_pushed_out_and_refused_when_they_cannot_fit(
 ) -> None:
     clock = Clock()
     events: list[Event] = []
-    cfg = config(tmp_path, max_bytes=60_000, event_interval_s=0)
+    limit = as_stored(60_000, Sms(text="sms 0 " + "x" * 200), "sms")
+    cfg = config(tmp_path, max_bytes=limit, event_interval_s=0)
     async with Outbox(cfg, clock=clock, events=events.append) as outbox:
         accepted: list[str] = []
         for i in range(50):
