@@ -97,8 +97,10 @@ async def test_two_weeks_of_fixes_keep_one_per_growing_interval(
     monkeypatch.setattr(codec, "encode", lambda cls, payload: payload)
     clock = Clock()
     fix = Fix(mode=3, lat=1.0, lon=2.0)
-    limit = 250_000 * record_size("tgw/d/gnss/fix", fix.to_json().encode(), fix.id) // (
-        len(fix.to_json()) + len("tgw/d/gnss/fix") + len(fix.id) + 64
+    limit = (
+        250_000
+        * record_size("tgw/d/gnss/fix", fix.to_json().encode(), fix.id)
+        // (len(fix.to_json()) + len("tgw/d/gnss/fix") + len(fix.id) + 64)
     )  # as many records as 250,000 bytes held with schema 1's sizes
     cfg = config(tmp_path, max_bytes=limit, event_interval_s=3600)
     start = clock.now

@@ -44,9 +44,11 @@ Choices (each tested):
   reports records that the last `next_batch` did not hand out (new ones, or more than its
   limit), so a caller with records in flight can wait on it too.
 - Size bound: the byte count is an estimate kept incrementally, stored payload + topic + id
-  plus `ROW_OVERHEAD` bytes a row (row header, index entry, page slack; within 3% of the file size
-  measured by bench/outbox.py), not the file sizes: SQLite files do not shrink when rows go,
-  so file sizes cannot tell when room was made. The WAL adds up to about 4 MiB on top.
+  (a UUID's 16 bytes) plus `ROW_OVERHEAD` bytes a row (row header, index entry, page slack:
+  172 B counted for a fix's 172 B of database file in bench/outbox.py, 347 for a sky view's
+  360), not the file sizes: SQLite files do not shrink when rows go, so file sizes cannot
+  tell when room was made. The WAL adds up to about 4 MiB on top. Rows of schema 1 keep the
+  size they were counted with.
 - Pressure (`pressure`): positions (sky, then fix) are thinned, oldest tiers first (keep
   one record per interval that grows with age, `THIN_TIERS`), then dropped oldest first,
   then events and status oldest first. "Oldest" is arrival order (seq), which a clock jump
