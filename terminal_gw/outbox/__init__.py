@@ -20,7 +20,7 @@ Choices (each tested):
   (a fix's JSON in about a third, a sky view's in a fifth), one codec byte ahead; the rows of
   schema 1 (JSON text) read as they are. Every read (`next_batch`, leases, `outbox export`)
   inflates; a value that does not inflate is handed on as it is, and left out by a salvage.
-  With the link down at 10 fixes a second: 0.53 KB written a record instead of 1.04.
+  With the link down at 10 fixes a second: 0.56 KB written a record instead of 1.02.
 - Leases (the drain's contract): `lease(n, classes=...)` hands out records in drain order,
   each once until `ack` (delivered) or `release` (not sent after all); `release_all` ends
   every lease when the link goes down. A leased record's `seq` is its lease key: opaque,
