@@ -374,7 +374,8 @@ def iter_payloads(
             if CLASS_PRIORITY.get(c) == prio
         ]
         for _seq, cls, payload in heapq.merge(*cursors, key=lambda row: int(row[0])):
-            yield str(cls), codec.decode(payload.encode() if isinstance(payload, str) else payload)
+            stored = payload.encode() if isinstance(payload, str) else bytes(payload)
+            yield str(cls), codec.decode(stored)
 
 
 class _Db:
