@@ -16,7 +16,11 @@ published message estimated as (every - default) CPU / messages published. First
 daemon's idle CPU (default policy, its pty silent, `--idle` seconds; 0 skips it): what its
 timers cost, a share of every paced figure (at 200 lines/s, 1 ms/s is 5 us/line).
 
+With `--profile FILE` the "every" daemon of the last rate runs under cProfile (`python -m
+cProfile`, its stats written to FILE when it stops; its CPU figure is then the profiler's too).
+
 Usage: python bench/cpu.py [--seconds 6] [--rates 200,2000,20000,full] [--idle 20]
+                           [--profile FILE]
 """
 
 from __future__ import annotations
@@ -175,7 +179,13 @@ def lines_for(all_lines: list[bytes], rate: float | None, seconds: float) -> lis
 
 
 def run_daemon(
-    work: Path, broker: Broker, lines: list[bytes], rate: float | None, *, every: bool
+    work: Path,
+    broker: Broker,
+    lines: list[bytes],
+    rate: float | None,
+    *,
+    every: bool,
+    profile: Path | None = None,
 ) -> Run:
     device = PtyDevice(work / f"gnss-{'every' if every else 'default'}")
     cfg = write_config(work, device.path, broker.port, every=every)
@@ -186,8 +196,9 @@ def run_daemon(
              "-t", "tgw/bench/gnss/#"],
             stdout=out,
         )  # fmt: skip
+        wrap = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "terminal_gw", "run", "--config", str(cfg)],
+            [sys.executable, *wrap, "-m", "terminal_gw", "run", "--config", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=REPO,
@@ -311,6 +322,9 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=float, default=20.0, help="seconds of the idle measurement (0: none)"
     )
+    parser.add_argument(
+        "--profile", type=Path, help='cProfile stats of the last rate\'s "every" daemon to FILE'
+    )
     args = parser.parse_args()
     rates: list[float | None] = [
         None if r.strip() == "full" else float(r) for r in args.rates.split(",")
@@ -338,13 +352,14 @@ def main() -> None:
                 f"{'rate':>9} {'who':<17} {'lines':>7} {'reached/s':>10} {'us/line':>8}"
                 f" {'x gpsd':>7} {'fixes/epochs':>13}"
             )
-            for rate in rates:
+            for i, rate in enumerate(rates):
                 lines = lines_for(all_lines, rate, args.seconds)
                 ref = run_gpsd(gpsd, work, lines, rate)
+                profile = args.profile.resolve() if args.profile and i == len(rates) - 1 else None
                 runs = [
                     ref,
                     run_daemon(work, broker, lines, rate, every=False),
-                    run_daemon(work, broker, lines, rate, every=True),
+                    run_daemon(work, broker, lines, rate, every=True, profile=profile),
                 ]
                 for r in runs:
                     ratio = r.cpu_us_per_line / ref.cpu_us_per_line if ref.cpu_us_per_line else 0
