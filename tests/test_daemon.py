@@ -16,6 +16,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from terminal_gw import daemon as daemon_module
 from terminal_gw.config import Config, load_config_data
 from terminal_gw.daemon import Daemon
 from terminal_gw.models import Fix
@@ -24,7 +25,6 @@ from terminal_gw.sdnotify import Notifier
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
-from terminal_gw.transport.serial import COALESCE_S
 from terminal_gw.uplink import LinkState
 from tests.broker import Broker, free_port
 from tests.waiting import FakeClock, wait_until
@@ -373,11 +373,15 @@ async def test_watchdog_stops_when_outbox_writes_hang(
     assert waiting["fix"].count == daemon.records_in["fix"]
 
 
-async def test_input_faster_than_the_link_waits_for_pubacks_not_the_disk(tmp_path: Path) -> None:
+async def test_input_faster_than_the_link_waits_for_pubacks_not_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While the link is up and the records held in memory reach half a commit, the GNSS
-    stage's next read waits for PUBACKs to take some off (a coalescing period at most), rather
+    stage's next read waits for PUBACKs to take some off (`PACE_MAX_S` at most), rather
     than letting them pile up into a commit written only to be deleted; with the link down, or
     below that, it does not wait."""
+    longest = 0.5  # PACE_MAX_S made long enough to tell the waits apart on a busy machine
+    monkeypatch.setattr(daemon_module, "PACE_MAX_S", longest)
     config = make_config(tmp_path, "none", free_port(), outbox={"commit_bytes": 8192})
     daemon = Daemon(config)
     (tmp_path / "state").mkdir()
@@ -395,15 +399,15 @@ async def test_input_faster_than_the_link_waits_for_pubacks_not_the_disk(tmp_pat
             return time.monotonic() - t0
 
         daemon.uplink.state = LinkState.BACKING_OFF
-        assert await paced() < COALESCE_S / 2  # the link is down: nothing to wait for
+        assert await paced() < longest / 10  # the link is down: nothing to wait for
         daemon.uplink.state = LinkState.CONNECTED
-        assert await paced() >= COALESCE_S * 0.9  # no PUBACK comes: a coalescing period
+        assert await paced() >= longest * 0.9  # no PUBACK comes: the longest wait
         # PUBACKs take the records off: the wait ends then.
         waiting = asyncio.create_task(paced())
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)
         await daemon.outbox.ack(await daemon.outbox.lease(n))
         daemon.uplink._drain.acked.set()  # as the drain does when it acks
-        assert await waiting < COALESCE_S * 0.9
+        assert await waiting < longest * 0.9
         assert daemon.outbox.held_bytes == 0
-        assert await paced() < COALESCE_S / 2  # nothing held: no wait
+        assert await paced() < longest / 10  # nothing held: no wait
         assert daemon.outbox.commits == 0
