@@ -13,7 +13,10 @@ subscribe, ack, then `disconnect()` (clean) or `abort()` (no DISCONNECT: the bro
 last will). A PUBACK resolves its future, or calls `publish_nowait`'s callback, from paho's
 `on_publish`: no task, timer or closure per message. What paho queues during one pass of the
 event loop is written at the end of it by one `loop_write` (corked, so the kernel sends it in
-full segments); a writer is registered only while the socket's buffer is full.
+full segments); a writer is registered only while the socket's buffer is full. A sender can
+hook `after_read`: called after each read from the broker, what it publishes there (the next
+messages, for the window slots the read's PUBACKs freed) is written at once, and `flush()`
+writes what was queued so far without waiting for the end of the pass.
 """
 
 from __future__ import annotations
