@@ -16,7 +16,16 @@ published message estimated as (every - default) CPU / messages published. First
 daemon's idle CPU (default policy, its pty silent, `--idle` seconds; 0 skips it): what its
 timers cost, a share of every paced figure (at 200 lines/s, 1 ms/s is 5 us/line).
 
+Each daemon run also reports what it wrote to disk while fed (`write_bytes` of
+`/proc/PID/io`: outbox commits and checkpoints, the status file), in KiB.
+
+With `--profile FILE` the "every" daemon of the last rate runs under cProfile (`python -m
+cProfile`, its stats written to FILE when it stops; its CPU figure is then the profiler's too).
+With `--tree DIR` the daemon runs from another checkout's `terminal_gw` (a "before" tree, fed
+by the same bench in the same session).
+
 Usage: python bench/cpu.py [--seconds 6] [--rates 200,2000,20000,full] [--idle 20]
+                           [--profile FILE] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ from tests.broker import Broker, free_port  # noqa: E402
 CORPUS = REPO.parent / "shared" / "corpus" / "gnss"
 #: Lines fed at full speed (no schedule).
 FULL_LINES = 60_000
+#: The checkout whose `terminal_gw` the daemon runs (`--tree`); set once by `main`.
+TREE = [REPO]
 
 
 def corpus_lines() -> list[bytes]:
@@ -80,6 +91,14 @@ def schedstat_ns(pid: int) -> int:
         except (OSError, ValueError, IndexError):
             continue  # a thread that ended meanwhile
     return total
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage so far (`write_bytes`)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
 
 
 def wait_idle(
@@ -132,6 +151,7 @@ class Run:
     fixes: int | None = None
     epochs: int | None = None
     messages: int = 0
+    written: int | None = None  # bytes written to disk while fed (daemon runs)
 
 
 def write_config(work: Path, port: str, mqtt_port: int, *, every: bool) -> Path:
@@ -175,7 +195,13 @@ def lines_for(all_lines: list[bytes], rate: float | None, seconds: float) -> lis
 
 
 def run_daemon(
-    work: Path, broker: Broker, lines: list[bytes], rate: float | None, *, every: bool
+    work: Path,
+    broker: Broker,
+    lines: list[bytes],
+    rate: float | None,
+    *,
+    every: bool,
+    profile: Path | None = None,
 ) -> Run:
     device = PtyDevice(work / f"gnss-{'every' if every else 'default'}")
     cfg = write_config(work, device.path, broker.port, every=every)
@@ -186,19 +212,21 @@ def run_daemon(
              "-t", "tgw/bench/gnss/#"],
             stdout=out,
         )  # fmt: skip
+        wrap = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "terminal_gw", "run", "--config", str(cfg)],
+            [sys.executable, *wrap, "-m", "terminal_gw", "run", "--config", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            cwd=REPO,
+            cwd=TREE[0],
+            env={**os.environ, "PYTHONPATH": str(TREE[0])},
         )
         try:
             time.sleep(3.0)  # start-up: imports, outbox, the broker connection
             wait_idle(proc.pid)
-            before = schedstat_ns(proc.pid)
+            before, disk0 = schedstat_ns(proc.pid), written_bytes(proc.pid)
             reached = feed(device, lines, rate)
             wait_idle(proc.pid)
-            used = schedstat_ns(proc.pid) - before
+            used, written = schedstat_ns(proc.pid) - before, written_bytes(proc.pid) - disk0
             time.sleep(0.5)
         finally:
             proc.terminate()
@@ -219,6 +247,7 @@ def run_daemon(
         fixes=fixes,
         epochs=epochs_in(lines),
         messages=len(topics),
+        written=written,
     )
 
 
@@ -230,7 +259,8 @@ def run_idle(work: Path, broker: Broker, seconds: float) -> float:
         [sys.executable, "-m", "terminal_gw", "run", "--config", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        cwd=REPO,
+        cwd=TREE[0],
+        env={**os.environ, "PYTHONPATH": str(TREE[0])},
     )
     try:
         time.sleep(3.0)
@@ -311,7 +341,14 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=float, default=20.0, help="seconds of the idle measurement (0: none)"
     )
+    parser.add_argument(
+        "--profile", type=Path, help='cProfile stats of the last rate\'s "every" daemon to FILE'
+    )
+    parser.add_argument(
+        "--tree", type=Path, default=REPO, help="the checkout whose terminal_gw the daemon runs"
+    )
     args = parser.parse_args()
+    TREE[0] = args.tree.resolve()
     rates: list[float | None] = [
         None if r.strip() == "full" else float(r) for r in args.rates.split(",")
     ]
@@ -320,7 +357,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()} {_cpu_model()}, {os.cpu_count()} CPUs,"
         f" Python {platform.python_version()}; load {os.getloadavg()[0]:.1f};"
-        f" corpus {len(all_lines):,} lines"
+        f" corpus {len(all_lines):,} lines; daemon from {TREE[0]}"
     )
     with tempfile.TemporaryDirectory(prefix="tgw-bench-cpu-") as tmp:
         work = Path(tmp)
@@ -336,22 +373,24 @@ def main() -> None:
                 )
             print(
                 f"{'rate':>9} {'who':<17} {'lines':>7} {'reached/s':>10} {'us/line':>8}"
-                f" {'x gpsd':>7} {'fixes/epochs':>13}"
+                f" {'x gpsd':>7} {'fixes/epochs':>13} {'disk KiB':>9}"
             )
-            for rate in rates:
+            for i, rate in enumerate(rates):
                 lines = lines_for(all_lines, rate, args.seconds)
                 ref = run_gpsd(gpsd, work, lines, rate)
+                profile = args.profile.resolve() if args.profile and i == len(rates) - 1 else None
                 runs = [
                     ref,
                     run_daemon(work, broker, lines, rate, every=False),
-                    run_daemon(work, broker, lines, rate, every=True),
+                    run_daemon(work, broker, lines, rate, every=True, profile=profile),
                 ]
                 for r in runs:
                     ratio = r.cpu_us_per_line / ref.cpu_us_per_line if ref.cpu_us_per_line else 0
                     delivered = f"{r.fixes:,}/{r.epochs:,}" if r.fixes is not None else ""
+                    disk = f"{r.written / 1024:,.0f}" if r.written is not None else ""
                     print(
                         f"{r.rate:>9} {r.who:<17} {r.lines:>7,} {r.reached:>10,.0f}"
-                        f" {r.cpu_us_per_line:>8.1f} {ratio:>7.2f} {delivered:>13}"
+                        f" {r.cpu_us_per_line:>8.1f} {ratio:>7.2f} {delivered:>13} {disk:>9}"
                     )
                 default, every = runs[1], runs[2]
                 if every.messages > default.messages:

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,16 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from terminal_gw import daemon as daemon_module
 from terminal_gw.config import Config, load_config_data
 from terminal_gw.daemon import Daemon
+from terminal_gw.models import Fix
 from terminal_gw.outbox import Outbox
 from terminal_gw.sdnotify import Notifier
 from terminal_gw.sim.gnss import GnssSimulator
 from terminal_gw.transport.capture import read_capture
 from terminal_gw.transport.pty import PtyDevice
+from terminal_gw.uplink import LinkState
 from tests.broker import Broker, free_port
 from tests.waiting import FakeClock, wait_until
 
@@ -367,3 +371,43 @@ async def test_watchdog_stops_when_outbox_writes_hang(
     async with Outbox(config.outbox) as outbox:
         waiting = await outbox.stats()
     assert waiting["fix"].count == daemon.records_in["fix"]
+
+
+async def test_input_faster_than_the_link_waits_for_pubacks_not_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the link is up and the records held in memory reach half a commit, the GNSS
+    stage's next read waits for PUBACKs to take some off (`PACE_MAX_S` at most), rather
+    than letting them pile up into a commit written only to be deleted; with the link down, or
+    below that, it does not wait."""
+    longest = 0.5  # PACE_MAX_S made long enough to tell the waits apart on a busy machine
+    monkeypatch.setattr(daemon_module, "PACE_MAX_S", longest)
+    config = make_config(tmp_path, "none", free_port(), outbox={"commit_bytes": 8192})
+    daemon = Daemon(config)
+    (tmp_path / "state").mkdir()
+    async with daemon.outbox:
+        n = 0
+        while daemon.outbox.held_bytes < 4096:
+            await daemon.outbox.put("tgw/vessel-t/gnss/fix", Fix(time="2026-12-04T12:00:00Z"))
+            n += 1
+        assert daemon.outbox.commits == 0
+        assert daemon.outbox.held_bytes < 8192
+
+        async def paced() -> float:
+            t0 = time.monotonic()
+            await daemon.pace_input()
+            return time.monotonic() - t0
+
+        daemon.uplink.state = LinkState.BACKING_OFF
+        assert await paced() < longest / 10  # the link is down: nothing to wait for
+        daemon.uplink.state = LinkState.CONNECTED
+        assert await paced() >= longest * 0.9  # no PUBACK comes: the longest wait
+        # PUBACKs take the records off: the wait ends then.
+        waiting = asyncio.create_task(paced())
+        await asyncio.sleep(0.01)
+        await daemon.outbox.ack(await daemon.outbox.lease(n))
+        daemon.uplink._drain.acked.set()  # as the drain does when it acks
+        assert await waiting < longest * 0.9
+        assert daemon.outbox.held_bytes == 0
+        assert await paced() < longest / 10  # nothing held: no wait
+        assert daemon.outbox.commits == 0

@@ -295,7 +295,7 @@ async def test_broker_killed_and_restarted_mid_stream_loses_nothing(
         config = make_config(
             tmp_path,
             gate.port,
-            mqtt={"inflight": 16, "rate_msgs_per_s": 1500.0, "publish_timeout_s": 2.0},
+            mqtt={"inflight": 16, "rate_msgs_per_s": 500.0, "publish_timeout_s": 2.0},
         )
         async with Outbox(config.outbox) as outbox:
             expected: dict[str, list[str]] = {"TPV": [], "EVENT": [], "SMS": []}

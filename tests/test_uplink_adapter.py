@@ -341,3 +341,40 @@ async def test_the_end_of_the_link_reaches_every_publish_in_flight(broker: Broke
     assert len(acks.errors) == 8
     with pytest.raises(LinkError):
         link.publish_nowait("adapter/lost", b"x", done=acks, key=99)
+
+
+async def test_after_read_sends_the_next_message_in_the_read_that_brought_its_puback(
+    broker: Broker,
+) -> None:
+    """`after_read` runs once a read's PUBACKs were handled: a publish made there goes out at
+    once (no wake-up of another task, no pass of the event loop in between), so one window
+    slot carries a whole stream, each message sent from the read of the previous PUBACK."""
+    link = _link(broker.port, "5")
+    n = 50
+    acks = _Acks(n)
+    order: list[int] = []
+    sent = [0]
+
+    def next_one() -> None:
+        # One in flight at a time: the next goes when the previous is acknowledged.
+        if sent[0] < n and len(acks.got) == sent[0]:
+            key = sent[0]
+            sent[0] += 1
+            order.append(key)
+            link.publish_nowait("adapter/chain", b"%d" % key, done=acks, key=key)
+
+    async with subscriber(broker.port, "adapter/chain", qos=1) as got:
+        await link.connect()
+        try:
+            link.after_read = next_one
+            next_one()
+            link.flush()
+            async with asyncio.timeout(10):
+                await acks.all.wait()
+            await got.wait_for(lambda g: len(g.messages) >= n)
+        finally:
+            link.after_read = None
+            await link.disconnect(1.0)
+    assert acks.errors == []
+    assert order == list(range(n))
+    assert [p for _, p, _ in got.messages] == [b"%d" % k for k in range(n)]

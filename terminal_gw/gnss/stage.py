@@ -9,9 +9,10 @@ reporting policy, and the record sink (the outbox). The daemon builds it, runs `
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -63,6 +64,7 @@ class GnssStage:
         binary_observers: Iterable[Callable[[BinaryFrame], None]] = (),
         capture: Callable[[str], CaptureWriter | None] | None = None,
         on_progress: Callable[[], None] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
         log: FilteringBoundLogger | None = None,
     ) -> None:
         self.config = config
@@ -75,6 +77,9 @@ class GnssStage:
         self.counts: Counter[str] = Counter() if counts is None else counts
         self._capture = capture
         self._on_progress = on_progress
+        #: Awaited after each chunk's records were stored: the daemon holds the next read back
+        #: while the uplink catches up (`Daemon.pace_input`).
+        self._pace = pace
         self._log: FilteringBoundLogger = log or structlog.get_logger("terminal_gw.gnss")
         self.policy = ReportingPolicy(config.reporting)
         self.pipeline = GnssPipeline(
@@ -133,6 +138,11 @@ class GnssStage:
                     await self.accept(payload, now)
                 if self._on_progress is not None:
                     self._on_progress()
+                # One chunk a pass of the event loop: when the port always has more (input
+                # faster than real time), the uplink's PUBACKs and sends still interleave.
+                await asyncio.sleep(0)
+                if self._pace is not None:
+                    await self._pace()
 
     async def flush(self, now: float) -> None:
         """Shutdown: the epoch the pipeline still holds, reported like any other."""

@@ -13,6 +13,7 @@ Ids: a fix or sky with a GNSS time carries the id derived from its device and ti
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ DEFAULT_MAX_AGE_S = 60.0
 BATCH_CLASSES = frozenset({"fix", "sky"})
 
 
+@functools.lru_cache(maxsize=16)  # an epoch's fix and sky carry the same time
 def _time_ms(text: str) -> int | None:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))

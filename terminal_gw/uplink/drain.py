@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -324,9 +325,20 @@ class Drain:
         self._slot_of: dict[int, int] = {}  # seq -> slot of the fixes kept by the last read
         self._birth_at = 0.0  # when this connection's birth status was made
         self._status_sent: tuple[str, float] | None = None  # compact links: last status sent
+        # The messages of the current read not yet sent, in order, and what sends them
+        # (`_pump`): the drain's task, and the link after each read from the broker.
+        self._queue: deque[Outgoing] = deque()
+        self._pumping: tuple[MqttLink, Window, frozenset[str] | None, set[int]] | None = None
+        self._reserved = False  # the head's tokens are taken: it goes at `_not_before`
+        self._not_before = 0.0
+        self._halted = False  # a budget was reached: the rest of the read goes back
+        self._in_pump = False
         #: No message awaits its PUBACK.
         self.idle = asyncio.Event()
         self.idle.set()
+        #: Set each time delivered records are handed back to the outbox (they leave its
+        #: memory then, before their rows, if any, are deleted).
+        self.acked = asyncio.Event()
 
     # --- connection -------------------------------------------------------------------------
 
@@ -476,23 +488,92 @@ class Drain:
                         batch_min_age_s=batch_min_age_s,
                         hold_tail=full,
                     )
-                for msg in messages:
-                    while window.free <= 0:
-                        await self._wait(window, cfg.publish_timeout_s)
-                    delay = max(
-                        self._msg_bucket.reserve(1), self._byte_bucket.reserve(len(msg.payload))
-                    )
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    self._check_window(window)
-                    if self._classes_now() != classes:
-                        break  # a budget was reached: read again with what may still go
-                    self._send(client, window, msg)
-                    sent.update(msg.seqs)
+                await self._send_all(client, window, messages, classes, sent)
             finally:
                 # What this read did not send (a held-back tail, a batch not yet due, what
                 # a reached budget stopped) goes back to the outbox, in its place.
                 self._outbox.release(k for k in leased if k not in sent and k not in self._dropped)
+
+    async def _send_all(
+        self,
+        client: MqttLink,
+        window: Window,
+        messages: Iterable[Outgoing],
+        classes: frozenset[str] | None,
+        sent: set[int],
+    ) -> None:
+        """Send `messages` in order as the window and the buckets allow (their seqs into
+        `sent`); stop early when a budget is reached. The link pumps too, right after the
+        read that brought PUBACKs (`MqttLink.after_read`): a freed slot takes the next
+        message in the same pass of the event loop, no wake-up of this task between."""
+        self._queue.extend(messages)
+        self._pumping = (client, window, classes, sent)
+        self._reserved = self._halted = False
+        client.after_read = self._pump
+        try:
+            while True:
+                self._check_window(window)
+                self._pump()
+                client.flush()  # this pass's publishes now, not after the other callbacks
+                if not self._queue or self._halted:
+                    break
+                self._check_window(window)  # the link's end, a PUBACK overdue
+                if window.free > 0:
+                    # The buckets hold the next message back until `_not_before`.
+                    await asyncio.sleep(max(0.0, self._not_before - time.monotonic()))
+                    continue
+                await self._wait(window, self._cfg.publish_timeout_s)
+        finally:
+            client.after_read = None
+            self._pumping = None
+            self._queue.clear()
+
+    def _pump(self) -> None:
+        """Send the queued messages that may go now: a slot free in the window, the buckets'
+        tokens, no PUBACK overdue and the classes unchanged (else `_halted`). The task is woken
+        for anything but a full window (a PUBACK pumps again)."""
+        ctx = self._pumping
+        if ctx is None or self._in_pump:
+            return
+        client, window, classes, sent = ctx
+        queue = self._queue
+        self._in_pump = True
+        full = False
+        try:
+            while queue and window.error is None:
+                if window.free <= 0:
+                    full = True
+                    break
+                msg = queue[0]
+                now = time.monotonic()
+                if self._reserved:
+                    if now < self._not_before:
+                        break
+                else:
+                    delay = max(
+                        self._msg_bucket.reserve(1), self._byte_bucket.reserve(len(msg.payload))
+                    )
+                    if delay > 0:
+                        self._reserved = True
+                        self._not_before = now + delay
+                        break
+                deadline = window.oldest_deadline()
+                if deadline is not None and now >= deadline:
+                    break  # the task raises the timeout
+                if self._classes_now() != classes:
+                    self._halted = True  # a budget was reached: read again with what may go
+                    break
+                queue.popleft()
+                self._reserved = False
+                self._send(client, window, msg)
+                sent.update(msg.seqs)
+        except LinkDown as down:
+            if window.error is None:
+                window.error = down
+        finally:
+            self._in_pump = False
+            if not full:
+                window.wake.set()
 
     def _plan_compact(
         self, records: Sequence[OutboxRecord], full: bool
@@ -616,7 +697,8 @@ class Drain:
             return
         msg = sent[0]
         window.free += 1
-        window.wake.set()
+        if error is not None or not self._queue or self._pumping is None:
+            window.wake.set()  # else the link pumps the next message after this read
         if not window.sent:
             self.idle.set()
         if error is not None:
@@ -717,11 +799,13 @@ class Drain:
             # Shielded: a delete that commits while its caller is cancelled must still be
             # counted by the outbox; on cancel the batch is kept and acked again (harmless).
             try:
+                deleting = self._outbox.ack(batch)
+                self.acked.set()
                 if timeout is not None:
                     async with asyncio.timeout(timeout):
-                        await asyncio.shield(self._outbox.ack(batch))
+                        await asyncio.shield(deleting)
                 else:
-                    await asyncio.shield(self._outbox.ack(batch))
+                    await asyncio.shield(deleting)
             except (TerminalGwError, TimeoutError) as exc:
                 self._acked[:0] = batch
                 self._log.warning("outbox_ack_failed", error=str(exc), records=len(batch))

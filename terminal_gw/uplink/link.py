@@ -235,6 +235,14 @@ class Link:
             else:
                 break
 
+    async def wait_acked(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound for a pacer
+        """Until delivered records are next handed back to the outbox, `timeout` s at most."""
+        acked = self._drain.acked
+        acked.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await acked.wait()
+
     async def stop(self, timeout: float = 3.0) -> None:  # noqa: ASYNC109 - a shutdown budget, split between steps
         """Publish offline (retained) if connected and disconnect cleanly, within `timeout`."""
         self._stop_budget_s = timeout

@@ -13,7 +13,10 @@ subscribe, ack, then `disconnect()` (clean) or `abort()` (no DISCONNECT: the bro
 last will). A PUBACK resolves its future, or calls `publish_nowait`'s callback, from paho's
 `on_publish`: no task, timer or closure per message. What paho queues during one pass of the
 event loop is written at the end of it by one `loop_write` (corked, so the kernel sends it in
-full segments); a writer is registered only while the socket's buffer is full.
+full segments); a writer is registered only while the socket's buffer is full. A sender can
+hook `after_read`: called after each read from the broker, what it publishes there (the next
+messages, for the window slots the read's PUBACKs freed) is written at once, and `flush()`
+writes what was queued so far without waiting for the end of the pass.
 """
 
 from __future__ import annotations
@@ -249,6 +252,9 @@ class MqttLink:
         # CONNACK): a topic's first publish names it and its alias, later ones the alias only.
         self.topic_alias_max = 0
         self._aliases: dict[str, int] = {}
+        #: Called after each read from the broker (its PUBACKs handled): what it publishes is
+        #: written at once, in the same pass of the event loop.
+        self.after_read: Callable[[], None] | None = None
 
     # --- life -------------------------------------------------------------------------------
 
@@ -680,6 +686,8 @@ class MqttLink:
         if self.closed.done() or not self._current(client, sock) or self._writing:
             return
         queued, self._queued = self._queued, 0
+        if not queued and not client.want_write():
+            return  # written already (`flush`)
         # paho writes each packet with its own send(): corked, the kernel sends them as one
         # stream of full segments when uncorked (fewer segments on a link paid by the byte,
         # and the work of a transmit once instead of once a message).
@@ -717,6 +725,18 @@ class MqttLink:
             self._client.loop_read()
         except Exception as exc:  # noqa: BLE001 - a broken read ends the connection, never the loop
             self.abort(f"read failed: {exc}")
+            return
+        after = self.after_read
+        if after is not None and not self.closed.done():
+            after()
+            if self._queued:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the publishes queued so far now, rather than at the end of the loop's pass."""
+        sock = self._sock
+        if sock is not None and self._queued:
+            self._flush(sock)
 
     def _write(self) -> None:
         try:
