@@ -50,6 +50,31 @@ async def test_a_record_acked_before_its_commit_is_never_written(tmp_path: Path)
     assert stored_ids(cfg.path) == []
 
 
+async def test_acks_that_land_during_a_commit_do_not_commit_the_next_batch_early(
+    tmp_path: Path,
+) -> None:
+    # A record delivered while its commit runs is deleted by the next round of duties; the
+    # records put since then wait for their own commit time (60 s here), not for that delete.
+    cfg = config(tmp_path, commit_interval_s=60, commit_records=10_000, live_window_s=0)
+    async with Outbox(cfg) as outbox, asyncio.TaskGroup() as tg:
+        a = fix(lat=1.0)
+        await outbox.put("fix", a)
+        (leased,) = await outbox.lease(1)
+        commit = asyncio.create_task(outbox.flush())
+        await asyncio.sleep(0)  # the commit is under way in its thread
+        await outbox.ack([leased])  # delivered meanwhile: its row goes once it is written
+        b = fix(lat=2.0)
+        await outbox.put("fix", b)
+        await commit
+        assert stored_ids(cfg.path) == [a.id]
+        duties = tg.create_task(outbox.run(), name="outbox")
+        await wait_until(lambda: stored_ids(cfg.path) == [], within=10)
+        assert outbox.commits == 1  # b is still waiting in memory
+        assert outbox.depth == 1
+        duties.cancel()
+    assert stored_ids(cfg.path) == [b.id]  # the close commits it
+
+
 async def test_a_live_stream_kept_up_with_writes_nothing(tmp_path: Path) -> None:
     # A commit a second (the default is 30 s: this runs past one) and the outbox's timer
     # running, as in the daemon: records acked within a few milliseconds never reach the disk.

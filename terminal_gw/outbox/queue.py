@@ -251,9 +251,16 @@ class Outbox:
                 await self._probe()
         # While the disk fails, remembered acks alone are also a reason to try again.
         writes_due = (self._pending or self._acked) and self._flush_due(now)
-        if writes_due or (self._acked and self._store_error is None):
+        if writes_due:
             with contextlib.suppress(StoreError):
                 await self.flush()
+        elif self._acked and self._store_error is None:
+            # Rows delivered while their commit ran: delete them alone. The pending batch
+            # waits for its own time or size (committing it along would turn a stream of
+            # such acks into a commit, and an fsync, every round).
+            with contextlib.suppress(StoreError):
+                async with self._write_lock:
+                    await self._commit_locked(sync=False, records=False)
         self._check_disk_room()
         if now >= self._next_expire:
             self._next_expire = now + 60.0
@@ -363,10 +370,11 @@ class Outbox:
         async with self._write_lock:
             await self._commit_locked(sync=any(r.sync for r in self._pending))
 
-    async def _commit_locked(self, *, sync: bool) -> None:
-        if not self._pending and not self._acked:
+    async def _commit_locked(self, *, sync: bool, records: bool = True) -> None:
+        """Commit the pending batch and the remembered acks (`records=False`: the acks alone)."""
+        if not (self._pending and records) and not self._acked:
             return
-        batch = list(self._pending)
+        batch = list(self._pending) if records else []
         # Acks go with the insert when few; many are deleted after it, in chunks.
         chunked = len(self._acked) > self._db.ack_chunk
         acks = set() if chunked else set(self._acked)
