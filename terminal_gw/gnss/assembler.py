@@ -80,6 +80,8 @@ from terminal_gw.models import (
     iso_utc,
     make_event,
     new_id,
+    remember_satellites_json,
+    satellite_json,
 )
 
 KNOTS_TO_MPS = 1852.0 / 3600.0
@@ -183,6 +185,10 @@ class _SatRow(NamedTuple):
     ss: float | None
 
 
+#: A satellite of the last sky: its row, whether used, its model and the model's JSON.
+_SkySat = tuple[_SatRow, bool, Satellite, str | None]
+
+
 class EpochAssembler:
     """Group messages into epochs and build gpsd-style Fix and Sky records."""
 
@@ -202,7 +208,7 @@ class EpochAssembler:
         # at any speed holds it as long as the live stream would.
         self._building: dict[tuple[int, int], _SatRow] = {}
         self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
-        self._sky_sats: dict[tuple[_SatRow, bool], Satellite] = {}  # the last sky's, by row
+        self._sky_sats: dict[int, _SkySat] = {}  # the last sky's satellites, by PRN
         # Newest GSA group: satellites used, and the clock and time of its epoch.
         self._last_used: tuple[Clock, float, frozenset[tuple[int, int]]] | None = None
         self._after_gsv = False  # the previous sentence was a GSV
@@ -672,35 +678,43 @@ class EpochAssembler:
         if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:
             used = lu[2]
         # Most satellites of a sky are as in the one before (83% in the corpus): their
-        # (immutable) models are taken again. A zero is not looked up: -0.0 == 0.0.
+        # (immutable) models and JSON text are taken again, found by PRN and checked against
+        # the whole row. A zero is not kept: -0.0 == 0.0, and the JSON tells them apart.
         previous = self._sky_sats
-        kept: dict[tuple[_SatRow, bool], Satellite] = {}
+        kept: dict[int, _SkySat] = {}
         sats: list[Satellite] = []
+        rows_json: list[str] | None = []
         for r in rows:
-            is_used = (r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0
-            key = (r, is_used)
-            sat = previous.get(key)
-            if sat is None:
+            prn, gnssid, svid, sigid, az, el, ss = r
+            is_used = ss is not None and ss > 0 and (gnssid, svid) in used
+            entry = previous.get(prn)
+            if entry is None or entry[1] is not is_used or entry[0] != r:
                 sat = Satellite(
-                    PRN=r.prn,
-                    gnssid=r.gnssid,
-                    svid=r.svid,
-                    sigid=r.sigid,
-                    az=r.az,
-                    el=r.el,
-                    ss=r.ss,
+                    PRN=prn,
+                    gnssid=gnssid,
+                    svid=svid,
+                    sigid=sigid,
+                    az=az,
+                    el=el,
+                    ss=ss,
                     used=is_used,
                 )
-                if 0.0 not in (r.az, r.el, r.ss):
-                    kept[key] = sat
+                entry = (r, is_used, sat, satellite_json(sat))
+                if 0.0 not in (az, el, ss):
+                    kept[prn] = entry
             else:
-                kept[key] = sat
-            sats.append(sat)
+                kept[prn] = entry
+            sats.append(entry[2])
+            if rows_json is not None:
+                if entry[3] is None:
+                    rows_json = None
+                else:
+                    rows_json.append(entry[3])
         self._sky_sats = kept
         pdop, hdop, vdop = _dops(ep)
         if hdop is None and ep.gga is not None:
             hdop = ep.gga.hdop
-        return Sky.model_validate(
+        sky = Sky.model_validate(
             {
                 "id": new_id(int(ep.now * 1000)),
                 "time": iso,
@@ -713,6 +727,9 @@ class EpochAssembler:
                 "clock": clock,
             }
         )
+        if rows_json is not None:
+            remember_satellites_json(sky.satellites, rows_json)
+        return sky
 
 
 def _dops(ep: _Epoch) -> tuple[float | None, float | None, float | None]:
