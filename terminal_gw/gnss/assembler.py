@@ -54,7 +54,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from terminal_gw.gnss.decoder import (
     GGA,
@@ -69,6 +69,7 @@ from terminal_gw.gnss.decoder import (
     VTG,
     ZDA,
     Message,
+    SatView,
 )
 from terminal_gw.gnss.numbering import GNSS_NAMES
 from terminal_gw.models import (
@@ -175,14 +176,9 @@ class _Epoch:
 _new_row = tuple.__new__
 
 
-class _SatRow(NamedTuple):
-    prn: int
-    gnssid: int
-    svid: int
-    sigid: int | None
-    az: float | None
-    el: float | None
-    ss: float | None
+#: A satellite row of a view, merged across signals: a GSV's row as it is when the view has
+#: the satellite once (prn, gnssid, svid, sigid, az, el, ss).
+_SatRow = SatView
 
 
 #: A satellite of the last sky: its row, whether used, its model and the model's JSON.
@@ -238,6 +234,20 @@ class EpochAssembler:
 
     def add(self, msg: Message, now: float) -> list[Payload]:
         """Records completed by `msg` (the previous epoch when `msg` starts a new one)."""
+        # Untimed, and most of the traffic: into the epoch being read when there is one with
+        # room (what the general case below comes to for them).
+        if type(msg) is GSV:
+            ep = self._epoch
+            if ep is not None and ep.size < MAX_EPOCH_SENTENCES:
+                ep.size += 1
+                self._gsv(ep, msg)
+                return []
+        elif type(msg) is GSA:
+            ep = self._epoch
+            if ep is not None and ep.size < MAX_EPOCH_SENTENCES:
+                ep.size += 1
+                ep.gsa.append(msg)
+                return []
         if isinstance(msg, TXT):
             return self._antenna_event(msg, now)
         out: list[Payload] = []
@@ -392,23 +402,26 @@ class EpochAssembler:
             self._building = {}
         rows = self._building
         for v in msg.sats:
-            sat = v.sat
-            key = (sat.gnssid, sat.svid)
+            key = (v[1], v[2])  # gnssid, svid
             row = rows.get(key)
             if row is None:
-                rows[key] = _new_row(
-                    _SatRow, (sat.prn, sat.gnssid, sat.svid, v.sigid, v.az, v.el, v.ss)
-                )
+                rows[key] = v
                 continue
             # Keep the strongest signal's strength and id.
-            ss, sigid = row.ss, row.sigid
+            prn, gnssid, svid, sigid, az, el, ss = row
             if v.ss is not None and (ss is None or v.ss > ss):
                 ss, sigid = v.ss, v.sigid
-            rows[key] = row._replace(
-                az=v.az if row.az is None else row.az,
-                el=v.el if row.el is None else row.el,
-                ss=ss,
-                sigid=sigid,
+            rows[key] = _new_row(
+                _SatRow,
+                (
+                    prn,
+                    gnssid,
+                    svid,
+                    sigid,
+                    v.az if az is None else az,
+                    v.el if el is None else el,
+                    ss,
+                ),
             )
         if msg.msg_num is None or msg.num_msg is None or msg.msg_num >= msg.num_msg:
             ep.view_rows = rows

@@ -137,13 +137,21 @@ class GSA(NamedTuple):
 
 
 class SatView(NamedTuple):
-    """One satellite row of a GSV sentence."""
+    """One satellite row of a GSV sentence (in the order of the assembler's satellite rows,
+    which take it as it is when a view has the satellite once)."""
 
-    sat: SatId
-    el: float | None
-    az: float | None
-    ss: float | None
+    prn: int
+    gnssid: int
+    svid: int
     sigid: int | None
+    az: float | None
+    el: float | None
+    ss: float | None
+
+    @property
+    def sat(self) -> SatId:
+        """The satellite, in gpsd's numbering."""
+        return SatId(self.gnssid, self.svid, self.prn)
 
 
 class GSV(NamedTuple):
@@ -385,25 +393,31 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
         if sat is _NEW:
             sat = _new_sat(num, system)
         if sat is not None:
+            gnssid, svid, prn = sat
             sats.append(
                 _new_tuple(
                     SatView,
                     (
-                        sat,
-                        float(el) if el else None,
-                        float(az) if az else None,
-                        float(ss) if ss else None,
+                        prn,
+                        gnssid,
+                        svid,
                         sigid,
+                        float(az) if az else None,
+                        float(el) if el else None,
+                        float(ss) if ss else None,
                     ),
                 )
             )
     head0, head1, head2 = fields[0], fields[1], fields[2]
-    return GSV(
-        talker,
-        int(head0) if head0 else None,
-        int(head1) if head1 else None,
-        int(head2) if head2 else None,
-        tuple(sats),
+    return _new_tuple(
+        GSV,
+        (
+            talker,
+            int(head0) if head0 else None,
+            int(head1) if head1 else None,
+            int(head2) if head2 else None,
+            tuple(sats),
+        ),
     )
 
 
