@@ -661,10 +661,13 @@ class EpochAssembler:
         )
         if ep.gsa:
             values["uSat"] = len(used)
+            counts: dict[int, int] = {}
+            for gnssid, _svid in used:
+                counts[gnssid] = counts.get(gnssid, 0) + 1
             per: dict[str, int] = {}
-            for gnssid, _svid in sorted(used):
+            for gnssid in sorted(counts):
                 name = GNSS_NAMES.get(gnssid, str(gnssid))
-                per[name] = per.get(name, 0) + 1
+                per[name] = per.get(name, 0) + counts[gnssid]
             values["used"] = per
         elif gga is not None and gga.num_sv is not None:
             values["uSat"] = gga.num_sv
@@ -746,7 +749,13 @@ class EpochAssembler:
 
 
 def _dops(ep: _Epoch) -> tuple[float | None, float | None, float | None]:
-    pdop = next((g.pdop for g in ep.gsa if g.pdop is not None), None)
-    hdop = next((g.hdop for g in ep.gsa if g.hdop is not None), None)
-    vdop = next((g.vdop for g in ep.gsa if g.vdop is not None), None)
+    """Each DOP from the first of the epoch's GSA that gives it."""
+    pdop = hdop = vdop = None
+    for g in ep.gsa:
+        if pdop is None:
+            pdop = g.pdop
+        if hdop is None:
+            hdop = g.hdop
+        if vdop is None:
+            vdop = g.vdop
     return pdop, hdop, vdop

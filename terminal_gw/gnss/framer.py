@@ -118,11 +118,14 @@ def nmea_checksum(body: bytes) -> int:
     n = len(body)
     x = int.from_bytes(body, "little")
     if n <= 256:
-        # Unrolled for what a sentence can be (each step XORs the upper half onto the lower).
-        if n > 128:
-            x = (x >> 1024) ^ (x & _LOW_128)
-        x = (x >> 512) ^ (x & _LOW_64)
-        x = (x >> 256) ^ (x & _LOW_32)
+        # Unrolled for what a sentence can be (each step XORs the upper half onto the lower;
+        # a step over bytes that are not there is left out).
+        if n > 64:
+            if n > 128:
+                x = (x >> 1024) ^ (x & _LOW_128)
+            x = (x >> 512) ^ (x & _LOW_64)
+        if n > 32:
+            x = (x >> 256) ^ (x & _LOW_32)
         x = (x >> 128) ^ (x & _LOW_16)
         x = (x >> 64) ^ (x & 0xFFFFFFFFFFFFFFFF)
         x = (x >> 32) ^ (x & 0xFFFFFFFF)
