@@ -191,12 +191,28 @@ def satellite_json(sat: Satellite) -> str | None:
         return None
     if type(svid) is not int:
         return None
+    az, el, ss = sat.az, sat.el, sat.ss
+    if (
+        sigid is None
+        and type(az) is float
+        and type(el) is float
+        and type(ss) is float
+        and (1e-4 <= abs(az) < 1e16 or az == 0.0)
+        and (1e-4 <= abs(el) < 1e16 or el == 0.0)
+        and (1e-4 <= abs(ss) < 1e16 or ss == 0.0)
+    ):
+        # The common row, at once (the general case below writes the same).
+        used = "true" if sat.used is True else "false"
+        return (
+            f'{{"PRN":{prn},"gnssid":{gnssid},"svid":{svid},'
+            f'"az":{az!r},"el":{el!r},"ss":{ss!r},"used":{used}}}'
+        )
     text = f'{{"PRN":{prn},"gnssid":{gnssid},"svid":{svid}'
     if sigid is not None:
         if type(sigid) is not int:
             return None
         text += f',"sigid":{sigid}'
-    for name, value in (("az", sat.az), ("el", sat.el), ("ss", sat.ss)):
+    for name, value in (("az", az), ("el", el), ("ss", ss)):
         if value is not None:
             number = _json_float(value)
             if number is None:

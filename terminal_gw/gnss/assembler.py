@@ -54,7 +54,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from terminal_gw.gnss.decoder import (
     GGA,
@@ -695,38 +695,38 @@ class EpochAssembler:
             used = lu[2]
         # Most satellites of a sky are as in the one before (83% in the corpus): their
         # (immutable) models and JSON text are taken again, found by PRN and checked against
-        # the whole row. A zero is not kept: -0.0 == 0.0, and the JSON tells them apart.
+        # the whole row. A zero is not kept: -0.0 == 0.0, and the JSON tells them apart. The
+        # others are validated with the Sky (one call for all, not one each).
         previous = self._sky_sats
         kept: dict[int, _SkySat] = {}
-        sats: list[Satellite] = []
-        rows_json: list[str] | None = []
+        sats: list[Satellite | dict[str, object]] = []
+        rows_json: list[str | None] = []  # each one's JSON text (None: new, not yet written)
+        new: list[tuple[int, _SatRow, bool]] = []  # index in sats, row, used
+        u_sat = 0
         for r in rows:
             prn, gnssid, svid, sigid, az, el, ss = r
             is_used = ss is not None and ss > 0 and (gnssid, svid) in used
+            u_sat += is_used
             entry = previous.get(prn)
             if entry is None or entry[1] is not is_used or entry[0] != r:
-                sat = Satellite(
-                    PRN=prn,
-                    gnssid=gnssid,
-                    svid=svid,
-                    sigid=sigid,
-                    az=az,
-                    el=el,
-                    ss=ss,
-                    used=is_used,
+                new.append((len(sats), r, is_used))
+                rows_json.append(None)
+                sats.append(
+                    {
+                        "PRN": prn,
+                        "gnssid": gnssid,
+                        "svid": svid,
+                        "sigid": sigid,
+                        "az": az,
+                        "el": el,
+                        "ss": ss,
+                        "used": is_used,
+                    }
                 )
-                entry = (r, is_used, sat, satellite_json(sat))
-                if 0.0 not in (az, el, ss):
-                    kept[prn] = entry
             else:
                 kept[prn] = entry
-            sats.append(entry[2])
-            if rows_json is not None:
-                if entry[3] is None:
-                    rows_json = None
-                else:
-                    rows_json.append(entry[3])
-        self._sky_sats = kept
+                sats.append(entry[2])
+                rows_json.append(entry[3])
         pdop, hdop, vdop = _dops(ep)
         if hdop is None and ep.gga is not None:
             hdop = ep.gga.hdop
@@ -736,15 +736,22 @@ class EpochAssembler:
                 "time": iso,
                 "satellites": sats,
                 "nSat": len(sats),
-                "uSat": sum(s.used for s in sats),
+                "uSat": u_sat,
                 "pdop": pdop,
                 "hdop": hdop,
                 "vdop": vdop,
                 "clock": clock,
             }
         )
-        if rows_json is not None:
-            remember_satellites_json(sky.satellites, rows_json)
+        models = sky.satellites
+        for i, r, is_used in new:
+            sat = models[i]
+            rows_json[i] = text = satellite_json(sat)
+            if 0.0 not in (r.az, r.el, r.ss):
+                kept[r.prn] = (r, is_used, sat, text)
+        self._sky_sats = kept
+        if None not in rows_json:
+            remember_satellites_json(models, cast("list[str]", rows_json))
         return sky
 
 
