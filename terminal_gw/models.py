@@ -164,8 +164,9 @@ class Sky(Payload):
 
 
 #: The JSON text of recent satellite lists, by the list object, with the satellites it was
-#: written for (checked on use: a list changed in place is written anew). Filled by the epoch
-#: assembler, which writes each satellite once and takes most of a sky's from the sky before.
+#: written for (checked on use: a list changed in place is written anew); the oldest goes when
+#: it is full. Filled by the epoch assembler, which writes each satellite once and takes most
+#: of a sky's from the sky before.
 _SATELLITES_JSON: dict[int, tuple[tuple[Satellite, ...], str]] = {}
 _SATELLITES_JSON_MAX = 64
 
@@ -224,9 +225,12 @@ def satellite_json(sat: Satellite) -> str | None:
 def remember_satellites_json(satellites: list[Satellite], rows: list[str]) -> None:
     """Note the JSON of each satellite of a Sky's list (`satellite_json` of each, in order), for
     `Sky.to_json`."""
-    if len(_SATELLITES_JSON) >= _SATELLITES_JSON_MAX:
-        _SATELLITES_JSON.clear()
-    _SATELLITES_JSON[id(satellites)] = (tuple(satellites), ",".join(rows))
+    table = _SATELLITES_JSON
+    key = id(satellites)
+    table.pop(key, None)  # an id used again (its list is gone) is the newest entry
+    while len(table) >= _SATELLITES_JSON_MAX:
+        del table[next(iter(table))]  # the oldest
+    table[key] = (tuple(satellites), ",".join(rows))
 
 
 def _sky_json(sky: Sky) -> str | None:

@@ -181,8 +181,14 @@ _new_row = tuple.__new__
 _SatRow = SatView
 
 
-#: A satellite of the last sky: its row, whether used, its model and the model's JSON.
-_SkySat = tuple[_SatRow, bool, Satellite, str | None]
+#: A satellite of the last sky: its row, whether used, its model, the model's JSON and
+#: whether the row holds a zero.
+_SkySat = tuple[_SatRow, bool, Satellite, str | None, bool]
+
+
+def _negative_zero(*values: float | None) -> bool:
+    """Whether one of `values` is -0.0."""
+    return any(v is not None and v == 0.0 and math.copysign(1.0, v) < 0.0 for v in values)
 
 
 class EpochAssembler:
@@ -695,8 +701,9 @@ class EpochAssembler:
             used = lu[2]
         # Most satellites of a sky are as in the one before (83% in the corpus): their
         # (immutable) models and JSON text are taken again, found by PRN and checked against
-        # the whole row. A zero is not kept: -0.0 == 0.0, and the JSON tells them apart. The
-        # others are validated with the Sky (one call for all, not one each).
+        # the whole row; a row with a zero also for the zero's sign (-0.0 == 0.0, and the JSON
+        # tells them apart). The others are validated with the Sky (one call for all, not one
+        # each).
         previous = self._sky_sats
         kept: dict[int, _SkySat] = {}
         sats: list[Satellite | dict[str, object]] = []
@@ -708,7 +715,12 @@ class EpochAssembler:
             is_used = ss is not None and ss > 0 and (gnssid, svid) in used
             u_sat += is_used
             entry = previous.get(prn)
-            if entry is None or entry[1] is not is_used or entry[0] != r:
+            if (
+                entry is None
+                or entry[1] is not is_used
+                or entry[0] != r
+                or (entry[4] and _negative_zero(az, el, ss))
+            ):
                 new.append((len(sats), r, is_used))
                 rows_json.append(None)
                 sats.append(
@@ -747,8 +759,9 @@ class EpochAssembler:
         for i, r, is_used in new:
             sat = models[i]
             rows_json[i] = text = satellite_json(sat)
-            if 0.0 not in (r.az, r.el, r.ss):
-                kept[r.prn] = (r, is_used, sat, text)
+            zero = 0.0 in (r.az, r.el, r.ss)
+            if not (zero and _negative_zero(r.az, r.el, r.ss)):
+                kept[r.prn] = (r, is_used, sat, text, zero)
         self._sky_sats = kept
         if None not in rows_json:
             remember_satellites_json(models, cast("list[str]", rows_json))
