@@ -705,6 +705,7 @@ class EpochAssembler:
         # tells them apart). The others are validated with the Sky (one call for all, not one
         # each).
         previous = self._sky_sats
+        copysign = math.copysign
         kept: dict[int, _SkySat] = {}
         sats: list[Satellite | dict[str, object]] = []
         rows_json: list[str | None] = []  # each one's JSON text (None: new, not yet written)
@@ -719,7 +720,14 @@ class EpochAssembler:
                 entry is None
                 or entry[1] is not is_used
                 or entry[0] != r
-                or (entry[4] and _negative_zero(az, el, ss))
+                or (
+                    entry[4]  # the zeros of the row are +0.0: are they here too?
+                    and (
+                        (az == 0.0 and copysign(1.0, az) < 0.0)
+                        or (el == 0.0 and copysign(1.0, el) < 0.0)
+                        or (ss == 0.0 and copysign(1.0, ss) < 0.0)
+                    )
+                )
             ):
                 new.append((len(sats), r, is_used))
                 rows_json.append(None)

@@ -100,3 +100,41 @@ def test_a_sky_built_elsewhere_or_changed_goes_to_pydantic() -> None:
     ):
         remember_satellites_json(odd.satellites, rows)
         assert odd.to_json() == _pydantic(odd)
+
+
+def test_a_reused_satellite_keeps_the_sign_of_a_zero() -> None:
+    def epoch(second: int, gsv: str) -> bytes:
+        t = f"2237{second:02d}.00"
+        return _nmea(
+            f"GPRMC,{t},A,3806.62964,N,12237.61382,W,0.040,77.5,110720,,,A",
+            f"GPGGA,{t},3806.62964,N,12237.61382,W,1,08,0.54,83.1,M,-29.5,M,,",
+            "GPGSA,A,3,29,20,18,,,,,,,,,,0.99,0.54,0.83",
+            gsv,
+        )
+
+    views = [
+        "GPGSV,1,1,03,29,0,0,43,20,63,235,37,18,00,000,",
+        "GPGSV,1,1,03,29,-0,0,43,20,63,235,37,18,00,-000,",  # the same values, signs apart
+        "GPGSV,1,1,03,29,0,0,43,20,63,235,37,18,00,000,",
+        "GPGSV,1,1,03,29,0,0,43,20,63,235,37,18,00,000,",  # the same: reused
+    ]
+
+    def text(sky: Sky) -> str:
+        return sky.to_json().split(',"time"', 1)[1]  # the id left out
+
+    def skies(pipeline: GnssPipeline, data: bytes) -> list[Sky]:
+        return [r for r in pipeline.feed(data, 0.0) if isinstance(r, Sky)]
+
+    together = GnssPipeline()
+    got: list[str] = []
+    for i, v in enumerate(views):
+        got += [text(s) for s in skies(together, epoch(40 + i, v))]
+    got += [text(s) for s in together.flush(0.0) if isinstance(s, Sky)]
+    alone = []
+    for i, v in enumerate(views):
+        p = GnssPipeline()
+        alone += [text(s) for s in skies(p, epoch(40 + i, v)) + p.flush(0.0) if isinstance(s, Sky)]
+    assert got == alone
+    assert '"el":-0.0' in got[1]
+    assert '"az":-0.0' in got[1]
+    assert "-0.0" not in got[2]
