@@ -168,7 +168,7 @@ class Sky(Payload):
 #: it is full. Filled by the epoch assembler, which writes each satellite once and takes most
 #: of a sky's from the sky before.
 _SATELLITES_JSON: dict[int, tuple[tuple[Satellite, ...], str]] = {}
-_SATELLITES_JSON_MAX = 64
+_SATELLITES_JSON_MAX = 16
 
 
 def _json_float(x: object) -> str | None:

@@ -335,18 +335,20 @@ def _pieces(reader: CaptureReader, *, blocks: bool) -> list[bytes]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(_RAW_PARTS), st.sampled_from([1, 1, 2, 9])), max_size=60),
     st.sampled_from([4, 7, 16, 64]),
+    st.sampled_from([3, 5, 16, 1000]),
 )
 def test_raw_blocks_give_the_chunks_iteration_gives(
-    tmp_path_factory: pytest.TempPathFactory, parts: list[tuple[bytes, int]], piece: int
+    tmp_path_factory: pytest.TempPathFactory, parts: list[tuple[bytes, int]], piece: int, block: int
 ) -> None:
     path = tmp_path_factory.mktemp("raw") / "raw.log"
     path.write_bytes(b"".join(p * n for p, n in parts))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(capture, "RAW_PIECE", piece)  # lines longer than a piece, split
+        mp.setattr(capture, "RAW_BLOCK", block)  # lines longer than a block, whole
         iterated, grouped = CaptureReader(path), CaptureReader(path)
         assert _pieces(grouped, blocks=True) == _pieces(iterated, blocks=False)
     assert grouped.comment_lines == iterated.comment_lines

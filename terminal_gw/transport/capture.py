@@ -55,6 +55,9 @@ MAX_CHUNK: Final = 64 * 1024
 MAX_LINE: Final = 4 * MAX_CHUNK + 256
 #: Raw captures are read in lines of at most this many bytes.
 RAW_PIECE: Final = 64 * 1024
+#: `CaptureReader.raw_blocks` reads this many bytes at a time: a run of lines small enough for
+#: its sentences to stay in the CPU's cache while a replay goes through them.
+RAW_BLOCK: Final = 8 * 1024
 
 _PORT_RE = re.compile(r"[!-~]+")
 _HASH = 0x23
@@ -355,13 +358,14 @@ class CaptureReader:
 
     def _raw_blocks(self, f: BinaryIO) -> Iterator[tuple[bytes, bool]]:
         # The pieces of `_raw` (each what `readline(RAW_PIECE)` gives), found in blocks read
-        # whole: at most 2 * RAW_PIECE bytes are held.
+        # whole: at most RAW_PIECE + a block are held.
         at_line_start = True
         in_comment = False
         buf = b""
         eof = False
+        size = min(RAW_BLOCK, RAW_PIECE)  # no longer than a piece (see below)
         while not eof:
-            more = f.read(RAW_PIECE)
+            more = f.read(size)
             eof = not more
             buf = buf + more if buf else more
             n = len(buf)
