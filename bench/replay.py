@@ -31,7 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from terminal_gw.gnss.framer import Frame, Framer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "gnss"
@@ -106,10 +111,30 @@ def work_plain(path: Path) -> dict[str, float]:
     }
 
 
+def _frames(framer: Framer, path: Path) -> Iterator[Frame]:
+    """The frames of a raw capture as the replay frames them: runs of whole lines together,
+    any line the byte scan must see alone."""
+    from terminal_gw.transport.capture import CaptureReader
+
+    for data, whole in CaptureReader(path).raw_blocks():
+        if not whole:
+            yield from framer.feed(data)
+            continue
+        pos, n = 0, len(data)
+        while pos < n:
+            entries, end = framer.feed_lines(data, pos)
+            yield from (e for e in entries if e is not None)
+            if end < n:
+                pos = data.index(b"\n", end) + 1
+                yield from framer.feed(data[end:pos])
+            else:
+                pos = end
+
+
 def stages(path: Path) -> list[tuple[str, float]]:
     """Seconds for each stage added in turn, to show where the pipeline's time goes."""
     from terminal_gw.gnss.decoder import Decoder
-    from terminal_gw.gnss.framer import Framer
+    from terminal_gw.gnss.framer import Framer, Sentence
     from terminal_gw.gnss.pipeline import GnssPipeline
     from terminal_gw.replay import Replayer
     from terminal_gw.transport.capture import CaptureReader
@@ -117,28 +142,28 @@ def stages(path: Path) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
 
     t0 = time.perf_counter()
-    for _chunk in CaptureReader(path):
+    for _block in CaptureReader(path).raw_blocks():
         pass
     out.append(("read capture", time.perf_counter() - t0))
 
-    framer = Framer()
     t0 = time.perf_counter()
-    for chunk in CaptureReader(path):
-        framer.feed(chunk.data)
+    for _frame in _frames(Framer(), path):
+        pass
     out.append(("+ framer", time.perf_counter() - t0))
 
-    framer, decoder = Framer(), Decoder()
+    decoder = Decoder()
     t0 = time.perf_counter()
-    for chunk in CaptureReader(path):
-        for sentence in framer.feed(chunk.data):
-            decoder.decode(sentence)
+    for frame in _frames(Framer(), path):
+        if isinstance(frame, Sentence):
+            decoder.decode(frame)
     out.append(("+ decoder", time.perf_counter() - t0))
 
     pipeline = GnssPipeline()
     t0 = time.perf_counter()
-    for chunk in CaptureReader(path):
-        pipeline.feed(chunk.data, 0.0)
-    out.append(("+ assembler (GnssPipeline)", time.perf_counter() - t0))
+    for frame in _frames(pipeline.framer, path):
+        if isinstance(frame, Sentence):
+            pipeline.feed_sentence(frame, 0.0)
+    out.append(("+ assembler, models (GnssPipeline)", time.perf_counter() - t0))
 
     with open(os.devnull, "w", encoding="utf-8") as sink:
         t0 = time.perf_counter()
@@ -207,7 +232,7 @@ def main() -> int:
             print(f"each stage added in turn, in-process, best of {args.runs} runs:")
             for i, (name, _) in enumerate(runs[0]):
                 seconds = min(r[i][1] for r in runs)
-                print(f"{name:<32} {seconds:>7.2f} s {sentences / seconds:>10,.0f} sentences/s")
+                print(f"{name:<36} {seconds:>7.2f} s {sentences / seconds:>10,.0f} sentences/s")
             return 0
         best: dict[str, dict[str, float]] = {}
         for _ in range(args.runs):

@@ -153,6 +153,121 @@ class Sky(Payload):
         default=None, description="binary protocol the view came from; absent: NMEA 0183"
     )
 
+    def to_json(self) -> str:
+        """The payload as compact JSON text: the same text as pydantic's, with the JSON of each
+        satellite written once (a sky takes most of its Satellite models from the one before)."""
+        if type(self) is Sky:
+            text = _sky_json(self)
+            if text is not None:
+                return text
+        return super().to_json()
+
+
+#: The JSON text of recent satellite lists, by the list object, with the satellites it was
+#: written for (checked on use: a list changed in place is written anew); the oldest goes when
+#: it is full. Filled by the epoch assembler, which writes each satellite once and takes most
+#: of a sky's from the sky before.
+_SATELLITES_JSON: dict[int, tuple[tuple[Satellite, ...], str]] = {}
+_SATELLITES_JSON_MAX = 16
+
+
+def _json_float(x: object) -> str | None:
+    """A float as pydantic writes it, where that is Python's repr (finite, not below 1e-4 nor
+    from 1e16 in size, or zero); None for anything else (pydantic's own serializer decides)."""
+    if type(x) is float and (1e-4 <= abs(x) < 1e16 or x == 0.0):
+        return repr(x)
+    return None
+
+
+def _plain_str(s: object) -> bool:
+    """True for a string JSON writes as is between quotes (printable ASCII, no `"` or `\\`)."""
+    return type(s) is str and s.isascii() and s.isprintable() and '"' not in s and "\\" not in s
+
+
+def satellite_json(sat: Satellite) -> str | None:
+    """`sat` as compact JSON, absent fields left out, as a Sky's JSON holds it; None when only
+    pydantic's serializer may write it (a value outside what this writes the same way)."""
+    prn, gnssid, svid, sigid = sat.PRN, sat.gnssid, sat.svid, sat.sigid
+    if not (type(sat) is Satellite and type(prn) is int and type(gnssid) is int):
+        return None
+    if type(svid) is not int:
+        return None
+    az, el, ss = sat.az, sat.el, sat.ss
+    if (
+        sigid is None
+        and type(az) is float
+        and type(el) is float
+        and type(ss) is float
+        and (1e-4 <= abs(az) < 1e16 or az == 0.0)
+        and (1e-4 <= abs(el) < 1e16 or el == 0.0)
+        and (1e-4 <= abs(ss) < 1e16 or ss == 0.0)
+    ):
+        # The common row, at once (the general case below writes the same).
+        used = "true" if sat.used is True else "false"
+        return (
+            f'{{"PRN":{prn},"gnssid":{gnssid},"svid":{svid},'
+            f'"az":{az!r},"el":{el!r},"ss":{ss!r},"used":{used}}}'
+        )
+    text = f'{{"PRN":{prn},"gnssid":{gnssid},"svid":{svid}'
+    if sigid is not None:
+        if type(sigid) is not int:
+            return None
+        text += f',"sigid":{sigid}'
+    for name, value in (("az", az), ("el", el), ("ss", ss)):
+        if value is not None:
+            number = _json_float(value)
+            if number is None:
+                return None
+            text += f',"{name}":{number}'
+    return text + (',"used":true}' if sat.used is True else ',"used":false}')
+
+
+def remember_satellites_json(satellites: list[Satellite], rows: list[str]) -> None:
+    """Note the JSON of each satellite of a Sky's list (`satellite_json` of each, in order), for
+    `Sky.to_json`."""
+    table = _SATELLITES_JSON
+    key = id(satellites)
+    table.pop(key, None)  # an id used again (its list is gone) is the newest entry
+    while len(table) >= _SATELLITES_JSON_MAX:
+        del table[next(iter(table))]  # the oldest
+    table[key] = (tuple(satellites), ",".join(rows))
+
+
+def _sky_json(sky: Sky) -> str | None:
+    """What `model_dump_json(by_alias=True, exclude_none=True)` gives for `sky`, when its
+    satellites' JSON was noted and every other value is one written here as pydantic does;
+    else None (the caller asks pydantic)."""
+    sats = sky.satellites
+    hit = _SATELLITES_JSON.get(id(sats))
+    if hit is None or hit[0] != tuple(sats):
+        return None
+    ident, version, t, n_sat, u_sat = sky.id, sky.v, sky.time, sky.nSat, sky.uSat
+    if not (
+        _plain_str(ident)
+        and (t is None or _plain_str(t))
+        and type(version) is int
+        and sky.cls == "SKY"
+        and type(n_sat) is int
+        and type(u_sat) is int
+        and sky.clock in ("gnss", "system")
+        and sky.source_protocol in (None, "ubx", "casic")
+    ):
+        return None
+    text = f'{{"id":"{ident}","v":{version},"class":"SKY"'
+    if t is not None:
+        text += f',"time":"{t}"'
+    text += f',"satellites":[{hit[1]}],"nSat":{n_sat},"uSat":{u_sat}'
+    for name, value in (("hdop", sky.hdop), ("vdop", sky.vdop), ("pdop", sky.pdop)):
+        if value is not None:
+            number = _json_float(value)
+            if number is None:
+                return None
+            text += f',"{name}":{number}'
+    text += f',"clock":"{sky.clock}"'
+    if sky.source_protocol is not None:
+        text += f',"source_protocol":"{sky.source_protocol}"'
+    return text + "}"
+
 
 class Event(Payload):
     """A notable event: antenna change, records evicted, clock skew, store trouble, ..."""

@@ -277,6 +277,8 @@ class Replayer:
         self.stats = Stats()
         self._topic_json: dict[str, str] = {}
         self._clock = time.time()  # the 1 Hz virtual clock of raw captures
+        self._pace_start = 0.0  # when the raw capture being replayed started (monotonic)
+        self._paced = 0  # its fixes so far: it is paced one epoch a fix
 
     @property
     def counters(self) -> dict[str, int]:
@@ -320,27 +322,56 @@ class Replayer:
         self._done_counters.update(self.pipeline.counters)
 
     def _replay_raw(self, index: int, reader: CaptureReader) -> None:
-        # Line by line, so that the virtual clock moves between epochs as a 1 Hz receiver's
-        # would (the assembler stamps an epoch with the `now` of its first sentence).
-        start = time.monotonic()
-        epochs = 0
-        feed = self.pipeline.feed
+        # Chunk by chunk (a raw capture's are its lines), so that the virtual clock moves
+        # between epochs as a 1 Hz receiver's would (the assembler stamps an epoch with the
+        # `now` of its first sentence). Runs of whole lines are framed together, with the
+        # clock still read before each line's sentence, as if each line were fed alone.
+        self._pace_start = time.monotonic()
+        self._paced = 0
+        pipeline = self.pipeline
+        frame_lines = pipeline.frame_lines
+        feed_sentence = pipeline.feed_sentence
         stats = self.stats
-        for chunk in reader:
-            data = chunk.data
-            stats.chunks += 1
-            stats.bytes_fed += len(data)
-            self._last_now = self._clock
-            payloads = feed(data, self._clock)
-            if payloads:
-                fixes = self._emit(payloads)
-                if fixes:
-                    epochs += fixes
-                    self._clock += fixes
-                    if self.speed is not None:
-                        self.out.flush()
-                        self._sleep_until(start + epochs / self.speed)
-                self._tick(index, reader)
+        for data, whole in reader.raw_blocks():
+            if not whole:
+                self._raw_chunk(index, reader, data)
+                continue
+            pos, n = 0, len(data)
+            while pos < n:
+                entries, end = frame_lines(data, pos)
+                stats.chunks += len(entries)
+                stats.bytes_fed += end - pos
+                for sentence in entries:
+                    self._last_now = now = self._clock
+                    if sentence is not None and (payloads := feed_sentence(sentence, now)):
+                        self._fed(index, reader, payloads)
+                if end < n:
+                    # A line the framer's byte scan must see (or a partial sentence is
+                    # buffered): that line alone, as a chunk.
+                    pos = data.index(b"\n", end) + 1
+                    self._raw_chunk(index, reader, data[end:pos])
+                else:
+                    pos = end
+
+    def _raw_chunk(self, index: int, reader: CaptureReader, data: bytes) -> None:
+        stats = self.stats
+        stats.chunks += 1
+        stats.bytes_fed += len(data)
+        self._last_now = self._clock
+        payloads = self.pipeline.feed(data, self._clock)
+        if payloads:
+            self._fed(index, reader, payloads)
+
+    def _fed(self, index: int, reader: CaptureReader, payloads: list[Payload]) -> None:
+        """A raw capture's records: printed, then the clock moves one second a fix."""
+        fixes = self._emit(payloads)
+        if fixes:
+            self._paced += fixes
+            self._clock += fixes
+            if self.speed is not None:
+                self.out.flush()
+                self._sleep_until(self._pace_start + self._paced / self.speed)
+        self._tick(index, reader)
 
     def _replay_own(self, index: int, reader: CaptureReader) -> None:
         start_wall = time.monotonic()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import random
+import re
 import subprocess
 import sys
 import time
@@ -13,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.models import Event, Fix, Payload, Sky
+from terminal_gw.replay import Replayer, Stats
+from terminal_gw.transport import capture
 from terminal_gw.transport.capture import CaptureReader, CaptureWriter
-from tests.conftest import GNSS_CORPUS, REPO
+from tests.conftest import CORPUS, GNSS_CORPUS, REPO
+
+GPSD_CORPUS = CORPUS / "gnss-gpsd"
 
 CORPUS_LOGS = sorted(GNSS_CORPUS.glob("*.log"))
 MODELS: dict[str, type[Payload]] = {"TPV": Fix, "SKY": Sky, "EVENT": Event}
@@ -291,3 +300,93 @@ def test_progress_is_drawn_on_a_terminal() -> None:
     assert b"skytraq.log: 100.0%" in seen
     assert b"replay: 1 capture(s), " in seen
     assert b"records (fix 17, " in seen
+
+
+# -- raw captures read a run of whole lines at a time ---------------------------------------
+
+_RAW_PARTS = [
+    b"\n",
+    b"\r\n",
+    b"#",
+    b"# a comment\n",
+    b"$GPTXT,01,01,02,ANTENNA OK*35",
+    b"\r",
+    b"\xb5\x62",
+    b"\xff",
+    b"\n#\xff",
+    b"plain text",
+]
+
+
+def _pieces(reader: CaptureReader, *, blocks: bool) -> list[bytes]:
+    if not blocks:
+        return [chunk.data for chunk in reader]
+    out: list[bytes] = []
+    for data, whole in reader.raw_blocks():
+        if not whole:
+            out.append(data)
+            continue
+        assert data.endswith(b"\n")
+        pos = 0
+        while pos < len(data):
+            end = data.index(b"\n", pos) + 1
+            out.append(data[pos:end])
+            pos = end
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_RAW_PARTS), st.sampled_from([1, 1, 2, 9])), max_size=60),
+    st.sampled_from([4, 7, 16, 64]),
+    st.sampled_from([3, 5, 16, 1000]),
+)
+def test_raw_blocks_give_the_chunks_iteration_gives(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[tuple[bytes, int]], piece: int, block: int
+) -> None:
+    path = tmp_path_factory.mktemp("raw") / "raw.log"
+    path.write_bytes(b"".join(p * n for p, n in parts))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capture, "RAW_PIECE", piece)  # lines longer than a piece, split
+        mp.setattr(capture, "RAW_BLOCK", block)  # lines longer than a block, whole
+        iterated, grouped = CaptureReader(path), CaptureReader(path)
+        assert _pieces(grouped, blocks=True) == _pieces(iterated, blocks=False)
+    assert grouped.comment_lines == iterated.comment_lines
+    assert grouped.bytes_read == iterated.bytes_read
+
+
+def _replay_in_process(paths: list[Path], *, per_chunk: bool) -> tuple[str, Stats, dict[str, int]]:
+    """Replay with the wall clock fixed; `per_chunk`: one chunk at a time, as before runs of
+    lines were framed together."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time", lambda: 1_800_000_000.0)
+        if per_chunk:
+            mp.setattr(
+                CaptureReader,
+                "raw_blocks",
+                lambda self: ((chunk.data, False) for chunk in iter(self)),
+            )
+        replayer = Replayer(GnssPipeline, out=out, jsonl=True, speed=None)
+        replayer.replay([CaptureReader(p) for p in paths])
+    text = re.sub(r'"id":"[^"]*",', "", out.getvalue())
+    return text, replayer.stats, replayer.counters
+
+
+def test_runs_of_lines_replay_as_each_line_alone(tmp_path: Path) -> None:
+    # Garbage, a split sentence, a CR-only line end, a line with two `$`, blank lines, a
+    # comment, binary and a last line without its line end, between the corpus's epochs.
+    log = CORPUS_LOGS[0].read_bytes()
+    odd = (
+        b"junk\r\n$GPGGA,1\r$GPTXT,01,01,02,ANTENNA OPEN*2E\n\n\r\n# note\n"
+        b"\xb5\x62\x01\x07\x00\x00\x08\x19\n$GNRMC,$GNGGA,,*7E\n"
+    )
+    path = tmp_path / "odd.log"
+    path.write_bytes(log[: len(log) // 2] + odd + log[len(log) // 2 :] + b"$GPTXT,01,01")
+    paths = [path, *CORPUS_LOGS, *sorted(GPSD_CORPUS.glob("*.log"))[:40]]
+    together = _replay_in_process(paths, per_chunk=False)
+    alone = _replay_in_process(paths, per_chunk=True)
+    assert together[0] == alone[0]
+    assert together[0].count("\n") > 1000
+    assert together[1] == alone[1]
+    assert together[2] == alone[2]

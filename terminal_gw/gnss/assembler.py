@@ -54,7 +54,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, cast
 
 from terminal_gw.gnss.decoder import (
     GGA,
@@ -69,6 +69,7 @@ from terminal_gw.gnss.decoder import (
     VTG,
     ZDA,
     Message,
+    SatView,
 )
 from terminal_gw.gnss.numbering import GNSS_NAMES
 from terminal_gw.models import (
@@ -80,6 +81,8 @@ from terminal_gw.models import (
     iso_utc,
     make_event,
     new_id,
+    remember_satellites_json,
+    satellite_json,
 )
 
 KNOTS_TO_MPS = 1852.0 / 3600.0
@@ -173,14 +176,19 @@ class _Epoch:
 _new_row = tuple.__new__
 
 
-class _SatRow(NamedTuple):
-    prn: int
-    gnssid: int
-    svid: int
-    sigid: int | None
-    az: float | None
-    el: float | None
-    ss: float | None
+#: A satellite row of a view, merged across signals: a GSV's row as it is when the view has
+#: the satellite once (prn, gnssid, svid, sigid, az, el, ss).
+_SatRow = SatView
+
+
+#: A satellite of the last sky: its row, whether used, its model, the model's JSON and
+#: whether the row holds a zero.
+_SkySat = tuple[_SatRow, bool, Satellite, str | None, bool]
+
+
+def _negative_zero(*values: float | None) -> bool:
+    """Whether one of `values` is -0.0."""
+    return any(v is not None and v == 0.0 and math.copysign(1.0, v) < 0.0 for v in values)
 
 
 class EpochAssembler:
@@ -202,7 +210,7 @@ class EpochAssembler:
         # at any speed holds it as long as the live stream would.
         self._building: dict[tuple[int, int], _SatRow] = {}
         self._last_view: tuple[Clock, float, list[_SatRow]] | None = None
-        self._sky_sats: dict[tuple[_SatRow, bool], Satellite] = {}  # the last sky's, by row
+        self._sky_sats: dict[int, _SkySat] = {}  # the last sky's satellites, by PRN
         # Newest GSA group: satellites used, and the clock and time of its epoch.
         self._last_used: tuple[Clock, float, frozenset[tuple[int, int]]] | None = None
         self._after_gsv = False  # the previous sentence was a GSV
@@ -232,6 +240,20 @@ class EpochAssembler:
 
     def add(self, msg: Message, now: float) -> list[Payload]:
         """Records completed by `msg` (the previous epoch when `msg` starts a new one)."""
+        # Untimed, and most of the traffic: into the epoch being read when there is one with
+        # room (what the general case below comes to for them).
+        if type(msg) is GSV:
+            ep = self._epoch
+            if ep is not None and ep.size < MAX_EPOCH_SENTENCES:
+                ep.size += 1
+                self._gsv(ep, msg)
+                return []
+        elif type(msg) is GSA:
+            ep = self._epoch
+            if ep is not None and ep.size < MAX_EPOCH_SENTENCES:
+                ep.size += 1
+                ep.gsa.append(msg)
+                return []
         if isinstance(msg, TXT):
             return self._antenna_event(msg, now)
         out: list[Payload] = []
@@ -386,23 +408,26 @@ class EpochAssembler:
             self._building = {}
         rows = self._building
         for v in msg.sats:
-            sat = v.sat
-            key = (sat.gnssid, sat.svid)
+            key = (v[1], v[2])  # gnssid, svid
             row = rows.get(key)
             if row is None:
-                rows[key] = _new_row(
-                    _SatRow, (sat.prn, sat.gnssid, sat.svid, v.sigid, v.az, v.el, v.ss)
-                )
+                rows[key] = v
                 continue
             # Keep the strongest signal's strength and id.
-            ss, sigid = row.ss, row.sigid
+            prn, gnssid, svid, sigid, az, el, ss = row
             if v.ss is not None and (ss is None or v.ss > ss):
                 ss, sigid = v.ss, v.sigid
-            rows[key] = row._replace(
-                az=v.az if row.az is None else row.az,
-                el=v.el if row.el is None else row.el,
-                ss=ss,
-                sigid=sigid,
+            rows[key] = _new_row(
+                _SatRow,
+                (
+                    prn,
+                    gnssid,
+                    svid,
+                    sigid,
+                    v.az if az is None else az,
+                    v.el if el is None else el,
+                    ss,
+                ),
             )
         if msg.msg_num is None or msg.num_msg is None or msg.msg_num >= msg.num_msg:
             ep.view_rows = rows
@@ -642,10 +667,13 @@ class EpochAssembler:
         )
         if ep.gsa:
             values["uSat"] = len(used)
+            counts: dict[int, int] = {}
+            for gnssid, _svid in used:
+                counts[gnssid] = counts.get(gnssid, 0) + 1
             per: dict[str, int] = {}
-            for gnssid, _svid in sorted(used):
+            for gnssid in sorted(counts):
                 name = GNSS_NAMES.get(gnssid, str(gnssid))
-                per[name] = per.get(name, 0) + 1
+                per[name] = per.get(name, 0) + counts[gnssid]
             values["used"] = per
         elif gga is not None and gga.num_sv is not None:
             values["uSat"] = gga.num_sv
@@ -672,51 +700,90 @@ class EpochAssembler:
         if lu is not None and lu[0] == clock and 0 <= t - lu[1] <= USED_HOLD_S:
             used = lu[2]
         # Most satellites of a sky are as in the one before (83% in the corpus): their
-        # (immutable) models are taken again. A zero is not looked up: -0.0 == 0.0.
+        # (immutable) models and JSON text are taken again, found by PRN and checked against
+        # the whole row; a row with a zero also for the zero's sign (-0.0 == 0.0, and the JSON
+        # tells them apart). The others are validated with the Sky (one call for all, not one
+        # each).
         previous = self._sky_sats
-        kept: dict[tuple[_SatRow, bool], Satellite] = {}
-        sats: list[Satellite] = []
+        copysign = math.copysign
+        kept: dict[int, _SkySat] = {}
+        sats: list[Satellite | dict[str, object]] = []
+        rows_json: list[str | None] = []  # each one's JSON text (None: new, not yet written)
+        new: list[tuple[int, _SatRow, bool]] = []  # index in sats, row, used
+        u_sat = 0
         for r in rows:
-            is_used = (r.gnssid, r.svid) in used and r.ss is not None and r.ss > 0
-            key = (r, is_used)
-            sat = previous.get(key)
-            if sat is None:
-                sat = Satellite(
-                    PRN=r.prn,
-                    gnssid=r.gnssid,
-                    svid=r.svid,
-                    sigid=r.sigid,
-                    az=r.az,
-                    el=r.el,
-                    ss=r.ss,
-                    used=is_used,
+            prn, gnssid, svid, sigid, az, el, ss = r
+            is_used = ss is not None and ss > 0 and (gnssid, svid) in used
+            u_sat += is_used
+            entry = previous.get(prn)
+            if (
+                entry is None
+                or entry[1] is not is_used
+                or entry[0] != r
+                or (
+                    entry[4]  # the zeros of the row are +0.0: are they here too?
+                    and (
+                        (az == 0.0 and copysign(1.0, az) < 0.0)
+                        or (el == 0.0 and copysign(1.0, el) < 0.0)
+                        or (ss == 0.0 and copysign(1.0, ss) < 0.0)
+                    )
                 )
-                if 0.0 not in (r.az, r.el, r.ss):
-                    kept[key] = sat
+            ):
+                new.append((len(sats), r, is_used))
+                rows_json.append(None)
+                sats.append(
+                    {
+                        "PRN": prn,
+                        "gnssid": gnssid,
+                        "svid": svid,
+                        "sigid": sigid,
+                        "az": az,
+                        "el": el,
+                        "ss": ss,
+                        "used": is_used,
+                    }
+                )
             else:
-                kept[key] = sat
-            sats.append(sat)
-        self._sky_sats = kept
+                kept[prn] = entry
+                sats.append(entry[2])
+                rows_json.append(entry[3])
         pdop, hdop, vdop = _dops(ep)
         if hdop is None and ep.gga is not None:
             hdop = ep.gga.hdop
-        return Sky.model_validate(
+        sky = Sky.model_validate(
             {
                 "id": new_id(int(ep.now * 1000)),
                 "time": iso,
                 "satellites": sats,
                 "nSat": len(sats),
-                "uSat": sum(s.used for s in sats),
+                "uSat": u_sat,
                 "pdop": pdop,
                 "hdop": hdop,
                 "vdop": vdop,
                 "clock": clock,
             }
         )
+        models = sky.satellites
+        for i, r, is_used in new:
+            sat = models[i]
+            rows_json[i] = text = satellite_json(sat)
+            zero = 0.0 in (r.az, r.el, r.ss)
+            if not (zero and _negative_zero(r.az, r.el, r.ss)):
+                kept[r.prn] = (r, is_used, sat, text, zero)
+        self._sky_sats = kept
+        if None not in rows_json:
+            remember_satellites_json(models, cast("list[str]", rows_json))
+        return sky
 
 
 def _dops(ep: _Epoch) -> tuple[float | None, float | None, float | None]:
-    pdop = next((g.pdop for g in ep.gsa if g.pdop is not None), None)
-    hdop = next((g.hdop for g in ep.gsa if g.hdop is not None), None)
-    vdop = next((g.vdop for g in ep.gsa if g.vdop is not None), None)
+    """Each DOP from the first of the epoch's GSA that gives it."""
+    pdop = hdop = vdop = None
+    for g in ep.gsa:
+        if pdop is None:
+            pdop = g.pdop
+        if hdop is None:
+            hdop = g.hdop
+        if vdop is None:
+            vdop = g.vdop
     return pdop, hdop, vdop

@@ -137,13 +137,21 @@ class GSA(NamedTuple):
 
 
 class SatView(NamedTuple):
-    """One satellite row of a GSV sentence."""
+    """One satellite row of a GSV sentence (in the order of the assembler's satellite rows,
+    which take it as it is when a view has the satellite once)."""
 
-    sat: SatId
-    el: float | None
-    az: float | None
-    ss: float | None
+    prn: int
+    gnssid: int
+    svid: int
     sigid: int | None
+    az: float | None
+    el: float | None
+    ss: float | None
+
+    @property
+    def sat(self) -> SatId:
+        """The satellite, in gpsd's numbering."""
+        return SatId(self.gnssid, self.svid, self.prn)
 
 
 class GSV(NamedTuple):
@@ -317,6 +325,10 @@ def _new_sat(num: str, system: int) -> SatId | None:
     return sat
 
 
+#: A NamedTuple built from its values without the Python-level `__new__` (messages, and
+#: satellite rows: several a sentence).
+_new_tuple = tuple.__new__
+
 # GSA and GSV are most of a receiver's output (one per system, several parts each) and have
 # flat layouts: they are split here from their field table, about 10x cheaper than pynmeagps.
 #
@@ -347,19 +359,18 @@ def _gsa(talker: str, fields: tuple[str, ...]) -> GSA:
                 sat = _new_sat(value, system)
             if sat is not None:
                 used.append(sat)
-    return GSA(
-        talker,
-        _i(fields[1]) if n > 1 else None,
-        tuple(used),
-        _dop(dops[0]),
-        _dop(dops[1]),
-        _dop(dops[2]),
+    return _new_tuple(
+        GSA,
+        (
+            talker,
+            _i(fields[1]) if n > 1 else None,
+            tuple(used),
+            _dop(dops[0]),
+            _dop(dops[1]),
+            _dop(dops[2]),
+        ),
     )
 
-
-#: A NamedTuple built from its values without the Python-level `__new__` (satellite rows:
-#: several a sentence).
-_new_tuple = tuple.__new__
 
 # GSV: 0 number of sentences, 1 sentence number, 2 satellites in view, then per satellite
 # (number, elevation, azimuth, SNR), then, NMEA 4.10+, a signal id in hex.
@@ -376,34 +387,40 @@ def _gsv(talker: str, fields: tuple[str, ...]) -> GSV:
     sigid = int(fields[-1], 16) if extra == 1 and fields[-1] else None
     sat_of = _SAT_CACHES.get(system) or _sat_cache(system)
     sats: list[SatView] = []
-    # Whole groups of four only (zip stops at the shortest slice): a signal id is left out.
-    quads = zip(fields[3::4], fields[4::4], fields[5::4], fields[6::4], strict=False)
-    for num, el, az, ss in quads:
+    # Whole groups of four only: a signal id is left out.
+    it = iter(fields[_GSV_HEAD : n - extra])
+    for num, el, az, ss in zip(it, it, it, it, strict=True):
         if not num:
             continue  # padding of a last sentence with fewer than 4 satellites
         sat = sat_of.get(num, _NEW)
         if sat is _NEW:
             sat = _new_sat(num, system)
         if sat is not None:
+            gnssid, svid, prn = sat
             sats.append(
                 _new_tuple(
                     SatView,
                     (
-                        sat,
-                        float(el) if el else None,
-                        float(az) if az else None,
-                        float(ss) if ss else None,
+                        prn,
+                        gnssid,
+                        svid,
                         sigid,
+                        float(az) if az else None,
+                        float(el) if el else None,
+                        float(ss) if ss else None,
                     ),
                 )
             )
     head0, head1, head2 = fields[0], fields[1], fields[2]
-    return GSV(
-        talker,
-        int(head0) if head0 else None,
-        int(head1) if head1 else None,
-        int(head2) if head2 else None,
-        tuple(sats),
+    return _new_tuple(
+        GSV,
+        (
+            talker,
+            int(head0) if head0 else None,
+            int(head1) if head1 else None,
+            int(head2) if head2 else None,
+            tuple(sats),
+        ),
     )
 
 
@@ -536,16 +553,19 @@ def _fs(fields: tuple[str, ...], i: int) -> str | None:
 
 
 def _fast_gga(talker: str, f: tuple[str, ...]) -> GGA:
-    return GGA(
-        talker,
-        _ftime(f, 0),
-        _fpos(f, 1, "S"),
-        _fpos(f, 3, "W"),
-        _fi(f, 5),
-        _fi(f, 6),
-        _fdop(f, 7),
-        _ff(f, 8),
-        _ff(f, 10),
+    return _new_tuple(
+        GGA,
+        (
+            talker,
+            _ftime(f, 0),
+            _fpos(f, 1, "S"),
+            _fpos(f, 3, "W"),
+            _fi(f, 5),
+            _fi(f, 6),
+            _fdop(f, 7),
+            _ff(f, 8),
+            _ff(f, 10),
+        ),
     )
 
 
@@ -553,47 +573,56 @@ def _fast_rmc(talker: str, f: tuple[str, ...]) -> RMC:
     mv = _ff(f, 9)
     if mv is not None and _field(f, 10) == "W":
         mv = -mv
-    return RMC(
-        talker,
-        _ftime(f, 0),
-        _field(f, 1) == "A",
-        _fpos(f, 2, "S"),
-        _fpos(f, 4, "W"),
-        _ff(f, 6),
-        _ff(f, 7),
-        _fdate(f, 8),
-        mv,
-        _fs(f, 11),
+    return _new_tuple(
+        RMC,
+        (
+            talker,
+            _ftime(f, 0),
+            _field(f, 1) == "A",
+            _fpos(f, 2, "S"),
+            _fpos(f, 4, "W"),
+            _ff(f, 6),
+            _ff(f, 7),
+            _fdate(f, 8),
+            mv,
+            _fs(f, 11),
+        ),
     )
 
 
 def _fast_gns(talker: str, f: tuple[str, ...]) -> GNS:
-    return GNS(
-        talker,
-        _ftime(f, 0),
-        _fpos(f, 1, "S"),
-        _fpos(f, 3, "W"),
-        _fs(f, 5),
-        _fi(f, 6),
-        _fdop(f, 7),
-        _ff(f, 8),
-        _ff(f, 9),
+    return _new_tuple(
+        GNS,
+        (
+            talker,
+            _ftime(f, 0),
+            _fpos(f, 1, "S"),
+            _fpos(f, 3, "W"),
+            _fs(f, 5),
+            _fi(f, 6),
+            _fdop(f, 7),
+            _ff(f, 8),
+            _ff(f, 9),
+        ),
     )
 
 
 def _fast_gll(talker: str, f: tuple[str, ...]) -> GLL:
-    return GLL(
-        talker,
-        _ftime(f, 4),
-        _field(f, 5) == "A",
-        _fpos(f, 0, "S"),
-        _fpos(f, 2, "W"),
-        _fs(f, 6),
+    return _new_tuple(
+        GLL,
+        (
+            talker,
+            _ftime(f, 4),
+            _field(f, 5) == "A",
+            _fpos(f, 0, "S"),
+            _fpos(f, 2, "W"),
+            _fs(f, 6),
+        ),
     )
 
 
 def _fast_vtg(talker: str, f: tuple[str, ...]) -> VTG:
-    return VTG(talker, _ff(f, 0), _ff(f, 4), _ff(f, 6), _fs(f, 8))
+    return _new_tuple(VTG, (talker, _ff(f, 0), _ff(f, 4), _ff(f, 6), _fs(f, 8)))
 
 
 def _fast_zda(talker: str, f: tuple[str, ...]) -> ZDA:
@@ -601,11 +630,11 @@ def _fast_zda(talker: str, f: tuple[str, ...]) -> ZDA:
     date = None
     if day is not None and month is not None and year is not None:
         date = dt.date(year, month, day)
-    return ZDA(talker, _ftime(f, 0), date)
+    return _new_tuple(ZDA, (talker, _ftime(f, 0), date))
 
 
 def _fast_gst(talker: str, f: tuple[str, ...]) -> GST:
-    return GST(talker, _ftime(f, 0), _ff(f, 5), _ff(f, 6), _ff(f, 7))
+    return _new_tuple(GST, (talker, _ftime(f, 0), _ff(f, 5), _ff(f, 6), _ff(f, 7)))
 
 
 def _fast_txt(talker: str, f: tuple[str, ...]) -> TXT:
@@ -614,7 +643,7 @@ def _fast_txt(talker: str, f: tuple[str, ...]) -> TXT:
         v = _field(f, i)
         if v and not (v.isascii() and v.isdigit()):
             raise _SlowPathError
-    return TXT(talker, _field(f, 3))
+    return _new_tuple(TXT, (talker, _field(f, 3)))
 
 
 _FAST_DECODERS: dict[str, Callable[[str, tuple[str, ...]], Message]] = {

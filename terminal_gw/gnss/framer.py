@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 _DOLLAR = 0x24
 _CR = 0x0D
@@ -33,6 +33,8 @@ CASIC_OVERHEAD = 10
 #: whose length field says more is taken for a false sync.
 MAX_BINARY_LEN = 4096
 _HEX = b"0123456789ABCDEFabcdef"
+#: Printable ASCII but `$`: what a plain sentence line holds after its `$`.
+_PLAIN = bytes(b for b in range(0x20, 0x7F) if b != _DOLLAR)
 #: The two checksum digits after `*` (either case) -> their value.
 _HEX_PAIRS = {bytes((a, b)): int(bytes((a, b)), 16) for a in _HEX for b in _HEX}
 
@@ -116,11 +118,14 @@ def nmea_checksum(body: bytes) -> int:
     n = len(body)
     x = int.from_bytes(body, "little")
     if n <= 256:
-        # Unrolled for what a sentence can be (each step XORs the upper half onto the lower).
-        if n > 128:
-            x = (x >> 1024) ^ (x & _LOW_128)
-        x = (x >> 512) ^ (x & _LOW_64)
-        x = (x >> 256) ^ (x & _LOW_32)
+        # Unrolled for what a sentence can be (each step XORs the upper half onto the lower;
+        # a step over bytes that are not there is left out).
+        if n > 64:
+            if n > 128:
+                x = (x >> 1024) ^ (x & _LOW_128)
+            x = (x >> 512) ^ (x & _LOW_64)
+        if n > 32:
+            x = (x >> 256) ^ (x & _LOW_32)
         x = (x >> 128) ^ (x & _LOW_16)
         x = (x >> 64) ^ (x & 0xFFFFFFFFFFFFFFFF)
         x = (x >> 32) ^ (x & 0xFFFFFFFF)
@@ -186,18 +191,32 @@ class Framer:
                 buf.clear()
             else:
                 data = chunk if type(chunk) is bytes else bytes(chunk)  # bytearray, memoryview
-            pos = self._lines(data, out)
+            # (`out` takes no None: `each` is off.)
+            pos = self._lines(data, cast("list[Sentence | None]", out))
             if pos == len(data):
                 return out
             buf += data[pos:] if pos else data
         self._scan(out, final=False)
         return out
 
-    def _lines(self, data: bytes, out: list[Frame]) -> int:
+    def feed_lines(self, data: bytes, start: int = 0) -> tuple[list[Sentence | None], int]:
+        """Frame the lines of `data` from `start` as feeding each line (up to and with its LF)
+        as a chunk of its own would, while nothing is buffered: one entry a line (None: it gave
+        no sentence) up to the first line the byte scan must see, and where that line starts
+        (`len(data)` when every line was taken). Nothing is taken while bytes are buffered."""
+        out: list[Sentence | None] = []
+        if self._buf or self._discarding:
+            return out, start
+        return out, self._lines(data, out, start, each=True)
+
+    def _lines(
+        self, data: bytes, out: list[Sentence | None], start: int = 0, *, each: bool = False
+    ) -> int:
         """Frame the plain sentence lines at the start of `data` (`$`, printable ASCII
         without another `$`, at most max_sentence_len bytes, then CR LF or LF), as `_scan`
-        would; returns how many bytes they took."""
-        pos = 0
+        would; returns how many bytes they took. With `each`, a line that gives no sentence
+        (blank, bad checksum, malformed) adds None to `out`."""
+        pos = start
         max_len = self.max_sentence_len
         find = data.find
         good = 0
@@ -207,28 +226,33 @@ class Framer:
                 if data[pos] != _DOLLAR or end - pos > max_len:
                     break
                 line = data[pos:end]
-                try:
-                    text = line.decode("ascii")
-                except UnicodeDecodeError:
+                # Printable ASCII and no `$` but the first (else: a CR inside, the line ends
+                # there; a second `$`, the line is cut short; binary): the byte scan decides.
+                if line.translate(None, _PLAIN) != b"$":
                     break
-                # Anything not printable (a CR inside: the line ends there) or a second `$`
-                # (the line is cut short): the byte scan decides.
-                if not text.isprintable() or text.find("$", 1) >= 0:
-                    break
-                want = _HEX_PAIRS.get(line[-2:]) if text[-3:-2] == "*" else None
+                want = _HEX_PAIRS.get(line[-2:]) if line[-3:-2] == b"*" else None
                 if want is None:
                     sentence = self._check(line)  # no checksum, or not two hex digits
                     if sentence is not None:
                         out.append(sentence)
-                elif nmea_checksum(line[1:-3]) != want:
+                    elif each:
+                        out.append(None)
+                elif nmea_checksum(body := line[1:-3]) != want:
                     self._counters["bad_checksum"] += 1
+                    if each:
+                        out.append(None)
                 else:
-                    address, *fields = text[1:-3].split(",")
+                    parts = body.decode("ascii").split(",")
+                    address = parts[0]
                     if 2 <= len(address) <= 8 and address.isalnum():
                         good += 1
-                        out.append(_new_sentence(Sentence, (address, tuple(fields), line, True)))
+                        out.append(_new_sentence(Sentence, (address, tuple(parts[1:]), line, True)))
                     else:
                         self._counters["malformed"] += 1
+                        if each:
+                            out.append(None)
+            elif each:
+                out.append(None)  # a blank line
             pos = nl + 1
         if good:
             self._counters["good"] += good

@@ -56,6 +56,34 @@ class GnssPipeline:
         """Fix, Sky and Event records completed by these bytes, in order."""
         return self._run(self.framer.feed(data), now)
 
+    def frame_lines(self, data: bytes, start: int = 0) -> tuple[list[Sentence | None], int]:
+        """The framer's `feed_lines`: the sentences of whole lines of `data` from `start`, one
+        entry a line, for `feed_sentence` (a replay paces its clock sentence by sentence)."""
+        return self.framer.feed_lines(data, start)
+
+    def feed_sentence(self, sentence: Sentence, now: float) -> list[Payload]:
+        """Records completed by one framed sentence: what `feed` does with each it frames."""
+        if sentence.checked:
+            self.last_valid_sentence = now
+        for observe in self.sentence_observers:
+            observe(sentence)
+        msg = self.decoder.decode(sentence)
+        assembler = self.assembler
+        if self._mixed:
+            out: list[Payload] = []
+            if msg is not None:
+                self._nmea_records(assembler.add(msg, now), now, out)
+            self._nmea_records(assembler.sentence_done(sentence.address), now, out)
+            return out
+        if msg is None:
+            return assembler.sentence_done(sentence.address)
+        # Both give a new list.
+        records = assembler.add(msg, now)
+        done = assembler.sentence_done(sentence.address)
+        if done:
+            records += done
+        return records
+
     def flush(self, now: float) -> list[Payload]:
         """End of stream: records of the epoch still open."""
         out = self._run(self.framer.flush(), now)

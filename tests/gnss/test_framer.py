@@ -286,3 +286,63 @@ def test_checksum_is_the_xor_of_every_byte(body: bytes) -> None:
     for byte in body:
         xor ^= byte
     assert nmea_checksum(body) == xor
+
+
+# -- whole lines framed together (feed_lines): as if each line were fed alone ----------------
+
+_LINE_PARTS = [
+    GGA,
+    RMC,
+    GSV,
+    b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47",
+    b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*48",  # bad checksum
+    b"$GPGSV,1,1,01,05,10,100,40",  # no checksum
+    b"$GP*ZZ",
+    b"$,*2C",
+    b"",
+    b"\r",
+    b"$GPRMC,1*",
+    b"$GP$GPTXT,1*00",
+    b"\xb5\x62\x01\x07",
+    b"garbage",
+    b"$" + b"A" * 250,
+    b"$GPTXT,01,01,02,ANTENNA OK*35",
+    b"\xff$",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_LINE_PARTS), st.sampled_from([b"\n", b"\r\n"])), max_size=30
+    ),
+    st.booleans(),
+)
+def test_feed_lines_frames_each_line_as_feeding_it_alone(
+    parts: list[tuple[bytes, bytes]], allow_no_checksum: bool
+) -> None:
+    lines = [body + end for body, end in parts]
+    alone = Framer(allow_no_checksum=allow_no_checksum)
+    expected = [alone.feed(line) for line in lines]
+    together = Framer(allow_no_checksum=allow_no_checksum)
+    data = b"".join(lines)
+    got: list[list[Frame]] = []
+    pos = 0
+    while pos < len(data):
+        entries, end = together.feed_lines(data, pos)
+        got += [[] if e is None else [e] for e in entries]
+        assert end == pos + sum(len(line) for line in lines[len(got) - len(entries) : len(got)])
+        if end < len(data):  # the line the byte scan must see: fed alone
+            pos = data.index(b"\n", end) + 1
+            got.append(together.feed(data[end:pos]))
+        else:
+            pos = end
+    assert got == expected
+    assert together.counters == alone.counters
+    assert together.buffered == alone.buffered
+
+
+def test_feed_lines_takes_nothing_while_bytes_are_buffered() -> None:
+    framer = Framer()
+    framer.feed(b"$GPGGA,1")
+    assert framer.feed_lines(b"$GPTXT,01,01,02,ANTENNA OK*35\n") == ([], 0)
