@@ -320,7 +320,9 @@ class Outbox:
         if self._flush_due(time.monotonic()):
             with contextlib.suppress(StoreError):
                 await self.flush()
-        else:
+        elif len(self._pending) == 1:
+            # A new batch: the duties' timer is set again from its start. The records after
+            # it need no round of duties each (a round reads the disk's room in a thread).
             self._wake.set()
 
     async def _put_sync(self, rec: _Pending) -> None:
