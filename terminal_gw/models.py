@@ -156,7 +156,7 @@ class Sky(Payload):
     def to_json(self) -> str:
         """The payload as compact JSON text: the same text as pydantic's, with the JSON of each
         satellite written once (a sky takes most of its Satellite models from the one before)."""
-        if type(self) is Sky:
+        if type(self) is Sky and _SKY_FIELDS_WRITTEN:
             text = _sky_json(self)
             if text is not None:
                 return text
@@ -267,6 +267,24 @@ def _sky_json(sky: Sky) -> str | None:
     if sky.source_protocol is not None:
         text += f',"source_protocol":"{sky.source_protocol}"'
     return text + "}"
+
+
+#: The fast path writes exactly these fields; a field added to Sky or Satellite turns it off
+#: (pydantic writes every sky then) until `_sky_json` and `satellite_json` write it too.
+_SKY_FIELDS_WRITTEN = list(Sky.model_fields) == [
+    "id",
+    "v",
+    "cls",
+    "time",
+    "satellites",
+    "nSat",
+    "uSat",
+    "hdop",
+    "vdop",
+    "pdop",
+    "clock",
+    "source_protocol",
+] and list(Satellite.model_fields) == ["PRN", "gnssid", "svid", "sigid", "az", "el", "ss", "used"]
 
 
 class Event(Payload):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from terminal_gw import models
 from terminal_gw.gnss.framer import nmea_checksum
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.models import (
@@ -138,3 +139,16 @@ def test_a_reused_satellite_keeps_the_sign_of_a_zero() -> None:
     assert '"el":-0.0' in got[1]
     assert '"az":-0.0' in got[1]
     assert "-0.0" not in got[2]
+
+
+def test_the_fast_path_writes_every_field_of_the_models() -> None:
+    # A field added to Sky or Satellite turns the fast path off (every sky goes to pydantic,
+    # several times slower) until the fast path writes it too: this fails first.
+    assert models._SKY_FIELDS_WRITTEN
+    sky = Sky(
+        time="2026-01-01T00:00:00.000Z",
+        satellites=[Satellite(PRN=1, gnssid=0, svid=1, az=1.0, el=2.0, ss=3.0, used=True)],
+        hdop=1.0,
+    )
+    remember_satellites_json(sky.satellites, [satellite_json(s) or "" for s in sky.satellites])
+    assert _sky_json(sky) == _pydantic(sky)
