@@ -9,7 +9,6 @@ import math
 import pytest
 
 from terminal_gw import models
-from terminal_gw.gnss.framer import nmea_checksum
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.models import (
     Payload,
@@ -21,20 +20,13 @@ from terminal_gw.models import (
 )
 from terminal_gw.transport.capture import CaptureReader
 from tests.conftest import CORPUS
+from tests.gnss.test_assembler import nmea
 
 ODD = [None, 0.0, -0.0, 1e-5, 0.0001, 45.0, 359.9, 1e16, 9.99e15, math.nan, math.inf, -3.5]
 
 
 def _pydantic(p: Payload) -> str:
     return p.model_dump_json(by_alias=True, exclude_none=True)
-
-
-def _nmea(*bodies: str) -> bytes:
-    out = b""
-    for body in bodies:
-        raw = body.encode()
-        out += b"$%s*%02X\r\n" % (raw, nmea_checksum(raw))
-    return out
 
 
 def test_satellite_json_is_pydantics_or_none() -> None:
@@ -76,7 +68,7 @@ def test_odd_values_in_a_view_are_written_as_pydantic_writes_them() -> None:
         gsv,
     )
     skies = [
-        r for r in pipeline.feed(_nmea(*epoch), 0.0) + pipeline.flush(0.0) if isinstance(r, Sky)
+        r for r in pipeline.feed(nmea(*epoch), 0.0) + pipeline.flush(0.0) if isinstance(r, Sky)
     ]
     assert len(skies) == 1
     assert skies[0].to_json() == _pydantic(skies[0])
@@ -106,7 +98,7 @@ def test_a_sky_built_elsewhere_or_changed_goes_to_pydantic() -> None:
 def test_a_reused_satellite_keeps_the_sign_of_a_zero() -> None:
     def epoch(second: int, gsv: str) -> bytes:
         t = f"2237{second:02d}.00"
-        return _nmea(
+        return nmea(
             f"GPRMC,{t},A,3806.62964,N,12237.61382,W,0.040,77.5,110720,,,A",
             f"GPGGA,{t},3806.62964,N,12237.61382,W,1,08,0.54,83.1,M,-29.5,M,,",
             "GPGSA,A,3,29,20,18,,,,,,,,,,0.99,0.54,0.83",

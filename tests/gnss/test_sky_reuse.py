@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import json
 
-from terminal_gw.gnss.framer import nmea_checksum
 from terminal_gw.gnss.pipeline import GnssPipeline
 from terminal_gw.models import Payload, Sky
-
-
-def _nmea(*bodies: str) -> bytes:
-    out = b""
-    for body in bodies:
-        raw = body.encode()
-        out += b"$%s*%02X\r\n" % (raw, nmea_checksum(raw))
-    return out
+from tests.gnss.test_assembler import nmea
 
 
 def _epoch(second: int, gsa: str, gsv: str) -> tuple[str, ...]:
@@ -34,7 +26,7 @@ def _satellites(records: list[Payload]) -> list[list[dict[str, object]]]:
 
 def _alone(epoch: tuple[str, ...]) -> list[dict[str, object]]:
     p = GnssPipeline()
-    (sats,) = _satellites(p.feed(_nmea(*epoch), 0.0) + p.flush(0.0))
+    (sats,) = _satellites(p.feed(nmea(*epoch), 0.0) + p.flush(0.0))
     return sats
 
 
@@ -52,7 +44,7 @@ def test_each_sky_says_what_a_sky_built_on_its_own_says() -> None:
     p = GnssPipeline()
     records: list[Payload] = []
     for epoch in EPOCHS:
-        records += p.feed(_nmea(*epoch), 0.0)
+        records += p.feed(nmea(*epoch), 0.0)
     records += p.flush(0.0)
     skies = _satellites(records)
     assert skies == [_alone(epoch) for epoch in EPOCHS]
